@@ -1,0 +1,49 @@
+"""Stage `calibrate`: the anomaly threshold from healthy validation errors (mean + k * std)."""
+
+from __future__ import annotations
+
+import logging
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+
+from pipeline import tracking
+from pipeline.config import Settings, stage
+from pipeline.data.datasets import load_split
+from pipeline.io import write_csv, write_json
+from pipeline.plots import error_histogram, save_figure
+from pipeline.scoring import score
+from pipeline.thresholds import mean_std_threshold
+
+log = logging.getLogger(__name__)
+
+
+@stage
+def main(settings: Settings) -> None:
+    model = keras.models.load_model(settings.paths.model_file)
+    val = load_split(settings, "val", only_class="healthy")
+    errors = score(model, val.images)
+    threshold = mean_std_threshold(errors, settings.calibrate.k)
+    summary = {"threshold": threshold, "k": settings.calibrate.k, "val_error_mean": float(np.mean(errors)),
+               "val_error_std": float(np.std(errors)), "val_images": len(errors)}
+
+    out = settings.paths.stage_reports("calibrate")
+    write_json(out / "threshold.json", summary)
+    write_csv(out / "val_errors.csv", pd.DataFrame({"path": val.frame["path"], "error": errors}))
+    save_figure(error_histogram({"healthy validation": errors}, threshold,
+                                "Reconstruction errors of healthy validation slices"), out / "error_histogram.png")
+
+    with tracking.model_run(settings, "calibrate", settings.paths.run_file("train"),
+                            settings.paths.run_file("calibrate"),
+                            log_model=lambda: mlflow.keras.log_model(model, name="model")):
+        mlflow.log_metrics({k: v for k, v in summary.items() if k != "k"})
+        for name in ("threshold.json", "val_errors.csv", "error_histogram.png"):
+            mlflow.log_artifact(str(out / name), "calibrate")
+    log.info("threshold %.6f = mean %.6f + %.2f * std %.6f over %d healthy validation slices", threshold,
+             summary["val_error_mean"], settings.calibrate.k, summary["val_error_std"], len(errors))
+
+
+if __name__ == "__main__":
+    main()

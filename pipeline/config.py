@@ -1,0 +1,236 @@
+"""Typed, validated view of the Hydra config, and the decorator that makes a stage entry point.
+
+`conf/` is the single source of truth. Run alone, a stage composes `conf/` (plus any Hydra
+overrides on its command line); under DVC it reads `params.yaml` (`--config-dir . --config-name params`),
+the composition that `dvc exp run -S ...` writes. Either way the config is checked here, before any
+long work starts, and every stage gets the same `Settings` object.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError, PipelineError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+PARAMS_FILE = ROOT / "params.yaml"
+
+log = logging.getLogger(__name__)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ImageSize = Annotated[int, Field(ge=16, le=1024)]
+
+
+class SyntheticData(_Section):
+    source: Literal["synthetic"]
+    image_size: ImageSize
+    n_healthy: int = Field(ge=10)
+    n_tumor: int = Field(ge=4)
+    min_size: int = Field(ge=32, le=4096)
+    max_size: int = Field(ge=32, le=4096)
+
+    @model_validator(mode="after")
+    def _sizes_ordered(self) -> SyntheticData:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) is larger than max_size ({self.max_size})")
+        return self
+
+
+class LocalData(_Section):
+    source: Literal["local"]
+    image_size: ImageSize
+    path: Path
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, path: Path) -> Path:
+        path = path.expanduser()
+        if not path.exists():
+            raise ValueError(f"'{path}' does not exist")
+        return path.resolve()
+
+
+class KaggleData(_Section):
+    source: Literal["kaggle"]
+    image_size: ImageSize
+    handle: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+
+
+DataConfig = Annotated[SyntheticData | LocalData | KaggleData, Field(discriminator="source")]
+
+
+class ModelConfig(BaseModel):
+    """`name` picks the registered builder; every other key is passed to it."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class HealthySplit(_Section):
+    train: int = Field(ge=1)
+    val: int = Field(ge=1)
+    test: int = Field(ge=1)
+
+
+class TumorSplit(_Section):
+    val: int = Field(ge=1)
+    test: int = Field(ge=1)
+
+
+class SplitConfig(_Section):
+    healthy: HealthySplit
+    tumor: TumorSplit
+    near_duplicate_distance: int = Field(ge=0, le=32)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(ge=1, le=4096)
+    learning_rate: float = Field(gt=0, le=1)
+    early_stopping_patience: int = Field(ge=0)
+    progress: bool
+
+
+class CalibrateConfig(_Section):
+    k: float = Field(ge=0, le=10)
+
+
+class EvaluateConfig(_Section):
+    n_examples: int = Field(ge=0, le=32)
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str = Field(min_length=1)
+    artifact_root: Path
+    experiment: str = Field(min_length=1)
+    data_experiment: str = Field(min_length=1)
+
+
+class Paths(_Section):
+    raw: Path
+    manifests: Path
+    splits: Path
+    cache: Path
+    model: Path
+    reports: Path
+
+    @property
+    def model_file(self) -> Path:
+        return self.model / "model.keras"
+
+    def stage_reports(self, stage: str) -> Path:
+        return self.reports / stage
+
+    def run_file(self, stage: str) -> Path:
+        """Where a model stage leaves the id of the MLflow run it logged to (a DVC output)."""
+        return self.model / "run.json" if stage == "train" else self.stage_reports(stage) / "run.json"
+
+
+class Settings(_Section):
+    seed: int = Field(ge=0, lt=2**32)
+    data: DataConfig
+    model: ModelConfig
+    split: SplitConfig
+    train: TrainConfig
+    calibrate: CalibrateConfig
+    evaluate: EvaluateConfig
+    mlflow: MlflowConfig
+    paths: Paths
+
+    def flat_params(self) -> dict[str, str]:
+        """Every config value as `section.key` -> string, the shape MLflow params take."""
+        flat: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), item)
+            else:
+                flat[prefix] = str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return flat
+
+
+def _describe(error: ValidationError) -> str:
+    sources = {"synthetic", "local", "kaggle"}
+    lines = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        if len(loc) > 1 and loc[0] == "data" and loc[1] in sources:
+            del loc[1]  # the discriminator tag pydantic inserts, not a config key
+        got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
+        lines.append(f"  {'.'.join(loc)}: {item['msg']}{got}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def load_settings(cfg: DictConfig | dict[str, Any]) -> Settings:
+    """Validate a composed config; raise ConfigError naming every offending key."""
+    if isinstance(cfg, DictConfig):
+        try:
+            cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as err:
+            key = err.full_key
+            raise ConfigError(f"config value '{key}' is required: add `{key}=...` to the command "
+                              f"(with DVC: `dvc exp run -S {key}=...`)") from None
+    try:
+        return Settings.model_validate(cfg)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose `conf/` exactly as DVC's Hydra integration does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=overrides or [])
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def write_params(path: Path = PARAMS_FILE, overrides: list[str] | None = None) -> None:
+    """Write `params.yaml` as DVC writes it, so `dvc repro` and `dvc exp run` see the same file."""
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(path, str(CONF_DIR), None, "config", str(ROOT), overrides or [])
+
+
+def stage(fn: Callable[[Settings], None]) -> Callable[[], None]:
+    """Turn `fn(settings)` into a Hydra entry point that reports user errors without a traceback."""
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    @functools.wraps(fn)
+    def main(cfg: DictConfig) -> None:
+        try:
+            fn(load_settings(cfg))
+        except PipelineError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+
+    return main
+
+
+if __name__ == "__main__":
+    write_params(overrides=sys.argv[1:])
+    print(f"wrote {PARAMS_FILE.relative_to(ROOT)}")

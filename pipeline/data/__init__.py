@@ -1,0 +1,1 @@
+"""Data: sources, manifests, splits, and the one decoding/preprocessing path every stage shares."""

@@ -1,0 +1,41 @@
+"""A split as the stages use it: its manifest rows, labels, and decoded (cached) image batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Settings
+from pipeline.data.images import load_cached
+from pipeline.data.manifest import read_manifest
+
+SPLIT_NAMES = ("train", "val", "test", "test_extra")
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    frame: pd.DataFrame  # manifest rows: path (relative to the raw folder), class, sha256, ...
+    images: np.ndarray  # (n, size, size, 1) float32 in [0, 1]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """1 for tumor (the anomaly), 0 for healthy."""
+        return (self.frame["class"] == "tumor").to_numpy(dtype=np.int64)
+
+
+def split_file(settings: Settings, name: str) -> Path:
+    return settings.paths.splits / f"{name}.csv"
+
+
+def load_split(settings: Settings, name: str, only_class: str | None = None) -> Split:
+    """Read a split's manifest and its images, decoded once and then served from the cache."""
+    frame = read_manifest(split_file(settings, name))
+    if only_class is not None:
+        frame = frame[frame["class"] == only_class].reset_index(drop=True)
+    images = load_cached([settings.paths.raw / p for p in frame["path"]], frame["sha256"].tolist(),
+                         settings.data.image_size, settings.paths.cache, progress=settings.train.progress)
+    return Split(name, frame, images)

@@ -1,0 +1,73 @@
+"""The manifest: one row per usable raw image (class, content hash, perceptual hash, size, mode,
+format) and a rejects list (file and reason) for everything that cannot be decoded."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pipeline.data.images import ImageDecodeError, read_image, to_grayscale
+from pipeline.data.sources import CLASSES
+
+MANIFEST_COLUMNS = ["path", "class", "sha256", "phash", "width", "height", "mode", "format"]
+REJECT_COLUMNS = ["path", "class", "reason"]
+
+
+def inspect(raw_dir: Path, path: Path, class_name: str) -> dict[str, str | int]:
+    """One manifest row (path relative to raw_dir, POSIX separators); raises ImageDecodeError for
+    anything that is not a usable image."""
+    image = read_image(path)
+    gray = to_grayscale(image)
+    perceptual = imagehash.phash(Image.fromarray(np.round(gray * 255).astype(np.uint8)))
+    return {
+        "path": path.relative_to(raw_dir).as_posix(),
+        "class": class_name.lower(),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "phash": str(perceptual),
+        "width": image.width,
+        "height": image.height,
+        "mode": image.mode,
+        "format": image.format or path.suffix.lstrip(".").upper(),
+    }
+
+
+def build_manifest(raw_dir: Path, *, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Inspect every file under raw_dir/{Healthy,Tumor}; return (manifest, rejects), sorted by path."""
+    jobs = [(path, name) for name in CLASSES
+            for path in sorted((raw_dir / name).rglob("*")) if path.is_file()]
+    entries: list[dict] = []
+    rejects: list[dict] = []
+
+    def run(job: tuple[Path, str]) -> None:
+        path, name = job
+        try:
+            entries.append(inspect(raw_dir, path, name))
+        except ImageDecodeError as err:
+            rejects.append({"path": path.relative_to(raw_dir).as_posix(), "class": name.lower(),
+                            "reason": err.reason})
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for _ in tqdm(pool.map(run, jobs), total=len(jobs), desc="inspect", unit="file", disable=not progress):
+            pass
+    manifest = pd.DataFrame(entries, columns=MANIFEST_COLUMNS).sort_values("path", ignore_index=True)
+    rejected = pd.DataFrame(rejects, columns=REJECT_COLUMNS).sort_values("path", ignore_index=True)
+    return manifest, rejected
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    # phash and sha256 are hex strings that may look numeric: keep them as text.
+    return pd.read_csv(path, dtype={"sha256": str, "phash": str, "path": str, "class": str})
+
+
+def content_hash(manifest: pd.DataFrame, by: str = "class") -> str:
+    """A short hash of which images (by content) are in which class (or split): the data's identity."""
+    rows = sorted(f"{c}:{h}" for c, h in zip(manifest[by], manifest["sha256"], strict=True))
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]

@@ -1,0 +1,113 @@
+"""Bring a dataset into `data/raw/{Healthy,Tumor}/`: the built-in synthetic slices, a local folder or
+zip laid out like the public dataset, or the public dataset itself from Kaggle."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from pipeline.config import KaggleData, LocalData, SyntheticData
+from pipeline.data import synthetic
+from pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CLASSES = ("Healthy", "Tumor")
+CT_FOLDER = "Brain Tumor CT scan Images"  # the CT half of the public dataset (beside an MRI half)
+
+
+def _class_dirs(folder: Path) -> dict[str, Path] | None:
+    """The folder's Healthy and Tumor subfolders (any letter case), or None if either is missing."""
+    children = {child.name.lower(): child for child in folder.iterdir() if child.is_dir()}
+    found = {name: children.get(name.lower()) for name in CLASSES}
+    return found if all(found.values()) else None  # type: ignore[return-value]
+
+
+def find_dataset_root(path: Path) -> Path:
+    """The folder holding Healthy/ and Tumor/: `path` itself, else its `Brain Tumor CT scan Images`
+    folder, else the one folder below it that has both."""
+    if _class_dirs(path):
+        return path
+    below = [folder for folder in sorted(path.rglob("*")) if folder.is_dir() and _class_dirs(folder)]
+    ct = [folder for folder in below if folder.name.lower() == CT_FOLDER.lower()]
+    for candidates in (ct, below):
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            listed = ", ".join(str(c) for c in candidates)
+            raise DataError(f"{path}: several folders hold Healthy/ and Tumor/ ({listed}); "
+                            "point data.path at one of them")
+    raise DataError(f"{path}: no Healthy/ and Tumor/ folders found (expected "
+                    f"'{CT_FOLDER}/{{Healthy,Tumor}}' or '{{Healthy,Tumor}}' directly)")
+
+
+def safe_extract(archive: Path, target: Path) -> None:
+    """Extract a zip, refusing the whole archive if any entry would land outside `target`."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            root = target.resolve()
+            for name in zipped.namelist():
+                if not (root / name).resolve().is_relative_to(root):
+                    raise DataError(f"{archive}: entry '{name}' would be written outside the "
+                                    "extraction folder; refusing to extract this archive")
+            zipped.extractall(target)
+    except zipfile.BadZipFile as err:
+        raise DataError(f"{archive}: not a readable zip archive ({err})") from None
+
+
+def copy_classes(root: Path, out_dir: Path) -> None:
+    """Copy every file under root's Healthy/ and Tumor/ into out_dir, keeping relative paths.
+    Every file is copied, images or not: the manifest decides, and lists what it rejects."""
+    dirs = _class_dirs(root)
+    assert dirs is not None, root
+    files = {name: sorted(p for p in folder.rglob("*") if p.is_file()) for name, folder in dirs.items()}
+    for name, found in files.items():
+        if not found:
+            raise DataError(f"{dirs[name]}: the {name} class folder is empty")
+    jobs = [(path, out_dir / name / path.relative_to(dirs[name])) for name in CLASSES for path in files[name]]
+    for source, destination in tqdm(jobs, desc="copy", unit="file"):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, destination)
+
+
+def fetch_local(path: Path, out_dir: Path) -> None:
+    if path.is_file() and zipfile.is_zipfile(path):
+        with tempfile.TemporaryDirectory(dir=out_dir.parent) as extracted:
+            safe_extract(path, Path(extracted))
+            copy_classes(find_dataset_root(Path(extracted)), out_dir)
+    elif path.is_dir():
+        copy_classes(find_dataset_root(path), out_dir)
+    else:
+        raise DataError(f"{path}: neither a folder nor a zip archive")
+
+
+def fetch_kaggle(handle: str, out_dir: Path) -> None:
+    import kagglehub
+    from kagglehub.config import get_kaggle_credentials
+
+    if get_kaggle_credentials() is None:
+        raise DataError(
+            "data=kaggle needs Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), "
+            "or put kaggle.json in ~/.kaggle/ (or in $KAGGLE_CONFIG_DIR). Without network access, download "
+            "the dataset elsewhere and use data=local data.path=/path/to/it")
+    try:
+        downloaded = Path(kagglehub.dataset_download(handle))
+    except Exception as err:  # kagglehub raises requests, HTTP and its own errors alike
+        raise DataError(f"downloading Kaggle dataset '{handle}' failed: {err}") from None
+    copy_classes(find_dataset_root(downloaded), out_dir)
+
+
+def fetch(data: SyntheticData | LocalData | KaggleData, out_dir: Path, seed: int) -> None:
+    """Fill the empty folder `out_dir` with `Healthy/` and `Tumor/` (and `Masks/` for synthetic data)."""
+    if isinstance(data, SyntheticData):
+        synthetic.generate(out_dir, data.n_healthy, data.n_tumor, seed,
+                           min_size=data.min_size, max_size=data.max_size)
+    elif isinstance(data, LocalData):
+        fetch_local(data.path, out_dir)
+    else:
+        fetch_kaggle(data.handle, out_dir)

@@ -1,0 +1,45 @@
+"""Stage `download`: bring the configured source into data/raw and write its manifest and rejects."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+
+from pipeline import tracking
+from pipeline.config import Settings, stage
+from pipeline.data import sources
+from pipeline.data.manifest import build_manifest, content_hash
+from pipeline.errors import DataError
+from pipeline.io import atomic_dir, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+
+@stage
+def main(settings: Settings) -> None:
+    paths = settings.paths
+    with atomic_dir(paths.raw) as raw:
+        sources.fetch(settings.data, raw, settings.seed)
+        manifest, rejects = build_manifest(raw)
+    write_csv(paths.manifests / "raw.csv", manifest)
+    write_csv(paths.manifests / "rejects.csv", rejects)
+    counts = manifest["class"].value_counts()
+    summary = {"data_hash": content_hash(manifest), "healthy": int(counts.get("healthy", 0)),
+               "tumor": int(counts.get("tumor", 0)), "rejected": len(rejects)}
+    write_json(paths.reports / "data" / "download.json", summary)
+    log.info("%d healthy, %d tumor images; %d files rejected (%s)", summary["healthy"], summary["tumor"],
+             summary["rejected"], paths.manifests / "rejects.csv")
+
+    with tracking.data_run(settings, "download", summary["data_hash"],
+                           {f"data.{k}": str(v) for k, v in settings.data.model_dump().items()}):
+        mlflow.log_metrics({k: v for k, v in summary.items() if k != "data_hash"})
+        mlflow.log_artifact(str(paths.manifests / "raw.csv"), "manifests")
+        mlflow.log_artifact(str(paths.manifests / "rejects.csv"), "manifests")
+    for cls in ("healthy", "tumor"):
+        if not summary[cls]:
+            raise DataError(f"no decodable {cls} images in {paths.raw}: see {paths.manifests / 'rejects.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Model registry: every architecture is one module that registers a builder under a name,
+picked by the Hydra group `model` (`model.name`, the other keys are the builder's arguments)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+from pipeline.errors import ConfigError
+
+Builder = Callable[..., keras.Model]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: `@register("cae") def build(input_shape, **params) -> keras.Model`."""
+
+    def add(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return add
+
+
+def _load_all() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def available() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def build_model(name: str, input_shape: tuple[int, int, int], params: dict[str, Any]) -> keras.Model:
+    """Build a registered model; unknown names or arguments are config errors, not tracebacks."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise ConfigError(f"model.name: unknown model '{name}' (available: {', '.join(available())})")
+    builder = _REGISTRY[name]
+    accepted = set(inspect.signature(builder).parameters) - {"input_shape"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]}: not a parameter of model '{name}' "
+                          f"(it takes {', '.join(sorted(accepted))})")
+    return builder(input_shape, **params)

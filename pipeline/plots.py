@@ -1,0 +1,204 @@
+"""Report figures for the evaluate stage: error histograms, ROC/PR, confusion matrix, reconstructions.
+
+Figures are built with matplotlib's object-oriented API (`Figure`, no pyplot), as matplotlib
+recommends for servers: rendering needs no display or backend choice (PNG output always goes
+through Agg), nothing is registered in pyplot's global figure list, so nothing leaks or needs
+closing, and importing this module never switches the backend of a caller that uses pyplot.
+"""
+
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from pipeline.metrics import pr_curve_table, roc_curve_table
+
+CLASS_NAMES = ("healthy", "tumor")
+HISTOGRAM_BINS = 30
+SAVE_DPI = 150
+
+
+def _finite_1d(values: np.ndarray, name: str) -> np.ndarray:
+    """Flatten to float64 and refuse empty or non-finite arrays, which would draw nothing."""
+    array = np.asarray(values, dtype=np.float64).ravel()
+    if array.size == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def error_histogram(errors: dict[str, np.ndarray], threshold: float, title: str) -> Figure:
+    """Overlay each group's reconstruction errors on shared bins, with the decision threshold.
+
+    Histograms are density-normalised so groups of different sizes compare by shape;
+    group sizes are given in the legend. The bins span the threshold so its line is in view.
+    """
+    if not errors:
+        raise ValueError("errors needs at least one named group, e.g. {'healthy': ..., 'tumor': ...}")
+    if not np.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    groups = {name: _finite_1d(values, f"errors[{name!r}]") for name, values in errors.items()}
+    all_values = np.concatenate(list(groups.values()))
+    bin_edges = np.histogram_bin_edges(
+        all_values,
+        bins=HISTOGRAM_BINS,
+        range=(min(all_values.min(), threshold), max(all_values.max(), threshold)),
+    )
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for name, values in groups.items():
+        ax.hist(values, bins=bin_edges, density=True, alpha=0.5, label=f"{name} (n={values.size})")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
+    ax.set_xlabel("reconstruction error")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+def roc_pr_figure(labels: np.ndarray, scores: np.ndarray) -> Figure:
+    """ROC and precision-recall curves side by side, each with its summary and chance level.
+
+    Curves come from the same tables that are written for `dvc plots`, so the PNG and the
+    interactive plots agree.
+    """
+    roc_table = roc_curve_table(labels, scores)
+    pr_table = pr_curve_table(labels, scores)
+    roc_auc = roc_auc_score(labels, scores)
+    average_precision = average_precision_score(labels, scores)
+    prevalence = float(np.mean(np.asarray(labels) == 1))
+
+    fig = Figure(figsize=(11, 5), layout="constrained")
+    roc_axis, pr_axis = fig.subplots(1, 2)
+
+    roc_axis.plot(roc_table["fpr"], roc_table["tpr"], label=f"ROC (AUC = {roc_auc:.3f})")
+    roc_axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance (AUC = 0.5)")
+    roc_axis.set_xlabel("false positive rate (1 - specificity)")
+    roc_axis.set_ylabel("true positive rate (recall)")
+    roc_axis.set_title("ROC curve")
+    roc_axis.legend(loc="lower right")
+
+    # steps-pre: precision over (recall[i-1], recall[i]] is precision[i], the step function AP sums.
+    pr_axis.plot(
+        pr_table["recall"],
+        pr_table["precision"],
+        drawstyle="steps-pre",
+        label=f"precision-recall (AP = {average_precision:.3f})",
+    )
+    pr_axis.axhline(
+        prevalence, linestyle="--", color="grey", label=f"chance (prevalence = {prevalence:.2f})"
+    )
+    pr_axis.set_xlabel("recall (tumor detection rate)")
+    pr_axis.set_ylabel("precision")
+    pr_axis.set_title("Precision-recall curve")
+    pr_axis.legend(loc="best")
+
+    for ax in (roc_axis, pr_axis):
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+    return fig
+
+
+def confusion_figure(tn: int, fp: int, fn: int, tp: int) -> Figure:
+    """2x2 confusion matrix (rows actual, columns predicted), each cell with its count and row share.
+
+    Row shares are specificity / false positive rate (healthy row) and miss rate / recall (tumor row).
+    """
+    matrix = np.array([[tn, fp], [fn, tp]])
+    if np.any(matrix < 0):
+        raise ValueError(f"confusion counts must be non-negative, got tn={tn}, fp={fp}, fn={fn}, tp={tp}")
+    row_totals = matrix.sum(axis=1, keepdims=True)
+    row_shares = np.divide(matrix, row_totals, out=np.zeros(matrix.shape), where=row_totals > 0)
+
+    fig = Figure(figsize=(4.8, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+    for row in range(2):
+        for column in range(2):
+            is_dark_cell = matrix[row, column] > matrix.max() / 2
+            ax.text(
+                column,
+                row,
+                f"{matrix[row, column]}\n({row_shares[row, column]:.1%})",
+                ha="center",
+                va="center",
+                fontsize=13,
+                color="white" if is_dark_cell else "black",
+            )
+    ax.set_xticks([0, 1], labels=CLASS_NAMES)
+    ax.set_yticks([0, 1], labels=CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title("Confusion matrix")
+    return fig
+
+
+def _image_stack(array: np.ndarray, name: str) -> np.ndarray:
+    """Accept (n, H, W) or single-channel (n, H, W, 1) batches, as Keras produces them."""
+    stack = np.asarray(array, dtype=np.float64)
+    if stack.ndim == 4 and stack.shape[-1] == 1:
+        stack = stack[..., 0]
+    if stack.ndim != 3 or stack.shape[0] == 0:
+        raise ValueError(
+            f"{name} must have shape (n, H, W) or (n, H, W, 1) with n >= 1, got {np.shape(array)}"
+        )
+    return stack
+
+
+def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, labels: list[str]) -> Figure:
+    """One row per slice: input, reconstruction and the |input - reconstruction| heat map.
+
+    All residual maps share one colour scale, so rows (e.g. healthy vs tumor) compare directly.
+    """
+    input_stack = _image_stack(images, "images")
+    reconstruction_stack = _image_stack(reconstructions, "reconstructions")
+    if input_stack.shape != reconstruction_stack.shape:
+        raise ValueError(
+            f"images and reconstructions differ in shape: {input_stack.shape} vs {reconstruction_stack.shape}"
+        )
+    if len(labels) != input_stack.shape[0]:
+        raise ValueError(f"got {len(labels)} labels for {input_stack.shape[0]} images")
+    residuals = np.abs(input_stack - reconstruction_stack)
+    residual_max = max(float(residuals.max()), np.finfo(np.float64).eps)
+
+    row_count = input_stack.shape[0]
+    fig = Figure(figsize=(9, 3 * row_count), layout="constrained")
+    axes = fig.subplots(row_count, 3, squeeze=False)
+    for row, (image, reconstruction, residual, label) in enumerate(
+        zip(input_stack, reconstruction_stack, residuals, labels)
+    ):
+        input_axis, reconstruction_axis, residual_axis = axes[row]
+        input_axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+        reconstruction_axis.imshow(reconstruction, cmap="gray", vmin=0, vmax=1)
+        residual_image = residual_axis.imshow(residual, cmap="inferno", vmin=0, vmax=residual_max)
+        fig.colorbar(residual_image, ax=residual_axis, label="|error|")
+        input_axis.set_ylabel(label)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, column_title in zip(axes[0], ("input", "reconstruction", "|input - reconstruction|")):
+        ax.set_title(column_title)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write fig as a PNG atomically, so DVC or MLflow never pick up a half-written file.
+
+    The temporary file sits in the target directory (os.replace is atomic only within one
+    filesystem) and is opened normally, so the PNG gets the usual umask permissions.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        fig.savefig(temporary_path, format="png", dpi=SAVE_DPI)
+        os.replace(temporary_path, path)
+    finally:
+        temporary_path.unlink(missing_ok=True)

@@ -1,0 +1,19 @@
+"""Anomaly scores: how badly the autoencoder reconstructs each slice."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def reconstruct(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return model.predict(images, batch_size=batch_size, verbose=0)
+
+
+def reconstruction_errors(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+    """Per-image mean squared error, the method's anomaly score."""
+    return np.mean(np.square(images - reconstructions), axis=tuple(range(1, images.ndim)))
+
+
+def score(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    return reconstruction_errors(images, reconstruct(model, images, batch_size))

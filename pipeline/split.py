@@ -1,0 +1,43 @@
+"""Stage `split`: de-duplicate the manifest and split it, seeded and leakage-free."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+
+from pipeline import tracking
+from pipeline.config import Settings, stage
+from pipeline.data.datasets import SPLIT_NAMES
+from pipeline.data.manifest import content_hash, read_manifest
+from pipeline.data.splitting import split
+from pipeline.io import atomic_dir, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+
+@stage
+def main(settings: Settings) -> None:
+    manifest = read_manifest(settings.paths.manifests / "raw.csv")
+    result = split(manifest, settings.split, settings.seed)
+    with atomic_dir(settings.paths.splits) as out:
+        for name in SPLIT_NAMES:
+            write_csv(out / f"{name}.csv", result.assigned[result.assigned["split"] == name])
+        write_csv(out / "excluded.csv", result.excluded)
+
+    counts = result.assigned.groupby(["split", "class"]).size()
+    summary = {f"{name}_{cls}": int(n) for (name, cls), n in counts.items()}
+    summary["excluded"] = len(result.excluded)
+    write_json(settings.paths.reports / "data" / "split.json", summary)
+    log.info("split sizes %s; %d images excluded (%s)", summary, len(result.excluded),
+             settings.paths.splits / "excluded.csv")
+
+    params = {k: v for k, v in settings.flat_params().items() if k.startswith("split.") or k == "seed"}
+    with tracking.data_run(settings, "split", content_hash(manifest), params):
+        mlflow.log_metrics(summary)
+        mlflow.set_tag("split_hash", content_hash(result.assigned, by="split"))
+        mlflow.log_artifacts(str(settings.paths.splits), "splits")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""MLflow conventions of the pipeline.
+
+`download` and `split` each log a run of their own in the data experiment. A trained model is one
+run in the model experiment: `train` opens it and writes its id to a run file (a DVC output);
+`calibrate` and `evaluate` reopen it from there and add to it. If one of them runs with a config
+that differs from the one the run recorded (say `calibrate.k` changed, so DVC reruns only
+calibrate and evaluate), it forks a new run carrying the model, its params and its training curves,
+so every run's params describe exactly how its numbers were made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import ROOT, MlflowConfig, Settings
+from pipeline.io import read_json, write_json
+
+MAX_PARAMS_PER_BATCH = 100
+
+
+def setup(config: MlflowConfig) -> None:
+    """Point MLflow at MLFLOW_TRACKING_URI if set, else at the config's (local SQLite) store."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+
+
+def experiment_id(name: str, config: MlflowConfig) -> str:
+    """The experiment's id, creating it with artifacts under `artifact_root` for a local store."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    local = not os.environ.get("MLFLOW_TRACKING_URI")
+    location = (config.artifact_root / name).resolve().as_uri() if local else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def log_params(params: dict[str, str]) -> None:
+    items = sorted(params.items())
+    for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+        mlflow.log_params(dict(items[start : start + MAX_PARAMS_PER_BATCH]))
+
+
+@contextlib.contextmanager
+def data_run(settings: Settings, stage: str, data_hash: str, params: dict[str, str]) -> Iterator[None]:
+    """A run of its own for a data stage (download, split) in the data experiment."""
+    setup(settings.mlflow)
+    with mlflow.start_run(experiment_id=experiment_id(settings.mlflow.data_experiment, settings.mlflow),
+                          run_name=f"{stage}-{data_hash}", tags=_tags(stage, data_hash)):
+        log_params(params)
+        yield
+
+
+def _tags(stage: str, data_hash: str) -> dict[str, str]:
+    return {"stage": stage, "git_commit": git_commit(), "data_hash": data_hash}
+
+
+@contextlib.contextmanager
+def new_model_run(settings: Settings, data_hash: str, run_file: Path) -> Iterator[str]:
+    """Open the run of a model being trained; its id goes to `run_file` once the block succeeds."""
+    setup(settings.mlflow)
+    with mlflow.start_run(experiment_id=experiment_id(settings.mlflow.experiment, settings.mlflow),
+                          tags={**_tags("train", data_hash), "stages": "train",
+                                "model": settings.model.name}) as run:
+        log_params(settings.flat_params())
+        yield run.info.run_id
+    write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+
+
+@contextlib.contextmanager
+def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file: Path,
+              log_model: Callable[[], None]) -> Iterator[str]:
+    """Reopen the model's run for `stage`, or fork it when the config changed since it was logged.
+
+    `log_model` logs the model into the active run; it is called for a fork only.
+    """
+    setup(settings.mlflow)
+    client = MlflowClient()
+    previous = client.get_run(read_json(previous_run_file)["run_id"])
+    params = settings.flat_params()
+    changed = {k for k, v in params.items() if previous.data.params.get(k, v) != v}
+    stages = f"{previous.data.tags.get('stages', '')},{stage}".strip(",")
+    if not changed:
+        with mlflow.start_run(run_id=previous.info.run_id):
+            mlflow.set_tags({"stage": stage, "stages": stages, "git_commit": git_commit()})
+            log_params({k: v for k, v in params.items() if k not in previous.data.params})
+            run_id = previous.info.run_id
+            yield run_id
+    else:
+        inherited = {k: v for k, v in previous.data.tags.items() if not k.startswith("mlflow.")}
+        with mlflow.start_run(experiment_id=previous.info.experiment_id, tags={
+            **inherited, "stage": stage, "stages": stages, "git_commit": git_commit(),
+            "forked_from": previous.info.run_id, "changed_params": ",".join(sorted(changed)),
+        }) as run:
+            log_params(params)
+            for key in previous.data.metrics:
+                for metric in client.get_metric_history(previous.info.run_id, key):
+                    mlflow.log_metric(key, metric.value, step=metric.step, timestamp=metric.timestamp)
+            log_model()
+            run_id = run.info.run_id
+            yield run_id
+    write_json(run_file, {"run_id": run_id, "experiment_id": previous.info.experiment_id})

@@ -1,0 +1,57 @@
+"""Stage `train`: fit the configured autoencoder on healthy training slices and log it to MLflow."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+from mlflow.models import infer_signature
+import pandas as pd
+
+from pipeline import tracking
+from pipeline.config import Settings, stage
+from pipeline.data.datasets import load_split
+from pipeline.data.manifest import content_hash, read_manifest
+from pipeline.io import atomic_path, write_csv, write_json
+from pipeline.models import build_model
+from pipeline.training import fit, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@stage
+def main(settings: Settings) -> None:
+    train = load_split(settings, "train")
+    val = load_split(settings, "val", only_class="healthy")
+    seed_everything(settings.seed)
+    model = build_model(settings.model.name, train.images.shape[1:], settings.model.params)
+    data_hash = content_hash(read_manifest(settings.paths.manifests / "raw.csv"))
+
+    with tracking.new_model_run(settings, data_hash, settings.paths.run_file("train")):
+        mlflow.log_input(mlflow.data.from_pandas(train.frame, name="train"), context="training")
+        mlflow.log_input(mlflow.data.from_pandas(val.frame, name="val_healthy"), context="validation")
+        result = fit(model, train.images, val.images, settings.train,
+                     callbacks=[mlflow.keras.MlflowCallback(log_every_epoch=True)])
+        with atomic_path(settings.paths.model_file) as tmp:
+            model.save(tmp)
+        history = pd.DataFrame(result.history).rename_axis("epoch").reset_index()
+        history["epoch"] += 1
+        write_csv(settings.paths.stage_reports("train") / "history.csv", history)
+        summary = {"best_epoch": result.best_epoch, "epochs_run": len(history),
+                   "best_val_loss": min(result.history["val_loss"]), "train_seconds": result.seconds,
+                   "train_images_per_second": result.images_per_second,
+                   "parameters": model.count_params(), "train_images": len(train.frame),
+                   "val_images": len(val.frame)}
+        write_json(settings.paths.stage_reports("train") / "metrics.json", summary)
+        mlflow.log_metrics(summary)
+        # A signature, not input_example: mlflow.keras 3.17 writes the example before creating the
+        # model folder and fails (FileNotFoundError .../model/input_example.json).
+        example = val.images[:1]
+        mlflow.keras.log_model(model, name="model",
+                               signature=infer_signature(example, model.predict(example, verbose=0)))
+        log.info("trained %s: best epoch %d of %d, val loss %.5f, %.1f s", settings.model.name,
+                 result.best_epoch, len(history), summary["best_val_loss"], result.seconds)
+
+
+if __name__ == "__main__":
+    main()
