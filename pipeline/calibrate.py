@@ -20,8 +20,7 @@ from pipeline.thresholds import mean_std_threshold
 log = logging.getLogger(__name__)
 
 
-@stage
-def main(settings: Settings) -> None:
+def run(settings: Settings) -> None:
     model = keras.models.load_model(settings.paths.model_file)
     val = load_split(settings, "val", only_class="healthy")
     errors = score(model, val.images)
@@ -44,6 +43,8 @@ def main(settings: Settings) -> None:
     log.info("threshold %.6f = mean %.6f + %.2f * std %.6f over %d healthy validation slices", threshold,
              summary["val_error_mean"], settings.calibrate.k, summary["val_error_std"], len(errors))
 
+
+main = stage(run)
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,7 @@ from pipeline.io import atomic_dir, write_csv, write_json
 log = logging.getLogger(__name__)
 
 
-@stage
-def main(settings: Settings) -> None:
+def run(settings: Settings) -> None:
     paths = settings.paths
     with atomic_dir(paths.raw) as raw:
         sources.fetch(settings.data, raw, settings.seed)
@@ -40,6 +39,8 @@ def main(settings: Settings) -> None:
         if not summary[cls]:
             raise DataError(f"no decodable {cls} images in {paths.raw}: see {paths.manifests / 'rejects.csv'}")
 
+
+main = stage(run)
 
 if __name__ == "__main__":
     main()

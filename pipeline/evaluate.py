@@ -34,8 +34,7 @@ def _examples(settings: Settings, images: np.ndarray, reconstructions: np.ndarra
     return images[picked], reconstructions[picked], titles
 
 
-@stage
-def main(settings: Settings) -> None:
+def run(settings: Settings) -> None:
     model = keras.models.load_model(settings.paths.model_file)
     threshold = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")["threshold"]
     test = load_split(settings, "test")
@@ -87,6 +86,8 @@ def main(settings: Settings) -> None:
              results["accuracy"], results["roc_auc"], results["f1"], len(extra_errors),
              f"{results['extra_tumor_detection_rate']:.1%}" if len(extra_errors) else "none")
 
+
+main = stage(run)
 
 if __name__ == "__main__":
     main()

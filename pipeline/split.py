@@ -16,8 +16,7 @@ from pipeline.io import atomic_dir, write_csv, write_json
 log = logging.getLogger(__name__)
 
 
-@stage
-def main(settings: Settings) -> None:
+def run(settings: Settings) -> None:
     manifest = read_manifest(settings.paths.manifests / "raw.csv")
     result = split(manifest, settings.split, settings.seed)
     with atomic_dir(settings.paths.splits) as out:
@@ -38,6 +37,8 @@ def main(settings: Settings) -> None:
         mlflow.set_tag("split_hash", content_hash(result.assigned, by="split"))
         mlflow.log_artifacts(str(settings.paths.splits), "splits")
 
+
+main = stage(run)
 
 if __name__ == "__main__":
     main()

@@ -19,8 +19,7 @@ from pipeline.training import fit, seed_everything
 log = logging.getLogger(__name__)
 
 
-@stage
-def main(settings: Settings) -> None:
+def run(settings: Settings) -> None:
     train = load_split(settings, "train")
     val = load_split(settings, "val", only_class="healthy")
     seed_everything(settings.seed)
@@ -52,6 +51,8 @@ def main(settings: Settings) -> None:
         log.info("trained %s: best epoch %d of %d, val loss %.5f, %.1f s", settings.model.name,
                  result.best_epoch, len(history), summary["best_val_loss"], result.seconds)
 
+
+main = stage(run)
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@ validation loss, seeded so that a rerun on CPU gives the same numbers."""
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ def fit(model: keras.Model, train: np.ndarray, val: np.ndarray, config: TrainCon
     start = time.perf_counter()
     history = model.fit(train, train, validation_data=(val, val), epochs=config.epochs,
                         batch_size=config.batch_size, shuffle=True, callbacks=[stop, *callbacks],
-                        verbose=1 if config.progress else 2)
+                        verbose=1 if config.progress and sys.stdout.isatty() else 2)  # bar, or a line per epoch
     seconds = time.perf_counter() - start
     losses = {key: [float(v) for v in values] for key, values in history.history.items()}
     epochs = len(losses["loss"])

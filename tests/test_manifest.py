@@ -1,0 +1,46 @@
+"""The manifest lists every usable image with its hashes and geometry; bad files become rejects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.data.manifest import MANIFEST_COLUMNS, REJECT_COLUMNS, build_manifest, content_hash
+
+
+@pytest.fixture
+def raw(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    (tmp_path / "Healthy").mkdir()
+    (tmp_path / "Tumor" / "nested").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8)).save(tmp_path / "Healthy" / "a.png")
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "Healthy" / "b.jpg")
+    Image.new("RGBA", (12, 10)).save(tmp_path / "Tumor" / "nested" / "c.png")
+    (tmp_path / "Tumor" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "Tumor" / "notes.txt").write_text("not an image")
+    jpeg = (tmp_path / "Healthy" / "b.jpg").read_bytes()
+    (tmp_path / "Tumor" / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    return tmp_path
+
+
+def test_manifest_rows_and_rejects(raw: Path) -> None:
+    manifest, rejects = build_manifest(raw, progress=False)
+    assert list(manifest.columns) == MANIFEST_COLUMNS and list(rejects.columns) == REJECT_COLUMNS
+    assert manifest["path"].tolist() == ["Healthy/a.png", "Healthy/b.jpg", "Tumor/nested/c.png"]
+    row = manifest.set_index("path").loc["Healthy/a.png"]
+    assert (row["class"], row["width"], row["height"], row["mode"], row["format"]) == ("healthy", 30, 20, "L", "PNG")
+    assert manifest.set_index("path").loc["Tumor/nested/c.png", "mode"] == "RGBA"
+    assert dict(zip(rejects["path"], rejects["class"])) == {
+        "Tumor/cut.jpg": "tumor", "Tumor/empty.jpg": "tumor", "Tumor/notes.txt": "tumor"}
+    assert all(rejects["reason"].str.len() > 0)
+
+
+def test_content_hash_follows_content_not_names(raw: Path) -> None:
+    manifest, _ = build_manifest(raw, progress=False)
+    renamed = manifest.assign(path=manifest["path"] + ".renamed")
+    assert content_hash(renamed) == content_hash(manifest)
+    relabelled = manifest.assign(**{"class": "healthy"})
+    assert content_hash(relabelled) != content_hash(manifest)

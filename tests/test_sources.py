@@ -1,0 +1,100 @@
+"""Getting data in: the dataset layouts a user may point at, zips, and the errors for bad input."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipeline.data.sources import CT_FOLDER, fetch_kaggle, fetch_local, find_dataset_root
+from pipeline.errors import DataError
+
+
+def _dataset(root: Path, n: int = 2) -> Path:
+    for cls in ("Healthy", "Tumor"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (8, 8), 40 * i).save(root / cls / f"ct_{cls.lower()} ({i + 1}).png")
+    return root
+
+
+def _zip(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in folder.rglob("*"):
+            zipped.write(path, path.relative_to(folder.parent))
+    return archive
+
+
+def test_class_folders_directly(tmp_path: Path) -> None:
+    assert find_dataset_root(_dataset(tmp_path / "data")) == tmp_path / "data"
+
+
+def test_ct_folder_of_the_public_dataset_beside_its_mri_folder(tmp_path: Path) -> None:
+    _dataset(tmp_path / "Dataset" / "Brain Tumor MRI images")
+    ct = _dataset(tmp_path / "Dataset" / CT_FOLDER)
+    assert find_dataset_root(tmp_path) == ct
+
+
+def test_no_class_folders_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "Healthy").mkdir()
+    with pytest.raises(DataError, match="no Healthy/ and Tumor/"):
+        find_dataset_root(tmp_path)
+
+
+def test_two_candidate_datasets_are_ambiguous(tmp_path: Path) -> None:
+    _dataset(tmp_path / "a")
+    _dataset(tmp_path / "b")
+    with pytest.raises(DataError, match="several folders"):
+        find_dataset_root(tmp_path)
+
+
+def test_local_folder_is_copied_with_its_layout(tmp_path: Path) -> None:
+    source = _dataset(tmp_path / "in" / CT_FOLDER)
+    fetch_local(tmp_path / "in", tmp_path / "raw")
+    copied = sorted(p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*.png"))
+    assert copied == sorted(p.relative_to(source).as_posix() for p in source.rglob("*.png"))
+
+
+def test_zip_of_the_dataset(tmp_path: Path) -> None:
+    archive = _zip(_dataset(tmp_path / CT_FOLDER), tmp_path / "dataset.zip")
+    (tmp_path / "raw").mkdir()
+    fetch_local(archive, tmp_path / "raw")
+    assert len(list((tmp_path / "raw" / "Tumor").glob("*.png"))) == 2
+
+
+def test_zip_entry_escaping_the_target_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("Healthy/a.png", b"x")
+        zipped.writestr("../../escaped.txt", b"pwned")
+    (tmp_path / "work" / "raw").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"entry '\.\./\.\./escaped\.txt'.*outside"):
+        fetch_local(archive, tmp_path / "work" / "raw")
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not list((tmp_path / "work").rglob("a.png"))
+
+
+def test_broken_zip_is_named(tmp_path: Path) -> None:
+    archive = tmp_path / "broken.zip"
+    archive.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(DataError, match="broken.zip"):
+        fetch_local(archive, tmp_path / "raw")
+
+
+def test_empty_class_folder_is_an_error(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "data")
+    for path in (root / "Tumor").iterdir():
+        path.unlink()
+    with pytest.raises(DataError, match="Tumor class folder is empty"):
+        fetch_local(root, tmp_path / "raw")
+
+
+def test_kaggle_without_credentials_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(DataError, match="KAGGLE_USERNAME and KAGGLE_KEY"):
+        fetch_kaggle("murtozalikhon/brain-tumor-multimodal-image-ct-and-mri", tmp_path / "raw")

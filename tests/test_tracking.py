@@ -1,0 +1,57 @@
+"""MLflow conventions: one run per model, reopened by later stages, forked when their config changed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.config import Settings
+from pipeline.io import read_json
+
+
+def _train_run(settings: Settings) -> str:
+    with tracking.new_model_run(settings, "abc123", settings.paths.run_file("train")):
+        for epoch, loss in enumerate([0.3, 0.2, 0.1]):
+            mlflow.log_metric("loss", loss, step=epoch)
+    return read_json(settings.paths.run_file("train"))["run_id"]
+
+
+def test_later_stages_add_to_the_run_of_the_model(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    run_id = _train_run(settings)
+    with tracking.model_run(settings, "calibrate", settings.paths.run_file("train"),
+                            settings.paths.run_file("calibrate"), log_model=lambda: None) as resumed:
+        mlflow.log_metric("threshold", 0.5)
+    assert resumed == run_id == read_json(settings.paths.run_file("calibrate"))["run_id"]
+    run = MlflowClient().get_run(run_id)
+    assert run.data.metrics["threshold"] == 0.5
+    assert run.data.params["calibrate.k"] == "1.0"
+    assert run.data.tags["stages"] == "train,calibrate"
+    assert run.data.tags["data_hash"] == "abc123" and run.data.tags["git_commit"]
+
+
+def test_a_changed_config_forks_a_run_with_the_model_and_its_history(make_settings: Callable[..., Settings]) -> None:
+    run_id = _train_run(make_settings())
+    changed = make_settings("calibrate.k=2")
+    logged = []
+    with tracking.model_run(changed, "calibrate", changed.paths.run_file("train"),
+                            changed.paths.run_file("calibrate"), log_model=lambda: logged.append(True)) as fork:
+        pass
+    assert fork != run_id and logged == [True]
+    client = MlflowClient()
+    run = client.get_run(fork)
+    assert run.data.params["calibrate.k"] == "2.0"
+    assert run.data.tags["forked_from"] == run_id and run.data.tags["changed_params"] == "calibrate.k"
+    assert [m.value for m in client.get_metric_history(fork, "loss")] == [0.3, 0.2, 0.1]
+    assert client.get_run(run_id).data.params["calibrate.k"] == "1.0"  # the original is untouched
+
+
+def test_environment_tracking_uri_wins(make_settings: Callable[..., Settings], monkeypatch, tmp_path) -> None:
+    settings = make_settings()
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracking.setup(settings.mlflow)
+    assert mlflow.get_tracking_uri() == uri
