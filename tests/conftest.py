@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -11,12 +11,8 @@ from pipeline.config import ROOT, Settings, compose, load_settings
 
 REAL_DATA = ROOT.parent / "shared" / "data" / "brain-ct"
 
-# Small enough that a whole pipeline runs in seconds on two CPU cores.
-TINY = [
-    "data.image_size=32", "data.n_healthy=60", "data.n_tumor=24", "data.min_size=64", "data.max_size=96",
-    "model.filters=[8,16]", "model.latent_dim=16", "train.epochs=2", "train.batch_size=16",
-    "train.progress=false", "evaluate.n_examples=2",
-]
+# conf/experiment/smoke.yaml: small enough that a whole pipeline runs in a minute on two CPU cores.
+TINY = ["experiment=smoke"]
 
 
 def tmp_overrides(tmp: Path) -> list[str]:
@@ -36,10 +32,10 @@ def _local_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """`make_settings("train.epochs=1", ...)`: tiny settings writing under tmp_path."""
+    """`make_settings("train.epochs=1", ...)`: settings writing under tmp_path, tiny unless `base` says."""
 
-    def make(*overrides: str) -> Settings:
-        return load_settings(compose([*TINY, *tmp_overrides(tmp_path), *overrides]))
+    def make(*overrides: str, base: Sequence[str] = TINY) -> Settings:
+        return load_settings(compose([*base, *tmp_overrides(tmp_path), *overrides]))
 
     return make
 

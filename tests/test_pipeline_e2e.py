@@ -3,44 +3,25 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import ROOT
+from bench.workspace import copy_project
+from bench.workspace import run
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "split", "train", "calibrate", "evaluate")
 
 
-def _run(cwd: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # `python` in dvc.yaml is this one
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout + done.stderr
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository holding the project's pipeline files, with tiny params, after `dvc repro`."""
-    root = tmp_path_factory.mktemp("project")
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml"):
-        shutil.copy(ROOT / name, root / name)
-    for folder in ("conf", "pipeline", ".dvc"):
-        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
-    _run(root, "git", "init", "-q")
-    _run(root, sys.executable, "-m", "pipeline.config", *TINY)
-    _run(root, "git", "add", "-A")
-    _run(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny")
-    _run(root, "dvc", "repro")
+    root = copy_project(tmp_path_factory.mktemp("project"), TINY)
+    run(root, "dvc", "repro")
     return root
 
 
@@ -55,16 +36,16 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
 
 
 def test_second_repro_reruns_nothing(project: Path) -> None:
-    output = _run(project, "dvc", "repro")
+    output = run(project, "dvc", "repro")
     assert "Running stage" not in output
-    assert "up to date" in _run(project, "dvc", "status")
+    assert "up to date" in run(project, "dvc", "status")
 
 
 def test_metrics_and_plots_show(project: Path) -> None:
-    metrics = json.loads(_run(project, "dvc", "metrics", "show", "--json"))
+    metrics = json.loads(run(project, "dvc", "metrics", "show", "--json"))
     flat = json.dumps(metrics)
     assert "roc_auc" in flat and "threshold" in flat
-    _run(project, "dvc", "plots", "show", "-o", str(project / "plots"))
+    run(project, "dvc", "plots", "show", "-o", str(project / "plots"))
     assert (project / "plots" / "index.html").exists()
 
 
@@ -72,7 +53,7 @@ def test_mlflow_run_holds_params_metrics_threshold_plots_and_model(project: Path
     run_id = json.loads((project / "reports/evaluate/run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     client = MlflowClient()
-    run = client.get_run(run_id)
+    run = client.getrun(run_id)
     assert run.data.params["model.name"] == "cae" and run.data.params["train.epochs"] == "2"
     assert {"loss", "val_loss", "threshold", "test_roc_auc", "test_accuracy",
             "test_extra_tumor_detection_rate"} <= set(run.data.metrics)
@@ -85,9 +66,10 @@ def test_mlflow_run_holds_params_metrics_threshold_plots_and_model(project: Path
 
 
 def test_exp_run_with_a_changed_threshold_reruns_only_what_depends_on_it(project: Path) -> None:
-    output = _run(project, "dvc", "exp", "run", "-S", "calibrate.k=2")
+    # Every `dvc exp run` composes params.yaml from conf/ and its own -S overrides.
+    output = run(project, "dvc", "exp", "run", *(arg for o in TINY for arg in ("-S", o)), "-S", "calibrate.k=2")
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in output}
     assert ran == {"calibrate", "evaluate"}
     threshold = json.loads((project / "reports/calibrate/threshold.json").read_text())
     assert threshold["k"] == 2.0
-    assert "calibrate.k" in _run(project, "dvc", "exp", "show", "--no-pager")
+    assert "calibrate.k" in run(project, "dvc", "exp", "show", "--no-pager")
