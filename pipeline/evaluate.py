@@ -4,6 +4,7 @@ rate on the extra tumor-only set, as DVC metrics and plots and in the model's ML
 from __future__ import annotations
 
 import logging
+from pathlib import PurePosixPath
 
 import keras
 import mlflow
@@ -30,7 +31,8 @@ def _examples(settings: Settings, images: np.ndarray, reconstructions: np.ndarra
         rng.choice(np.flatnonzero(labels == label), size=min(settings.evaluate.n_examples,
                                                              int(np.sum(labels == label))), replace=False)
         for label in (0, 1)])
-    titles = [f"{CLASS_NAMES[labels[i]]}: {paths.iloc[i]} (error {errors[i]:.4g})" for i in picked]
+    titles = [f"{CLASS_NAMES[labels[i]]}\n{PurePosixPath(paths.iloc[i]).name}\nerror {errors[i]:.3g}"
+              for i in picked]
     return images[picked], reconstructions[picked], titles
 
 

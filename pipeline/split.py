@@ -10,7 +10,7 @@ from pipeline import tracking
 from pipeline.config import Settings, stage
 from pipeline.data.datasets import SPLIT_NAMES
 from pipeline.data.manifest import content_hash, read_manifest
-from pipeline.data.splitting import split
+from pipeline.data.splitting import split, split_counts
 from pipeline.io import atomic_dir, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,7 @@ def run(settings: Settings) -> None:
             write_csv(out / f"{name}.csv", result.assigned[result.assigned["split"] == name])
         write_csv(out / "excluded.csv", result.excluded)
 
-    counts = result.assigned.groupby(["split", "class"]).size()
-    summary = {f"{name}_{cls}": int(n) for (name, cls), n in counts.items()}
-    summary["excluded"] = len(result.excluded)
+    summary = {**split_counts(result.assigned), "excluded": len(result.excluded)}
     write_json(settings.paths.reports / "data" / "split.json", summary)
     log.info("split sizes %s; %d images excluded (%s)", summary, len(result.excluded),
              settings.paths.splits / "excluded.csv")

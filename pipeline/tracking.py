@@ -23,22 +23,28 @@ from pipeline.config import ROOT, MlflowConfig, Settings
 from pipeline.io import read_json, write_json
 
 MAX_PARAMS_PER_BATCH = 100
+LOCAL_SCHEMES = ("sqlite:", "file:")
+_uri_set_here: str | None = None  # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI itself
 
 
 def setup(config: MlflowConfig) -> None:
-    """Point MLflow at MLFLOW_TRACKING_URI if set, else at the config's (local SQLite) store."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
+    """Point MLflow at the user's MLFLOW_TRACKING_URI if set, else at the config's (local SQLite) store."""
+    global _uri_set_here
+    from_user = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = from_user if from_user and from_user != _uri_set_here else config.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
+    _uri_set_here = uri
 
 
 def experiment_id(name: str, config: MlflowConfig) -> str:
-    """The experiment's id, creating it with artifacts under `artifact_root` for a local store."""
+    """The experiment's id, creating it with artifacts under `artifact_root` for a local store
+    (a tracking server keeps its own artifact store)."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    local = not os.environ.get("MLFLOW_TRACKING_URI")
+    local = mlflow.get_tracking_uri().startswith(LOCAL_SCHEMES)
     location = (config.artifact_root / name).resolve().as_uri() if local else None
     return mlflow.create_experiment(name, artifact_location=location)
 

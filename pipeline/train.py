@@ -10,8 +10,9 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.config import Settings, stage
-from pipeline.data.datasets import load_split
+from pipeline.data.datasets import load_split, read_splits
 from pipeline.data.manifest import content_hash, read_manifest
+from pipeline.data.splitting import split_counts
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.models import build_model
 from pipeline.training import fit, seed_everything
@@ -27,6 +28,9 @@ def run(settings: Settings) -> None:
     data_hash = content_hash(read_manifest(settings.paths.manifests / "raw.csv"))
 
     with tracking.new_model_run(settings, data_hash, settings.paths.run_file("train")):
+        splits = read_splits(settings)
+        mlflow.log_metrics({f"images_{k}": v for k, v in split_counts(splits).items()})
+        mlflow.set_tag("split_hash", content_hash(splits, by="split"))
         mlflow.log_input(mlflow.data.from_pandas(train.frame, name="train"), context="training")
         mlflow.log_input(mlflow.data.from_pandas(val.frame, name="val_healthy"), context="validation")
         result = fit(model, train.images, val.images, settings.train,

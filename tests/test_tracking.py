@@ -55,3 +55,19 @@ def test_environment_tracking_uri_wins(make_settings: Callable[..., Settings], m
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracking.setup(settings.mlflow)
     assert mlflow.get_tracking_uri() == uri
+
+
+def test_config_store_is_used_again_after_mlflow_exported_it(make_settings: Callable[..., Settings], tmp_path) -> None:
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; that must not pin later setups to it."""
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    first, second = make_settings(), make_settings(f"mlflow.tracking_uri={other}")
+    tracking.setup(first.mlflow)
+    tracking.setup(second.mlflow)
+    assert mlflow.get_tracking_uri() == other
+
+
+def test_local_experiments_keep_artifacts_under_the_artifact_root(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    tracking.setup(settings.mlflow)
+    location = mlflow.get_experiment(tracking.experiment_id("x", settings.mlflow)).artifact_location
+    assert location == (settings.mlflow.artifact_root / "x").resolve().as_uri()

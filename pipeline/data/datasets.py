@@ -31,6 +31,11 @@ def split_file(settings: Settings, name: str) -> Path:
     return settings.paths.splits / f"{name}.csv"
 
 
+def read_splits(settings: Settings) -> pd.DataFrame:
+    """The manifest rows of every split, with a `split` column."""
+    return pd.concat([read_manifest(split_file(settings, name)).assign(split=name) for name in SPLIT_NAMES])
+
+
 def load_split(settings: Settings, name: str, only_class: str | None = None) -> Split:
     """Read a split's manifest and its images, decoded once and then served from the cache."""
     frame = read_manifest(split_file(settings, name))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
+from pipeline.progress import progress as progress_bar
 
 from pipeline.errors import DataError
 from pipeline.io import atomic_path
@@ -95,8 +95,8 @@ def load_images(
         batch[index, :, :, 0] = load_image(paths[index], image_size)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in tqdm(pool.map(decode, range(len(paths))), total=len(paths), desc="decode",
-                      unit="img", disable=not progress):
+        for _ in progress_bar(pool.map(decode, range(len(paths))), desc="decode", total=len(paths),
+                              enabled=progress):
             pass
     return batch
 

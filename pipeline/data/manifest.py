@@ -12,7 +12,7 @@ import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
+from pipeline.progress import progress as progress_bar
 
 from pipeline.data.images import ImageDecodeError, read_image, to_grayscale
 from pipeline.data.sources import CLASSES
@@ -55,7 +55,7 @@ def build_manifest(raw_dir: Path, *, progress: bool = True) -> tuple[pd.DataFram
                             "reason": err.reason})
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for _ in tqdm(pool.map(run, jobs), total=len(jobs), desc="inspect", unit="file", disable=not progress):
+        for _ in progress_bar(pool.map(run, jobs), desc="inspect", unit="file", total=len(jobs), enabled=progress):
             pass
     manifest = pd.DataFrame(entries, columns=MANIFEST_COLUMNS).sort_values("path", ignore_index=True)
     rejected = pd.DataFrame(rejects, columns=REJECT_COLUMNS).sort_values("path", ignore_index=True)

@@ -9,7 +9,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from pipeline.progress import progress
 
 from pipeline.config import KaggleData, LocalData, SyntheticData
 from pipeline.data import synthetic
@@ -70,7 +70,7 @@ def copy_classes(root: Path, out_dir: Path) -> None:
         if not found:
             raise DataError(f"{dirs[name]}: the {name} class folder is empty")
     jobs = [(path, out_dir / name / path.relative_to(dirs[name])) for name in CLASSES for path in files[name]]
-    for source, destination in tqdm(jobs, desc="copy", unit="file"):
+    for source, destination in progress(jobs, desc="copy", unit="file"):
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
 

@@ -26,6 +26,11 @@ class SplitResult:
     sizes: dict[str, dict[str, int]]  # the target sizes after scaling to the available data
 
 
+def split_counts(assigned: pd.DataFrame) -> dict[str, int]:
+    """Images per split and class, e.g. {"train_healthy": 1600, "test_tumor": 200, ...}."""
+    return {f"{name}_{cls}": int(n) for (name, cls), n in assigned.groupby(["split", "class"]).size().items()}
+
+
 def _hamming_pairs(phashes: pd.Series, max_distance: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) whose 64-bit perceptual hashes differ in at most max_distance bits."""
     values = np.array([int(h, 16) for h in phashes], dtype=np.uint64)

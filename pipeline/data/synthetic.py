@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from tqdm.auto import tqdm
+
+from pipeline.progress import progress as progress_bar
 
 _HEALTHY, _TUMOR = 0, 1
 _FOLDERS = {_HEALTHY: ("Healthy", "ct_healthy"), _TUMOR: ("Tumor", "ct_tumor")}
@@ -52,7 +53,7 @@ def generate(out_dir: Path, n_healthy: int, n_tumor: int, seed: int,
     for folder in (*(name for name, _ in _FOLDERS.values()), _MASKS):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     jobs = [(_HEALTHY, i) for i in range(1, n_healthy + 1)] + [(_TUMOR, i) for i in range(1, n_tumor + 1)]
-    for class_index, i in tqdm(jobs, desc="synthetic CT", unit="img", disable=not progress):
+    for class_index, i in progress_bar(jobs, desc="synthetic CT", enabled=progress):
         folder, stem = _FOLDERS[class_index]
         image, mask = _render((seed, class_index, i), min_size, max_size, tumor=class_index == _TUMOR)
         name = f"{stem} ({i}).png"
