@@ -31,8 +31,9 @@ def run(settings: Settings) -> None:
         splits = read_splits(settings)
         mlflow.log_metrics({f"images_{k}": v for k, v in split_counts(splits).items()})
         mlflow.set_tag("split_hash", content_hash(splits, by="split"))
-        mlflow.log_input(mlflow.data.from_pandas(train.frame, name="train"), context="training")
-        mlflow.log_input(mlflow.data.from_pandas(val.frame, name="val_healthy"), context="validation")
+        for split, context in ((train, "training"), (val, "validation")):
+            identity = split.frame[["path", "class", "sha256"]]  # what the data is, for the run's Datasets
+            mlflow.log_input(mlflow.data.from_pandas(identity, name=split.name), context=context)
         result = fit(model, train.images, val.images, settings.train,
                      callbacks=[mlflow.keras.MlflowCallback(log_every_epoch=True)])
         with atomic_path(settings.paths.model_file) as tmp:
