@@ -19,15 +19,13 @@ from pathlib import Path
 
 import keras
 
-from bench.workspace import copy_project, run
+from bench.workspace import REAL_DATA, STAGES, copy_project, run
 from pipeline.config import compose, load_settings
 from pipeline.data.datasets import load_split
 from pipeline.io import read_json
 from pipeline.models import build_model
 from pipeline.training import seed_everything
 
-STAGES = ("download", "split", "train", "calibrate", "evaluate")
-REAL_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "brain-ct"
 DATASETS = {"synthetic": [], "real": ["data=local", f"data.path={REAL_DATA}"]}
 
 

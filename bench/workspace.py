@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pipeline.config import ROOT
 
+STAGES = ("download", "split", "train", "calibrate", "evaluate")  # dvc.yaml's, in order
+REAL_DATA = ROOT.parent / "shared" / "data" / "brain-ct"  # the real sample, beside the repository
 PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml")
 PROJECT_DIRS = ("conf", "pipeline", ".dvc")
 

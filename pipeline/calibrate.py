@@ -35,8 +35,7 @@ def run(settings: Settings) -> None:
                                 "Reconstruction errors of healthy validation slices"), out / "error_histogram.png")
 
     with tracking.model_run(settings, "calibrate", settings.paths.run_file("train"),
-                            settings.paths.run_file("calibrate"),
-                            log_model=lambda: mlflow.keras.log_model(model, name="model")):
+                            settings.paths.run_file("calibrate"), model):
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "k"})
         for name in ("threshold.json", "val_errors.csv", "error_histogram.png"):
             mlflow.log_artifact(str(out / name), "calibrate")

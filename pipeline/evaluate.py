@@ -79,8 +79,7 @@ def run(settings: Settings) -> None:
         save_figure(figure, out / name)
 
     with tracking.model_run(settings, "evaluate", settings.paths.run_file("calibrate"),
-                            settings.paths.run_file("evaluate"),
-                            log_model=lambda: mlflow.keras.log_model(model, name="model")):
+                            settings.paths.run_file("evaluate"), model):
         mlflow.log_metrics({f"test_{k}": v for k, v in results.items()})
         for name in ("metrics.json", "scores.csv", "roc.csv", "pr.csv", "confusion.csv", *figures):
             mlflow.log_artifact(str(out / name), "evaluate")

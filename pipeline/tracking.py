@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+import keras
 import mlflow
+import numpy as np
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ROOT, MlflowConfig, Settings
@@ -63,6 +66,17 @@ def log_params(params: dict[str, str]) -> None:
         mlflow.log_params(dict(items[start : start + MAX_PARAMS_PER_BATCH]))
 
 
+def log_model(model: keras.Model) -> None:
+    """Log a Keras model into the active run, with its input/output signature.
+
+    A signature, not `input_example`: mlflow.keras 3.17 writes the example before creating the
+    model folder and fails (FileNotFoundError .../model/input_example.json).
+    """
+    example = np.zeros((1, *model.input_shape[1:]), dtype=np.float32)
+    mlflow.keras.log_model(model, name="model",
+                           signature=infer_signature(example, model.predict(example, verbose=0)))
+
+
 @contextlib.contextmanager
 def data_run(settings: Settings, stage: str, data_hash: str, params: dict[str, str]) -> Iterator[None]:
     """A run of its own for a data stage (download, split) in the data experiment."""
@@ -91,11 +105,9 @@ def new_model_run(settings: Settings, data_hash: str, run_file: Path) -> Iterato
 
 @contextlib.contextmanager
 def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file: Path,
-              log_model: Callable[[], None]) -> Iterator[str]:
-    """Reopen the model's run for `stage`, or fork it when the config changed since it was logged.
-
-    `log_model` logs the model into the active run; it is called for a fork only.
-    """
+              model: keras.Model) -> Iterator[str]:
+    """Reopen the model's run for `stage`, or fork it (logging `model` into the fork) when the
+    config changed since the run was logged."""
     setup(settings.mlflow)
     client = MlflowClient()
     previous = client.get_run(read_json(previous_run_file)["run_id"])
@@ -118,7 +130,7 @@ def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file:
             for key in previous.data.metrics:
                 for metric in client.get_metric_history(previous.info.run_id, key):
                     mlflow.log_metric(key, metric.value, step=metric.step, timestamp=metric.timestamp)
-            log_model()
+            log_model(model)
             run_id = run.info.run_id
             yield run_id
     write_json(run_file, {"run_id": run_id, "experiment_id": previous.info.experiment_id})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import mlflow
-from mlflow.models import infer_signature
 import pandas as pd
 
 from pipeline import tracking
@@ -48,11 +47,7 @@ def run(settings: Settings) -> None:
                    "val_images": len(val.frame)}
         write_json(settings.paths.stage_reports("train") / "metrics.json", summary)
         mlflow.log_metrics(summary)
-        # A signature, not input_example: mlflow.keras 3.17 writes the example before creating the
-        # model folder and fails (FileNotFoundError .../model/input_example.json).
-        example = val.images[:1]
-        mlflow.keras.log_model(model, name="model",
-                               signature=infer_signature(example, model.predict(example, verbose=0)))
+        tracking.log_model(model)
         log.info("trained %s: best epoch %d of %d, val loss %.5f, %.1f s", settings.model.name,
                  result.best_epoch, len(history), summary["best_val_loss"], result.seconds)
 

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ROOT, Settings, compose, load_settings
-
-REAL_DATA = ROOT.parent / "shared" / "data" / "brain-ct"
+from pipeline.config import Settings, compose, load_settings
 
 # conf/experiment/smoke.yaml: small enough that a whole pipeline runs in a minute on two CPU cores.
 TINY = ["experiment=smoke"]

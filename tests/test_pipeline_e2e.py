@@ -9,12 +9,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bench.workspace import copy_project
+from bench.workspace import STAGES, copy_project
 from bench.workspace import run
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "split", "train", "calibrate", "evaluate")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.io import read_json
-from tests.conftest import REAL_DATA, run_pipeline
+from bench.workspace import REAL_DATA
+from tests.conftest import run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data,
               pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} is absent")]
