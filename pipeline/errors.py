@@ -1,5 +1,7 @@
 """Errors a user can act on: the stage prints the message alone and exits non-zero."""
 
+from pathlib import Path
+
 
 class PipelineError(Exception):
     """Base class: a problem with the user's config or data, not a bug."""
@@ -11,3 +13,12 @@ class ConfigError(PipelineError):
 
 class DataError(PipelineError):
     """The input data cannot be used (missing path, empty class folder, unsafe archive, ...)."""
+
+
+class ImageDecodeError(DataError):
+    """A file that is not a decodable image; the message names the file and the reason."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from pipeline.data import images
-from pipeline.data.images import ImageDecodeError, load_cached, load_image, read_image, resize_square, to_grayscale
+from pipeline.errors import ImageDecodeError
+from pipeline.data.images import load_cached, load_image, read_image, resize_square, to_grayscale
 
 
 def _save(image: Image.Image, path: Path) -> Path:

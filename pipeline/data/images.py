@@ -15,20 +15,11 @@ import numpy as np
 from PIL import Image, ImageOps
 from pipeline.progress import progress as progress_bar
 
-from pipeline.errors import DataError
+from pipeline.errors import ImageDecodeError
 from pipeline.io import atomic_path
 
 # Bump when `load_image` changes its output, so cached arrays are rebuilt.
 PREPROCESS_VERSION = 1
-
-
-class ImageDecodeError(DataError):
-    """A file that is not a decodable image; the message names the file and the reason."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
 
 
 def read_image(path: Path) -> Image.Image:

@@ -14,7 +14,8 @@ import pandas as pd
 from PIL import Image
 from pipeline.progress import progress as progress_bar
 
-from pipeline.data.images import ImageDecodeError, read_image, to_grayscale
+from pipeline.data.images import read_image, to_grayscale
+from pipeline.errors import ImageDecodeError
 from pipeline.data.sources import CLASSES
 
 MANIFEST_COLUMNS = ["path", "class", "sha256", "phash", "width", "height", "mode", "format"]
