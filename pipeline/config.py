@@ -38,7 +38,6 @@ ImageSize = Annotated[int, Field(ge=16, le=1024)]
 
 class SyntheticData(_Section):
     source: Literal["synthetic"]
-    image_size: ImageSize
     n_healthy: int = Field(ge=10)
     n_tumor: int = Field(ge=4)
     min_size: int = Field(ge=32, le=4096)
@@ -53,7 +52,6 @@ class SyntheticData(_Section):
 
 class LocalData(_Section):
     source: Literal["local"]
-    image_size: ImageSize
     path: Path
 
     @field_validator("path")
@@ -67,11 +65,24 @@ class LocalData(_Section):
 
 class KaggleData(_Section):
     source: Literal["kaggle"]
-    image_size: ImageSize
     handle: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
 
 
 DataConfig = Annotated[SyntheticData | LocalData | KaggleData, Field(discriminator="source")]
+
+
+class DicomWindow(_Section):
+    """The Hounsfield-unit window that maps a DICOM slice to [0, 1] (PNG and JPEG come windowed)."""
+
+    level: float = Field(ge=-1024, le=3071)
+    width: float = Field(gt=0, le=4096)
+
+
+class PreprocessConfig(_Section):
+    """Everything that turns a file into the model's input; the packaged detector carries it."""
+
+    image_size: ImageSize
+    dicom_window: DicomWindow
 
 
 class ModelConfig(BaseModel):
@@ -123,6 +134,8 @@ class MlflowConfig(_Section):
     artifact_root: Path
     experiment: str = Field(min_length=1)
     data_experiment: str = Field(min_length=1)
+    registered_model: str = Field(min_length=1)
+    model_alias: str = Field(pattern=r"^[A-Za-z_][\w-]*$")
 
 
 class Paths(_Section):
@@ -137,6 +150,11 @@ class Paths(_Section):
     def model_file(self) -> Path:
         return self.model / "model.keras"
 
+    @property
+    def detector(self) -> Path:
+        """The packaged detector (an MLflow model folder): what `pipeline.predict` uses by default."""
+        return self.model / "detector"
+
     def stage_reports(self, stage: str) -> Path:
         return self.reports / stage
 
@@ -148,6 +166,7 @@ class Paths(_Section):
 class Settings(_Section):
     seed: int = Field(ge=0, lt=2**32)
     data: DataConfig
+    preprocess: PreprocessConfig
     model: ModelConfig
     split: SplitConfig
     train: TrainConfig

@@ -20,7 +20,7 @@ def run(settings: Settings) -> None:
     paths = settings.paths
     with atomic_dir(paths.raw) as raw:
         sources.fetch(settings.data, raw, settings.seed)
-        manifest, rejects = build_manifest(raw)
+        manifest, rejects = build_manifest(raw, settings.preprocess.dicom_window)
     write_csv(paths.manifests / "raw.csv", manifest)
     write_csv(paths.manifests / "rejects.csv", rejects)
     counts = manifest["class"].value_counts()
@@ -31,7 +31,7 @@ def run(settings: Settings) -> None:
              summary["rejected"], paths.manifests / "rejects.csv")
 
     with tracking.data_run(settings, "download", summary["data_hash"],
-                           {f"data.{k}": str(v) for k, v in settings.data.model_dump().items()}):
+                           {k: v for k, v in settings.flat_params().items() if k.startswith(("data.", "preprocess.dicom"))}):
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "data_hash"})
         mlflow.log_artifact(str(paths.manifests / "raw.csv"), "manifests")
         mlflow.log_artifact(str(paths.manifests / "rejects.csv"), "manifests")

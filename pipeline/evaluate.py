@@ -11,13 +11,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from pipeline import tracking
+from pipeline import serving, tracking
 from pipeline.config import Settings, stage
 from pipeline.data.datasets import load_split
-from pipeline.io import read_json, write_csv, write_json
+from pipeline.detector import Detector
+from pipeline.io import atomic_dir, read_json, write_csv, write_json
 from pipeline.metrics import detection_metrics, detection_rate, pr_curve_table, roc_curve_table
 from pipeline.plots import confusion_figure, error_histogram, reconstruction_grid, roc_pr_figure, save_figure
-from pipeline.scoring import reconstruct, reconstruction_errors, score
 
 log = logging.getLogger(__name__)
 CLASS_NAMES = np.array(["healthy", "tumor"])
@@ -37,28 +37,28 @@ def _examples(settings: Settings, images: np.ndarray, reconstructions: np.ndarra
 
 
 def run(settings: Settings) -> None:
-    model = keras.models.load_model(settings.paths.model_file)
     threshold = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")["threshold"]
+    detector = Detector(keras.models.load_model(settings.paths.model_file), threshold, settings.preprocess,
+                        {"model": settings.model.name})
     test = load_split(settings, "test")
     extra = load_split(settings, "test_extra")
 
-    reconstructions = reconstruct(model, test.images)
-    errors = reconstruction_errors(test.images, reconstructions)
+    reconstructions, errors = detector.reconstruct_and_score(test.images)
     labels = test.labels
     results = detection_metrics(labels, errors, threshold).as_dict()
-    extra_errors = score(model, extra.images) if len(extra.frame) else np.empty(0)
+    extra_errors = detector.score(extra.images)
     if len(extra_errors):
         results["extra_tumor_detection_rate"] = detection_rate(extra_errors, threshold)
     results.update(threshold=threshold, test_images=len(labels), extra_tumor_images=len(extra_errors))
 
     out = settings.paths.stage_reports("evaluate")
     write_json(out / "metrics.json", results)
-    flagged = errors > threshold
+    flagged = detector.is_anomaly(errors)
     scores = pd.concat([
         pd.DataFrame({"split": "test", "path": test.frame["path"], "class": test.frame["class"],
                       "score": errors, "is_anomaly": flagged}),
         pd.DataFrame({"split": "test_extra", "path": extra.frame["path"], "class": extra.frame["class"],
-                      "score": extra_errors, "is_anomaly": extra_errors > threshold}),
+                      "score": extra_errors, "is_anomaly": detector.is_anomaly(extra_errors)}),
     ])
     write_csv(out / "scores.csv", scores)
     write_csv(out / "roc.csv", roc_curve_table(labels, errors))
@@ -79,10 +79,17 @@ def run(settings: Settings) -> None:
         save_figure(figure, out / name)
 
     with tracking.model_run(settings, "evaluate", settings.paths.run_file("calibrate"),
-                            settings.paths.run_file("evaluate"), model):
+                            settings.paths.run_file("evaluate"), detector.model) as run_id:
         mlflow.log_metrics({f"test_{k}": v for k, v in results.items()})
         for name in ("metrics.json", "scores.csv", "roc.csv", "pr.csv", "confusion.csv", *figures):
             mlflow.log_artifact(str(out / name), "evaluate")
+        detector.info["run_id"] = run_id
+        example = (settings.paths.raw / test.frame["path"].iloc[0]).read_bytes()
+        with atomic_dir(settings.paths.detector) as saved:
+            serving.save(detector, saved, example)
+            version = serving.log_and_register(saved, example, settings.mlflow)
+    log.info("detector saved to %s and registered as models:/%s@%s (version %s)", settings.paths.detector,
+             settings.mlflow.registered_model, settings.mlflow.model_alias, version)
     log.info("test: accuracy %.3f, ROC AUC %.3f, F1 %.3f; extra tumor-only set: %d slices, %s flagged",
              results["accuracy"], results["roc_auc"], results["f1"], len(extra_errors),
              f"{results['extra_tumor_detection_rate']:.1%}" if len(extra_errors) else "none")

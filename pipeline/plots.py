@@ -153,7 +153,8 @@ def _image_stack(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, labels: list[str]) -> Figure:
-    """One row per slice: input, reconstruction and the |input - reconstruction| heat map.
+    """One row per slice: input, reconstruction and the |input - reconstruction| heat map laid over
+    the slice (opaque where the error is high), so where the model fails is seen on the anatomy.
 
     All residual maps share one colour scale, so rows (e.g. healthy vs tumor) compare directly.
     """
@@ -177,13 +178,15 @@ def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, labels:
         input_axis, reconstruction_axis, residual_axis = axes[row]
         input_axis.imshow(image, cmap="gray", vmin=0, vmax=1)
         reconstruction_axis.imshow(reconstruction, cmap="gray", vmin=0, vmax=1)
-        residual_image = residual_axis.imshow(residual, cmap="inferno", vmin=0, vmax=residual_max)
+        residual_axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+        residual_image = residual_axis.imshow(residual, cmap="inferno", vmin=0, vmax=residual_max,
+                                              alpha=np.clip(residual / residual_max, 0, 1))
         fig.colorbar(residual_image, ax=residual_axis, label="|error|")
         input_axis.set_ylabel(label)
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-    for ax, column_title in zip(axes[0], ("input", "reconstruction", "|input - reconstruction|")):
+    for ax, column_title in zip(axes[0], ("input", "reconstruction", "|input - reconstruction| on input")):
         ax.set_title(column_title)
     return fig
 

@@ -18,5 +18,13 @@ def reconstruction_errors(images: np.ndarray, reconstructions: np.ndarray) -> np
     return np.mean(np.square(images - reconstructions), axis=tuple(range(1, images.ndim)))
 
 
-def score(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return reconstruction_errors(images, reconstruct(model, images, batch_size))
+def reconstruct_and_score(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reconstructions and anomaly scores of a preprocessed batch (an empty batch gives empty arrays)."""
+    if not len(images):
+        return images, np.empty(0, dtype=np.float32)
+    reconstructions = reconstruct(model, images)
+    return reconstructions, reconstruction_errors(images, reconstructions)
+
+
+def score(model: keras.Model, images: np.ndarray) -> np.ndarray:
+    return reconstruct_and_score(model, images)[1]

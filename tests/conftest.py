@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings, compose, load_settings
+from pipeline.config import DicomWindow, PreprocessConfig, Settings, compose, load_settings
 
 # conf/experiment/smoke.yaml: small enough that a whole pipeline runs in a minute on two CPU cores.
 TINY = ["experiment=smoke"]
+
+
+BRAIN_WINDOW = DicomWindow(level=40, width=80)
+
+
+def preprocess_config(image_size: int) -> PreprocessConfig:
+    return PreprocessConfig(image_size=image_size, dicom_window=BRAIN_WINDOW)
 
 
 def tmp_overrides(tmp: Path) -> list[str]:
@@ -44,3 +51,43 @@ def run_pipeline(settings: Settings) -> None:
 
     for stage in (download, split, train, calibrate, evaluate):
         stage.run(settings)
+
+
+@pytest.fixture(scope="session")
+def packaged_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny autoencoder packaged as `evaluate` packages a detector (an MLflow model folder)."""
+    import keras
+    from PIL import Image
+
+    from pipeline import serving
+    from pipeline.detector import Detector
+    from pipeline.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("cae", (32, 32, 1), {"filters": [8, 16], "latent_dim": 16})
+    example = tmp_path_factory.mktemp("example") / "example.png"
+    Image.new("L", (40, 30), 90).save(example)
+    folder = tmp_path_factory.mktemp("models") / "detector"
+    serving.save(Detector(model, 0.05, preprocess_config(32), {"run_id": "test-run"}), folder,
+                 example.read_bytes())
+    return folder
+
+
+def write_scans(folder: Path) -> dict[str, Path]:
+    """A small folder of scans as users bring them: 8-bit PNG, RGB JPEG, a DICOM slice in HU, in
+    subfolders, plus a text file and a truncated JPEG that cannot be read."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.dicom_factory import write_ct_slice
+
+    rng = np.random.default_rng(1)
+    (folder / "a" / "b").mkdir(parents=True)
+    files = {"png": folder / "slice.png", "jpeg": folder / "a" / "colour.jpg", "dicom": folder / "a" / "b" / "ct.dcm",
+             "text": folder / "notes.txt", "truncated": folder / "a" / "cut.jpg"}
+    Image.fromarray(rng.integers(0, 255, (48, 64), dtype=np.uint8)).save(files["png"])
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(files["jpeg"])
+    write_ct_slice(files["dicom"], rng.uniform(-1000, 200, (50, 50)))
+    files["text"].write_text("not an image")
+    files["truncated"].write_bytes(files["jpeg"].read_bytes()[:200])
+    return files

@@ -44,7 +44,8 @@ def test_settings_flatten_to_mlflow_params() -> None:
 @pytest.mark.parametrize(("override", "key"), [
     ("train.epochs=0", "train.epochs"),
     ("train.learning_rate=-1", "train.learning_rate"),
-    ("data.image_size=8", "data.image_size"),
+    ("preprocess.image_size=8", "preprocess.image_size"),
+    ("preprocess.dicom_window.width=0", "preprocess.dicom_window.width"),
     ("split.healthy.val=0", "split.healthy.val"),
     ("calibrate.k=-1", "calibrate.k"),
     ("+train.epoch=3", "train.epoch"),  # a typo is an error, not a silently ignored key

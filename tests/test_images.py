@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from pipeline.data import images
-from pipeline.errors import ImageDecodeError
 from pipeline.data.images import load_cached, load_image, read_image, resize_square, to_grayscale
+from pipeline.errors import ImageDecodeError
+from tests.conftest import preprocess_config
 
 
 def _save(image: Image.Image, path: Path) -> Path:
@@ -24,7 +25,8 @@ def test_every_mode_becomes_one_channel_in_unit_range(mode: str, tmp_path: Path)
     base = Image.fromarray(gradient, mode="L")
     image = base.convert(mode) if mode not in ("I;16", "I") else Image.fromarray(gradient.astype(np.uint16) * 200)
     suffix = ".tif" if mode == "I" else ".png"
-    gray = load_image(_save(image if mode != "I" else image.convert("I"), tmp_path / f"x{suffix}"), 16)
+    gray = load_image(_save(image if mode != "I" else image.convert("I"), tmp_path / f"x{suffix}"),
+                      preprocess_config(16))
     assert gray.shape == (16, 16) and gray.dtype == np.float32
     assert 0.0 <= gray.min() and gray.max() <= 1.0 and gray.max() > 0.5
 
@@ -73,8 +75,8 @@ def test_truncated_files_are_caught(tmp_path: Path) -> None:
 
 def test_cache_decodes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = [_save(Image.new("L", (20, 30), 10 * i), tmp_path / f"{i}.png") for i in range(3)]
-    first = load_cached(paths, ["a", "b", "c"], 8, tmp_path / "cache", progress=False)
+    first = load_cached(paths, ["a", "b", "c"], preprocess_config(16), tmp_path / "cache", progress=False)
     monkeypatch.setattr(images, "load_images", lambda *a, **k: pytest.fail("decoded again"))
-    np.testing.assert_array_equal(load_cached(paths, ["a", "b", "c"], 8, tmp_path / "cache", progress=False), first)
-    assert first.shape == (3, 8, 8, 1)
-    np.testing.assert_allclose(first[2, 4, 4, 0], load_image(paths[2], 8)[4, 4])
+    np.testing.assert_array_equal(load_cached(paths, ["a", "b", "c"], preprocess_config(16), tmp_path / "cache", progress=False), first)
+    assert first.shape == (3, 16, 16, 1)
+    np.testing.assert_allclose(first[2, 8, 8, 0], load_image(paths[2], preprocess_config(16))[8, 8])

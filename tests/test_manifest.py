@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.data.manifest import MANIFEST_COLUMNS, REJECT_COLUMNS, build_manifest, content_hash
+from tests.conftest import BRAIN_WINDOW
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def raw(tmp_path: Path) -> Path:
 
 
 def test_manifest_rows_and_rejects(raw: Path) -> None:
-    manifest, rejects = build_manifest(raw, progress=False)
+    manifest, rejects = build_manifest(raw, BRAIN_WINDOW, progress=False)
     assert list(manifest.columns) == MANIFEST_COLUMNS and list(rejects.columns) == REJECT_COLUMNS
     assert manifest["path"].tolist() == ["Healthy/a.png", "Healthy/b.jpg", "Tumor/nested/c.png"]
     row = manifest.set_index("path").loc["Healthy/a.png"]
@@ -39,7 +40,7 @@ def test_manifest_rows_and_rejects(raw: Path) -> None:
 
 
 def test_content_hash_follows_content_not_names(raw: Path) -> None:
-    manifest, _ = build_manifest(raw, progress=False)
+    manifest, _ = build_manifest(raw, BRAIN_WINDOW, progress=False)
     renamed = manifest.assign(path=manifest["path"] + ".renamed")
     assert content_hash(renamed) == content_hash(manifest)
     relabelled = manifest.assign(**{"class": "healthy"})

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bench.workspace import STAGES, copy_project
-from bench.workspace import run
+from bench.workspace import STAGES, copy_project, run
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -61,7 +63,29 @@ def test_mlflow_run_holds_params_metrics_threshold_plots_and_model(project: Path
     artifacts = {a.path for folder in ("calibrate", "evaluate") for a in client.list_artifacts(run_id, folder)}
     assert {"calibrate/error_histogram.png", "evaluate/roc_pr.png", "evaluate/reconstructions.png"} <= artifacts
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    assert any(model.source_run_id == run_id for model in models)
+    assert {model.name for model in models if model.source_run_id == run_id} == {"model", "detector"}
+    assert client.get_model_version_by_alias("brain-ct-anomaly-detector", "current").run_id == run_id
+
+
+def test_predict_and_the_registered_model_score_like_evaluate(project: Path) -> None:
+    """One scoring path: the predict command (default model) and the registered pyfunc model give the
+    evaluate stage's scores and labels on the same files."""
+    evaluated = pd.read_csv(project / "reports/evaluate/scores.csv")
+    run(project, sys.executable, "-m", "pipeline.predict", "data/raw", "--out", "predicted.csv")
+    predicted = pd.read_csv(project / "predicted.csv")
+    predicted["path"] = predicted["path"].str.removeprefix("data/raw/")
+    both = evaluated.merge(predicted, on="path", suffixes=("", "_predicted"))
+    assert len(both) == len(evaluated) and both["error"].isna().all()
+    np.testing.assert_allclose(both["score_predicted"], both["score"], rtol=1e-5)
+    assert (both["is_anomaly_predicted"] == both["is_anomaly"]).all()
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    registered = mlflow.pyfunc.load_model("models:/brain-ct-anomaly-detector@current")
+    sample = evaluated.groupby("class").head(3)
+    served = registered.predict(pd.DataFrame({"image": [(project / "data/raw" / p).read_bytes()
+                                                        for p in sample["path"]]}))
+    np.testing.assert_allclose(served["score"], sample["score"], rtol=1e-5)
+    assert served["is_anomaly"].tolist() == sample["is_anomaly"].tolist()
 
 
 def test_exp_run_with_a_changed_threshold_reruns_only_what_depends_on_it(project: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bench.workspace import REAL_DATA
 from pipeline.config import Settings
 from pipeline.io import read_json
-from bench.workspace import REAL_DATA
 from tests.conftest import run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data,
@@ -32,7 +32,7 @@ def _subset_zip(out: Path, per_class: dict[str, int]) -> Path:
 
 def test_pipeline_on_real_images(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     archive = _subset_zip(tmp_path, {"Healthy": 120, "Tumor": 60})
-    settings = make_settings("data=local", f"data.path={archive}", "data.image_size=64",
+    settings = make_settings("data=local", f"data.path={archive}", "preprocess.image_size=64",
                              "model.filters=[8,16,32]", "model.latent_dim=16", "train.epochs=2",
                              "train.progress=false", base=())
     run_pipeline(settings)

@@ -8,15 +8,21 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from pipeline import download
+from pipeline import download, split
 from pipeline.config import ROOT, Settings
+from pipeline.data.datasets import load_split
+from pipeline.data.manifest import read_manifest
+from pipeline.data.synthetic import generate
 from pipeline.errors import DataError
+from tests.dicom_factory import write_ct_slice
 
 
 def test_a_config_error_is_one_line_not_a_traceback() -> None:
-    done = subprocess.run([sys.executable, "-m", "pipeline.download", "data=local"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "pipeline.download", "data=local"], check=False, cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 1
     assert "error: config value 'data.path' is required" in done.stderr
@@ -35,3 +41,27 @@ def test_a_failed_download_keeps_the_previous_data(make_settings: Callable[..., 
         download.run(settings)
     assert previous.read_bytes() == b"earlier download"
     assert [p.name for p in settings.paths.raw.parent.iterdir()] == ["raw"]  # no temporary left behind
+
+
+def test_a_folder_of_dicom_slices_is_a_training_source(make_settings: Callable[..., Settings],
+                                                       tmp_path: Path) -> None:
+    """DICOM in HU, windowed by the config, gives exactly the inputs its 8-bit export gives: here each
+    PNG grey value g is written as HU g * 80/255, which the brain window (40/80) maps back to g/255."""
+    generate(tmp_path / "png", 12, 6, seed=0, min_size=64, max_size=80, progress=False)
+    for png in (tmp_path / "png").glob("[HT]*/*.png"):
+        grey = np.asarray(Image.open(png), dtype=np.float64)
+        target = tmp_path / "dicom" / png.relative_to(tmp_path / "png").with_suffix(".dcm")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_ct_slice(target, grey * 80 / 255, slope=80 / 255, intercept=0.0)
+    loaded = {}
+    for source in ("png", "dicom"):
+        settings = make_settings("data=local", f"data.path={tmp_path / source}", "preprocess.image_size=32",
+                                 "split.near_duplicate_distance=0", "train.progress=false",
+                                 f"paths.raw={tmp_path / source}-raw", f"paths.cache={tmp_path / source}-cache",
+                                 base=())
+        download.run(settings)
+        split.run(settings)
+        loaded[source] = load_split(settings, "train")
+    assert set(read_manifest(settings.paths.manifests / "raw.csv")["format"]) == {"DICOM"}
+    assert [Path(p).stem for p in loaded["dicom"].frame["path"]] == [Path(p).stem for p in loaded["png"].frame["path"]]
+    np.testing.assert_allclose(loaded["dicom"].images, loaded["png"].images, atol=1e-5)

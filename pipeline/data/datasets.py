@@ -42,5 +42,5 @@ def load_split(settings: Settings, name: str, only_class: str | None = None) -> 
     if only_class is not None:
         frame = frame[frame["class"] == only_class].reset_index(drop=True)
     images = load_cached([settings.paths.raw / p for p in frame["path"]], frame["sha256"].tolist(),
-                         settings.data.image_size, settings.paths.cache, progress=settings.train.progress)
+                         settings.preprocess, settings.paths.cache, progress=settings.train.progress)
     return Split(name, frame, images)

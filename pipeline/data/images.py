@@ -1,34 +1,52 @@
-"""Decode any image file to one grayscale channel and preprocess it: the single code path that
-training, calibration, evaluation and (later) prediction share, plus a cache of decoded splits.
+"""Decode any image file (PNG, JPEG, TIFF, ... or a DICOM slice) to one grayscale channel and
+preprocess it: the single code path that training, calibration, evaluation, prediction and the served
+model share, plus a cache of decoded splits.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from pipeline.progress import progress as progress_bar
 
+from pipeline.config import DicomWindow, PreprocessConfig
+from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield
 from pipeline.errors import ImageDecodeError
 from pipeline.io import atomic_path
+from pipeline.progress import progress as progress_bar
 
-# Bump when `load_image` changes its output, so cached arrays are rebuilt.
-PREPROCESS_VERSION = 1
+# Bump when `load_image` changes its output for the same config, so cached arrays are rebuilt.
+PREPROCESS_VERSION = 2
+
+Source = Path | bytes  # a file, or the bytes of one (an upload to the served model)
 
 
-def read_image(path: Path) -> Image.Image:
-    """Open and fully decode a file (so truncation is caught here), with EXIF orientation applied."""
-    path = Path(path)
+@dataclass(frozen=True)
+class Decoded:
+    """A slice as one grey channel in [0, 1], with what the manifest records about the file."""
+
+    pixels: np.ndarray
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
+def read_image(source: Source, name: str | Path | None = None) -> Image.Image:
+    """Open and fully decode an image (so truncation is caught here), with EXIF orientation applied."""
+    name = name if name is not None else source
     try:
-        if path.stat().st_size == 0:
-            raise ImageDecodeError(path, "empty file (0 bytes)")
-        with Image.open(path) as image:
+        if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+            raise ImageDecodeError(name, "empty file (0 bytes)")
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.load()
             oriented = ImageOps.exif_transpose(image)
             oriented.format = image.format  # the copy would otherwise forget the file's real format
@@ -36,9 +54,9 @@ def read_image(path: Path) -> Image.Image:
     except ImageDecodeError:
         raise
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError(path, "not an image file PIL can identify") from None
+        raise ImageDecodeError(name, "not an image file PIL can identify") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(path, f"cannot decode: {err}") from None
+        raise ImageDecodeError(name, f"cannot decode: {err}") from None
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
@@ -59,6 +77,18 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
 
+def decode(source: Source, window: DicomWindow, name: str | Path | None = None) -> Decoded:
+    """A DICOM slice in Hounsfield units seen through `window`, or any other image by `to_grayscale`.
+    `name` is what errors call a source given as bytes."""
+    name = name if name is not None else source if isinstance(source, Path) else "<bytes>"
+    if is_dicom(source):
+        hounsfield, meta = read_hounsfield(source, name)
+        return Decoded(apply_window(hounsfield, window.level, window.width), **meta)
+    image = read_image(source, name)
+    suffix = Path(name).suffix.lstrip(".").upper()
+    return Decoded(to_grayscale(image), image.width, image.height, image.mode, image.format or suffix)
+
+
 def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
     """Pad to a centred square with black, then resize: anatomy keeps its aspect ratio."""
     height, width = gray.shape
@@ -70,43 +100,43 @@ def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
-def load_image(path: Path, image_size: int) -> np.ndarray:
+def load_image(source: Source, config: PreprocessConfig, name: str | Path | None = None) -> np.ndarray:
     """Decode and preprocess one file to a (image_size, image_size) float32 array in [0, 1]."""
-    return resize_square(to_grayscale(read_image(path)), image_size)
+    return resize_square(decode(source, config.dicom_window, name).pixels, config.image_size)
 
 
 def load_images(
-    paths: Sequence[Path], image_size: int, *, workers: int | None = None, progress: bool = True
+    paths: Sequence[Path], config: PreprocessConfig, *, workers: int | None = None, progress: bool = True
 ) -> np.ndarray:
     """Decode many files in parallel to a (n, image_size, image_size, 1) float32 batch."""
     workers = workers or os.cpu_count() or 1
-    batch = np.empty((len(paths), image_size, image_size, 1), dtype=np.float32)
+    batch = np.empty((len(paths), config.image_size, config.image_size, 1), dtype=np.float32)
 
-    def decode(index: int) -> None:
-        batch[index, :, :, 0] = load_image(paths[index], image_size)
+    def decode_one(index: int) -> None:
+        batch[index, :, :, 0] = load_image(paths[index], config)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in progress_bar(pool.map(decode, range(len(paths))), desc="decode", total=len(paths),
+        for _ in progress_bar(pool.map(decode_one, range(len(paths))), desc="decode", total=len(paths),
                               enabled=progress):
             pass
     return batch
 
 
 def load_cached(
-    paths: Sequence[Path], content_hashes: Sequence[str], image_size: int, cache_dir: Path,
+    paths: Sequence[Path], content_hashes: Sequence[str], config: PreprocessConfig, cache_dir: Path,
     *, progress: bool = True,
 ) -> np.ndarray:
     """`load_images`, decoded once: the batch is kept in `cache_dir` under a key made of the files'
-    content hashes, the image size and the preprocessing version, so later epochs, stages and reruns
-    read one array instead of decoding again."""
+    content hashes, the preprocessing config and version, so later epochs, stages and reruns read one
+    array instead of decoding again."""
     key = hashlib.sha256(json.dumps(
-        {"version": PREPROCESS_VERSION, "image_size": image_size, "files": list(content_hashes)}
+        {"version": PREPROCESS_VERSION, "preprocess": config.model_dump(mode="json"),
+         "files": list(content_hashes)}
     ).encode()).hexdigest()[:32]
     cached = Path(cache_dir) / f"{key}.npy"
     if cached.exists():
         return np.load(cached)
-    batch = load_images(paths, image_size, progress=progress)
-    with atomic_path(cached) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, batch)
+    batch = load_images(paths, config, progress=progress)
+    with atomic_path(cached) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, batch)
     return batch

@@ -12,35 +12,37 @@ import imagehash
 import numpy as np
 import pandas as pd
 from PIL import Image
-from pipeline.progress import progress as progress_bar
 
-from pipeline.data.images import read_image, to_grayscale
-from pipeline.errors import ImageDecodeError
+from pipeline.config import DicomWindow
+from pipeline.data.images import decode
 from pipeline.data.sources import CLASSES
+from pipeline.errors import ImageDecodeError
+from pipeline.progress import progress as progress_bar
 
 MANIFEST_COLUMNS = ["path", "class", "sha256", "phash", "width", "height", "mode", "format"]
 REJECT_COLUMNS = ["path", "class", "reason"]
 
 
-def inspect(raw_dir: Path, path: Path, class_name: str) -> dict[str, str | int]:
+def inspect(raw_dir: Path, path: Path, class_name: str, window: DicomWindow) -> dict[str, str | int]:
     """One manifest row (path relative to raw_dir, POSIX separators); raises ImageDecodeError for
-    anything that is not a usable image."""
-    image = read_image(path)
-    gray = to_grayscale(image)
-    perceptual = imagehash.phash(Image.fromarray(np.round(gray * 255).astype(np.uint8)))
+    anything that is not a usable image. The perceptual hash is of the slice as the model sees it
+    (a DICOM through `window`)."""
+    decoded = decode(path, window)
+    perceptual = imagehash.phash(Image.fromarray(np.round(decoded.pixels * 255).astype(np.uint8)))
     return {
         "path": path.relative_to(raw_dir).as_posix(),
         "class": class_name.lower(),
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "phash": str(perceptual),
-        "width": image.width,
-        "height": image.height,
-        "mode": image.mode,
-        "format": image.format or path.suffix.lstrip(".").upper(),
+        "width": decoded.width,
+        "height": decoded.height,
+        "mode": decoded.mode,
+        "format": decoded.format,
     }
 
 
-def build_manifest(raw_dir: Path, *, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_manifest(raw_dir: Path, window: DicomWindow, *, progress: bool = True
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Inspect every file under raw_dir/{Healthy,Tumor}; return (manifest, rejects), sorted by path."""
     jobs = [(path, name) for name in CLASSES
             for path in sorted((raw_dir / name).rglob("*")) if path.is_file()]
@@ -50,7 +52,7 @@ def build_manifest(raw_dir: Path, *, progress: bool = True) -> tuple[pd.DataFram
     def run(job: tuple[Path, str]) -> None:
         path, name = job
         try:
-            entries.append(inspect(raw_dir, path, name))
+            entries.append(inspect(raw_dir, path, name, window))
         except ImageDecodeError as err:
             rejects.append({"path": path.relative_to(raw_dir).as_posix(), "class": name.lower(),
                             "reason": err.reason})

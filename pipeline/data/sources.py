@@ -9,11 +9,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.progress import progress
-
 from pipeline.config import KaggleData, LocalData, SyntheticData
 from pipeline.data import synthetic
 from pipeline.errors import DataError
+from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ def fetch_kaggle(handle: str, out_dir: Path) -> None:
             "the dataset elsewhere and use data=local data.path=/path/to/it")
     try:
         downloaded = Path(kagglehub.dataset_download(handle))
-    except Exception as err:  # kagglehub raises requests, HTTP and its own errors alike
+    except Exception as err:  # noqa: BLE001 -- kagglehub raises requests, HTTP and its own errors alike
         raise DataError(f"downloading Kaggle dataset '{handle}' failed: {err}") from None
     copy_classes(find_dataset_root(downloaded), out_dir)
 

@@ -15,7 +15,7 @@ def build(input_shape: tuple[int, int, int], filters: list[int], latent_dim: int
     height, width, channels = input_shape
     stride = 2 ** len(filters)
     if not filters or height % stride or width % stride:
-        raise ConfigError(f"model.filters: {len(filters)} stride-2 layers need data.image_size "
+        raise ConfigError(f"model.filters: {len(filters)} stride-2 layers need preprocess.image_size "
                           f"divisible by {stride}, got {height}")
     if latent_dim < 1:
         raise ConfigError(f"model.latent_dim must be at least 1, got {latent_dim}")

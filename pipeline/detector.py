@@ -1,0 +1,95 @@
+"""The product of the pipeline: preprocessing, the autoencoder and the threshold as one object.
+
+Evaluation, the predict command and the served MLflow model all score through a `Detector`, so an
+image gets the same score wherever it is scored. On disk it is a folder with the Keras model and
+`detector.json` (threshold, preprocessing config, where it came from); `pipeline.serving` wraps that
+folder as an MLflow pyfunc model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from pydantic import ValidationError
+
+from pipeline import scoring
+from pipeline.config import PreprocessConfig
+from pipeline.data.images import Source, load_image
+from pipeline.errors import ImageDecodeError, PipelineError
+from pipeline.io import read_json, write_json
+
+MODEL_FILE = "model.keras"
+SETTINGS_FILE = "detector.json"
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """The sources that decoded, as one model-ready batch, and why the others did not."""
+
+    images: np.ndarray  # (n_ok, size, size, 1) float32
+    decoded: np.ndarray  # indices (into the sources) of the rows of `images`
+    errors: dict[int, str]  # source index -> reason it could not be read
+
+
+@dataclass
+class Detector:
+    model: keras.Model
+    threshold: float
+    preprocess: PreprocessConfig
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: run id, model name, ...
+
+    def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:
+        """Decode and preprocess files (or their bytes) in parallel; unreadable ones are reported."""
+        size = self.preprocess.image_size
+        images = np.empty((len(sources), size, size, 1), dtype=np.float32)
+        errors: dict[int, str] = {}
+
+        def load(index: int) -> None:
+            try:
+                images[index, :, :, 0] = load_image(sources[index], self.preprocess, names[index])
+            except ImageDecodeError as err:
+                errors[index] = err.reason
+
+        with ThreadPoolExecutor() as pool:
+            list(pool.map(load, range(len(sources))))
+        decoded = np.array([i for i in range(len(sources)) if i not in errors], dtype=np.int64)
+        return DecodedBatch(images[decoded], decoded, dict(sorted(errors.items())))
+
+    def reconstruct_and_score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstructions and scores of a preprocessed batch (from `decode`, or a cached split)."""
+        return scoring.reconstruct_and_score(self.model, images)
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        return scoring.score(self.model, images)
+
+    def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) > self.threshold
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save(directory / MODEL_FILE)
+        write_json(directory / SETTINGS_FILE, {"threshold": self.threshold,
+                                               "preprocess": self.preprocess.model_dump(mode="json"),
+                                               "info": self.info})
+
+    @classmethod
+    def load(cls, directory: Path) -> Detector:
+        """Read a saved detector; a folder without a threshold or preprocessing is a clear error."""
+        settings_file = Path(directory) / SETTINGS_FILE
+        if not settings_file.is_file():
+            raise PipelineError(f"{directory}: not a detector (no {SETTINGS_FILE} with a threshold)")
+        saved = read_json(settings_file)
+        if not isinstance(saved.get("threshold"), int | float):
+            raise PipelineError(f"{settings_file}: no numeric 'threshold'")
+        try:
+            preprocess = PreprocessConfig.model_validate(saved.get("preprocess"))
+        except ValidationError as err:
+            raise PipelineError(f"{settings_file}: invalid 'preprocess': {err}") from None
+        model = keras.models.load_model(Path(directory) / MODEL_FILE)
+        return cls(model, float(saved["threshold"]), preprocess, saved.get("info", {}))

@@ -1,0 +1,129 @@
+"""The detector as an MLflow pyfunc model: what the registry holds and `mlflow models serve` runs.
+
+Input: a DataFrame with one column `image`, the bytes of an image file (PNG, JPEG, DICOM, ...); over
+REST each is a base64 string (`{"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}`).
+Output: `score` and `is_anomaly` per row. The model folder carries the Keras model, the threshold,
+the preprocessing config and a copy of this package, so a fresh process scores exactly as the
+pipeline did.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
+from omegaconf import OmegaConf
+
+from pipeline import tracking
+from pipeline.config import PARAMS_FILE, ROOT, MlflowConfig, Paths
+from pipeline.detector import Detector
+from pipeline.errors import PipelineError
+
+ARTIFACT = "detector"  # the Detector folder inside the MLflow model, and the model's name in a run
+INPUT_COLUMN = "image"
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
+                           outputs=Schema([ColSpec("double", "score"), ColSpec("boolean", "is_anomaly")]))
+# What loading and calling the model imports; pinned to the versions that made it.
+REQUIREMENTS = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow", "pydicom", "pydantic",
+                "hydra-core", "omegaconf", "tqdm")
+
+
+class DetectorModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.detector = Detector.load(Path(context.artifacts[ARTIFACT]))
+
+    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
+                params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Score every row; a row that is not a decodable image fails the request with a client
+        error naming the row and the reason (HTTP 400 from the scoring server)."""
+        if INPUT_COLUMN not in model_input.columns:
+            raise MlflowException(f"the input needs a column '{INPUT_COLUMN}' with the bytes of an image file "
+                                  f"(got columns {list(model_input.columns)})", INVALID_PARAMETER_VALUE)
+        values = model_input[INPUT_COLUMN].tolist()
+        wrong = [i for i, value in enumerate(values) if not isinstance(value, bytes | bytearray)]
+        if wrong:
+            raise MlflowException(f"row {wrong[0]}: '{INPUT_COLUMN}' must be the bytes of an image file "
+                                  f"(base64 in JSON), got {type(values[wrong[0]]).__name__}",
+                                  INVALID_PARAMETER_VALUE)
+        batch = self.detector.decode([bytes(v) for v in values], [f"row {i}" for i in range(len(values))])
+        if batch.errors:
+            raise MlflowException("; ".join(f"row {i}: {reason}" for i, reason in batch.errors.items()),
+                                  INVALID_PARAMETER_VALUE)
+        scores = self.detector.score(batch.images).astype("float64")
+        return pd.DataFrame({"score": scores, "is_anomaly": self.detector.is_anomaly(scores)})
+
+
+def _requirements() -> list[str]:
+    pinned = []
+    for package in REQUIREMENTS:
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            pinned.append(package)
+    return pinned
+
+
+def _model_spec(detector_dir: Path, example: bytes) -> dict[str, Any]:
+    """What `save_model` and `log_model` both take: one definition of the packaged model."""
+    return {"python_model": str(Path(__file__).with_name("serving_model.py")), "artifacts": {ARTIFACT: str(detector_dir)},
+            "code_paths": [str(Path(__file__).parent)], "signature": SIGNATURE,
+            "input_example": pd.DataFrame({INPUT_COLUMN: [example]}), "pip_requirements": _requirements()}
+
+
+def save(detector: Detector, path: Path, example: bytes) -> None:
+    """Write the detector as an MLflow model folder (`path` empty or absent); `example` is the bytes
+    of one image file, stored as the model's input example."""
+    with tempfile.TemporaryDirectory() as tmp:
+        detector.save(Path(tmp) / ARTIFACT)
+        mlflow.pyfunc.save_model(str(path), **_model_spec(Path(tmp) / ARTIFACT, example))
+
+
+def log_and_register(saved: Path, example: bytes, config: MlflowConfig) -> int:
+    """Log a folder written by `save` into the active run, register it as a new version of
+    `config.registered_model` and point `config.model_alias` at that version."""
+    info = mlflow.pyfunc.log_model(name=ARTIFACT, registered_model_name=config.registered_model,
+                                   **_model_spec(saved / "artifacts" / ARTIFACT, example))
+    version = int(info.registered_model_version)
+    MlflowClient().set_registered_model_alias(config.registered_model, config.model_alias, version)
+    return version
+
+
+def default_model() -> Path:
+    """The detector of the last `dvc repro`, where params.yaml puts it."""
+    paths = Paths.model_validate(OmegaConf.to_container(OmegaConf.load(PARAMS_FILE).paths))
+    return paths.detector if paths.detector.is_absolute() else ROOT / paths.detector
+
+
+def load_detector(model: str) -> Detector:
+    """A Detector from a folder written by `save` (or `Detector.save`) or an MLflow model URI."""
+    if ":/" not in model:
+        folder = Path(model)
+        if not folder.exists():
+            raise PipelineError(f"model '{model}' does not exist (run `dvc repro` to build the default one, "
+                                "or pass --model)")
+        if not (folder / "MLmodel").is_file():
+            return Detector.load(folder)
+    else:
+        tracking.setup(MlflowConfig.model_validate(OmegaConf.to_container(OmegaConf.load(PARAMS_FILE).mlflow)))
+    try:
+        loaded = mlflow.pyfunc.load_model(model)
+    except (MlflowException, OSError) as err:
+        raise PipelineError(f"cannot load model '{model}': {err}") from None
+    try:
+        python_model = loaded.unwrap_python_model()
+    except MlflowException:
+        python_model = None
+    if not isinstance(python_model, DetectorModel):
+        raise PipelineError(f"model '{model}' is not a detector (a bare autoencoder has no threshold): use "
+                            f"the one evaluate packages, e.g. runs:/<run id>/{ARTIFACT} or "
+                            "models:/<registered name>@<alias>")
+    return python_model.detector

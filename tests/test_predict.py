@@ -1,0 +1,112 @@
+"""`python -m pipeline.predict`: files, folders and zips scored like the pipeline scores them; bad
+files reported with the reason; a missing or thresholdless model is one clear message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.data.images import load_image
+from pipeline.errors import PipelineError
+from pipeline.predict import COLUMNS, main
+from pipeline.serving import ARTIFACT, load_detector
+from tests.conftest import write_scans
+
+
+def _predict(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, pd.DataFrame | None, str]:
+    code = main([str(arg) for arg in args])
+    out = next((Path(args[i + 1]) for i, arg in enumerate(args) if arg == "--out"), None)
+    return code, pd.read_csv(out) if out and out.exists() else None, capsys.readouterr().err
+
+
+def test_a_folder_is_scored_recursively_with_bad_files_reported(
+        packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = write_scans(tmp_path / "scans")
+    code, scores, err = _predict(capsys, tmp_path / "scans", "--model", packaged_detector,
+                                 "--out", tmp_path / "scores.csv")
+    assert code == 0 and list(scores.columns) == COLUMNS
+    assert sorted(scores["path"]) == sorted(p.as_posix() for p in files.values())
+    by_path = scores.set_index("path")
+    detector = load_detector(str(packaged_detector))
+    for kind in ("png", "jpeg", "dicom"):
+        row = by_path.loc[files[kind].as_posix()]
+        direct = detector.score(load_image(files[kind], detector.preprocess)[None, ..., None])[0]
+        assert row["score"] == pytest.approx(direct, rel=1e-5)
+        assert row["is_anomaly"] == (row["score"] > 0.05) and pd.isna(row["error"])
+    assert (scores["threshold"] == 0.05).all() and (scores["run_id"] == "test-run").all()
+    assert "not an image" in by_path.loc[files["text"].as_posix(), "error"]
+    assert "cannot decode" in by_path.loc[files["truncated"].as_posix(), "error"]
+    assert by_path.loc[files["truncated"].as_posix(), ["score", "is_anomaly"]].isna().all()
+    assert f"warning: {files['text'].as_posix()}" in err
+
+
+def test_a_zip_scores_like_the_folder_it_holds(packaged_detector: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    files = write_scans(tmp_path / "scans")
+    archive = tmp_path / "scans.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for file in files.values():
+            zipped.write(file, file.relative_to(tmp_path / "scans").as_posix())
+    _, folder, _ = _predict(capsys, tmp_path / "scans", "--model", packaged_detector, "--out", tmp_path / "f.csv")
+    code, zipped_scores, _ = _predict(capsys, archive, "--model", packaged_detector, "--out", tmp_path / "z.csv")
+    assert code == 0
+    assert zipped_scores["path"].tolist() == [p.replace(str(tmp_path / "scans"), str(archive))
+                                              for p in folder["path"]]
+    np.testing.assert_allclose(zipped_scores["score"], folder["score"])
+
+
+def test_one_file_with_heat_maps(packaged_detector: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    dicom = write_scans(tmp_path / "scans")["dicom"]
+    code, scores, _ = _predict(capsys, dicom, "--model", packaged_detector, "--out", tmp_path / "s.csv",
+                               "--heatmaps", tmp_path / "maps")
+    assert code == 0 and scores["path"].tolist() == [dicom.as_posix()] and scores["score"].notna().all()
+    assert (tmp_path / "maps" / "ct.dcm.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda tmp: tmp / "nowhere", "no such file or folder"),
+    (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "no files to score"),
+])
+def test_nothing_to_score_is_one_message(make, message: str, packaged_detector: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _predict(capsys, make(tmp_path), "--model", packaged_detector, "--out", tmp_path / "s.csv")
+    assert code == 1 and message in err and not (tmp_path / "s.csv").exists()
+
+
+def test_only_unreadable_files_is_an_error_with_the_reasons_kept(
+        packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"")
+    code, scores, err = _predict(capsys, tmp_path / "bad", "--model", packaged_detector, "--out", tmp_path / "s.csv")
+    assert code == 1 and "none of the 1 files" in err and scores["error"].tolist() == ["empty file (0 bytes)"]
+
+
+def test_models_that_cannot_score_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scans = write_scans(tmp_path / "scans")["png"]
+    code, _, err = _predict(capsys, scans, "--model", tmp_path / "missing", "--out", tmp_path / "s.csv")
+    assert code == 1 and "does not exist" in err
+    bare = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Identity()])
+    mlflow.keras.save_model(bare, str(tmp_path / "autoencoder"))
+    code, _, err = _predict(capsys, scans, "--model", tmp_path / "autoencoder", "--out", tmp_path / "s.csv")
+    assert code == 1 and "not a detector" in err and "no threshold" in err
+    (tmp_path / "folder").mkdir()
+    code, _, err = _predict(capsys, scans, "--model", tmp_path / "folder", "--out", tmp_path / "s.csv")
+    assert code == 1 and "not a detector" in err
+
+
+def test_a_detector_folder_without_a_threshold_is_refused(packaged_detector: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(packaged_detector / "artifacts" / ARTIFACT, tmp_path / "d")
+    settings = json.loads((folder / "detector.json").read_text())
+    del settings["threshold"]
+    (folder / "detector.json").write_text(json.dumps(settings))
+    with pytest.raises(PipelineError, match="no numeric 'threshold'"):
+        load_detector(str(folder))
