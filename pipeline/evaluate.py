@@ -1,5 +1,6 @@
 """Stage `evaluate`: detection quality on the held-out test set (healthy + tumor) and the detection
-rate on the extra tumor-only set, as DVC metrics and plots and in the model's MLflow run."""
+rate on the extra tumor-only set, as DVC metrics and plots and in the model's MLflow run; and the
+product: model, threshold and preprocessing packaged as one MLflow model, registered under an alias."""
 
 from __future__ import annotations
 
