@@ -3,7 +3,8 @@
 For each dataset, in a throw-away copy of the project: every stage's wall time under `dvc repro`
 (process start, imports and MLflow logging included), the train stage's throughput beside a bare
 Keras `fit` of the same model on the same in-memory arrays (their ratio is the pipeline's overhead
-on training), and the time of a no-op `dvc repro`.
+on training), the time of a no-op `dvc repro`, and the predict command's throughput on every raw
+image (start-up and model loading included).
 
     python -m bench.run                        # built-in data and the real sample, where present
     python -m bench.run --data synthetic --epochs 3
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import keras
+import pandas as pd
 
 from bench.workspace import REAL_DATA, STAGES, copy_project, run
 from pipeline.config import compose, load_settings
@@ -58,6 +61,9 @@ def bench(name: str, overrides: list[str], workdir: Path) -> dict[str, float]:
     start = time.perf_counter()
     run(project, "dvc", "repro")
     row["no-op repro s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    run(project, sys.executable, "-m", "pipeline.predict", "data/raw", "--out", "predicted.csv")
+    row["predict img/s"] = len(pd.read_csv(project / "predicted.csv")) / (time.perf_counter() - start)
     train = read_json(project / "reports" / "train" / "metrics.json")
     row["train img/s"] = train["train_images_per_second"]
     row["bare fit img/s"] = bare_fit_images_per_second(project, overrides)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import keras
 import numpy as np
 
 
 def reconstruct(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """The model's output for a batch, with Keras' progress bar on a terminal."""
-    return model.predict(images, batch_size=batch_size, verbose=1 if sys.stdout.isatty() else 0)
+    """The model's output for a batch (silent: callers that loop show one progress bar of their own)."""
+    return model.predict(images, batch_size=batch_size, verbose=0)
 
 
 def reconstruction_errors(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
