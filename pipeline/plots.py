@@ -186,7 +186,7 @@ def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, labels:
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-    for ax, column_title in zip(axes[0], ("input", "reconstruction", "|input - reconstruction| on input")):
+    for ax, column_title in zip(axes[0], ("input", "reconstruction", "residual on input")):
         ax.set_title(column_title)
     return fig
 
