@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -135,7 +136,14 @@ class MlflowConfig(_Section):
     experiment: str = Field(min_length=1)
     data_experiment: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
-    model_alias: str = Field(pattern=r"^[A-Za-z_][\w-]*$")
+    model_alias: str = Field(pattern=r"^[\w-]+$")
+
+    @field_validator("model_alias")
+    @classmethod
+    def _not_reserved(cls, alias: str) -> str:
+        if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+            raise ValueError(f"'{alias}' is reserved by the MLflow registry (latest, v1, v2, ...)")
+        return alias
 
 
 class Paths(_Section):

@@ -48,6 +48,8 @@ def test_settings_flatten_to_mlflow_params() -> None:
     ("preprocess.dicom_window.width=0", "preprocess.dicom_window.width"),
     ("split.healthy.val=0", "split.healthy.val"),
     ("calibrate.k=-1", "calibrate.k"),
+    ("mlflow.model_alias=latest", "mlflow.model_alias"),
+    ("mlflow.model_alias=v2", "mlflow.model_alias"),
     ("+train.epoch=3", "train.epoch"),  # a typo is an error, not a silently ignored key
     ("data.min_size=600", "data"),
 ])
