@@ -141,32 +141,34 @@ def text_named_dcm(tmp_path: Path) -> Path:
     return path
 
 
-def without_pixel_data(tmp_path: Path) -> Path:
-    path = write_ct_slice(tmp_path / "nopixels.dcm", HU)
+def _edited(path: Path, edit: Callable[[pydicom.Dataset], None]) -> Path:
+    """Rewrite a valid slice with one defect."""
     dataset = pydicom.dcmread(path)
-    del dataset.PixelData
+    edit(dataset)
     dataset.save_as(path, enforce_file_format=True)
     return path
+
+
+def without_pixel_data(tmp_path: Path) -> Path:
+    return _edited(write_ct_slice(tmp_path / "nopixels.dcm", HU), lambda ds: delattr(ds, "PixelData"))
 
 
 def multi_frame(tmp_path: Path) -> Path:
-    path = write_ct_slice(tmp_path / "frames.dcm", HU)
-    dataset = pydicom.dcmread(path)
-    dataset.NumberOfFrames = 2
-    dataset.PixelData = dataset.PixelData * 2
-    dataset.save_as(path, enforce_file_format=True)
-    return path
+    def two_frames(dataset: pydicom.Dataset) -> None:
+        dataset.NumberOfFrames = 2
+        dataset.PixelData = dataset.PixelData * 2
+
+    return _edited(write_ct_slice(tmp_path / "frames.dcm", HU), two_frames)
 
 
 def colour(tmp_path: Path) -> Path:
-    path = write_ct_slice(tmp_path / "colour.dcm", HU)
-    dataset = pydicom.dcmread(path)
-    dataset.SamplesPerPixel = 3
-    dataset.PlanarConfiguration = 0
-    dataset.PhotometricInterpretation = "RGB"
-    dataset.PixelData = dataset.PixelData * 3
-    dataset.save_as(path, enforce_file_format=True)
-    return path
+    def rgb(dataset: pydicom.Dataset) -> None:
+        dataset.SamplesPerPixel = 3
+        dataset.PlanarConfiguration = 0
+        dataset.PhotometricInterpretation = "RGB"
+        dataset.PixelData = dataset.PixelData * 3
+
+    return _edited(write_ct_slice(tmp_path / "colour.dcm", HU), rgb)
 
 
 def undecodable_compressed(tmp_path: Path) -> Path:
