@@ -136,6 +136,7 @@ class MlflowConfig(_Section):
     experiment: str = Field(min_length=1)
     data_experiment: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
+    register: bool
     model_alias: str = Field(pattern=r"^[\w-]+$")
 
     @field_validator("model_alias")
@@ -185,17 +186,22 @@ class Settings(_Section):
 
     def flat_params(self) -> dict[str, str]:
         """Every config value as `section.key` -> string, the shape MLflow params take."""
-        flat: dict[str, str] = {}
+        return flatten(self.model_dump(mode="json"))
 
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    walk(f"{prefix}.{key}" if prefix else str(key), item)
-            else:
-                flat[prefix] = str(value)
 
-        walk("", self.model_dump(mode="json"))
-        return flat
+def flatten(config: dict[str, Any]) -> dict[str, str]:
+    """Nested config -> `section.key` -> string."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            flat[prefix] = str(value)
+
+    walk("", config)
+    return flat
 
 
 def _describe(error: ValidationError) -> str:

@@ -94,13 +94,21 @@ def _strict_thresholds(inclusive_thresholds: np.ndarray, scores: np.ndarray) -> 
     return strict
 
 
+def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Threshold-free quality of the scores' ranking: ROC AUC and average precision (PR AUC)."""
+    labels, scores = _validated_labels_and_scores(labels, scores)
+    _require_both_classes(labels, "ROC AUC and average precision")
+    return {"roc_auc": float(roc_auc_score(labels, scores)),
+            "pr_auc": float(average_precision_score(labels, scores))}
+
+
 def detection_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> DetectionMetrics:
     """Score a labelled set (both classes required) at one threshold.
 
     Precision and F1 are 0 where undefined (nothing flagged) instead of warning.
     """
+    ranking = ranking_metrics(labels, scores)
     labels, scores = _validated_labels_and_scores(labels, scores)
-    _require_both_classes(labels, "detection_metrics (ROC AUC and average precision)")
     predictions = (scores > _validated_threshold(threshold)).astype(np.int64)
     tn, fp, fn, tp = confusion_matrix(labels, predictions, labels=[0, 1]).ravel()
     return DetectionMetrics(
@@ -109,8 +117,7 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) 
         recall=float(recall_score(labels, predictions)),
         specificity=float(recall_score(labels, predictions, pos_label=0)),
         f1=float(f1_score(labels, predictions, zero_division=0)),
-        roc_auc=float(roc_auc_score(labels, scores)),
-        pr_auc=float(average_precision_score(labels, scores)),
+        **ranking,
         tn=int(tn),
         fp=int(fp),
         fn=int(fn),

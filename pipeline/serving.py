@@ -10,7 +10,6 @@ pipeline did.
 from __future__ import annotations
 
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -62,21 +61,11 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"score": scores, "is_anomaly": self.detector.is_anomaly(scores)})
 
 
-def _requirements() -> list[str]:
-    pinned = []
-    for package in REQUIREMENTS:
-        try:
-            pinned.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            pinned.append(package)
-    return pinned
-
-
 def _model_spec(detector_dir: Path, example: bytes) -> dict[str, Any]:
     """What `save_model` and `log_model` both take: one definition of the packaged model."""
     return {"python_model": str(Path(__file__).with_name("serving_model.py")), "artifacts": {ARTIFACT: str(detector_dir)},
             "code_paths": [str(Path(__file__).parent)], "signature": SIGNATURE,
-            "input_example": pd.DataFrame({INPUT_COLUMN: [example]}), "pip_requirements": _requirements()}
+            "input_example": pd.DataFrame({INPUT_COLUMN: [example]}), "pip_requirements": tracking.pinned(REQUIREMENTS)}
 
 
 def save(detector: Detector, path: Path, example: bytes) -> None:
@@ -87,11 +76,13 @@ def save(detector: Detector, path: Path, example: bytes) -> None:
         mlflow.pyfunc.save_model(str(path), **_model_spec(Path(tmp) / ARTIFACT, example))
 
 
-def log_and_register(saved: Path, example: bytes, config: MlflowConfig) -> int:
-    """Log a folder written by `save` into the active run, register it as a new version of
-    `config.registered_model` and point `config.model_alias` at that version."""
-    info = mlflow.pyfunc.log_model(name=ARTIFACT, registered_model_name=config.registered_model,
-                                   **_model_spec(saved / "artifacts" / ARTIFACT, example))
+def log_and_register(saved: Path, example: bytes, config: MlflowConfig) -> int | None:
+    """Log a folder written by `save` into the active run; if `config.register`, register it as a new
+    version of `config.registered_model` and point `config.model_alias` at that version."""
+    info = mlflow.pyfunc.log_model(name=ARTIFACT, registered_model_name=config.registered_model if config.register
+                                   else None, **_model_spec(saved / "artifacts" / ARTIFACT, example))
+    if not config.register:
+        return None
     version = int(info.registered_model_version)
     MlflowClient().set_registered_model_alias(config.registered_model, config.model_alias, version)
     return version

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from pipeline.io import read_json, write_json
 MAX_PARAMS_PER_BATCH = 100
 LOCAL_SCHEMES = ("sqlite:", "file:")
 _uri_set_here: str | None = None  # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI itself
+_extra_tags: dict[str, str] = {}
 
 
 def setup(config: MlflowConfig) -> None:
@@ -66,6 +68,18 @@ def log_params(params: dict[str, str]) -> None:
         mlflow.log_params(dict(items[start : start + MAX_PARAMS_PER_BATCH]))
 
 
+def pinned(packages: tuple[str, ...]) -> list[str]:
+    """pip requirements pinned to the installed versions (MLflow's own inference loads the model in a
+    subprocess: slow, and blind to the pipeline's custom layers)."""
+    requirements = []
+    for package in packages:
+        try:
+            requirements.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            requirements.append(package)
+    return requirements
+
+
 def log_model(model: keras.Model) -> None:
     """Log a Keras model into the active run, with its input/output signature.
 
@@ -73,8 +87,30 @@ def log_model(model: keras.Model) -> None:
     model folder and fails (FileNotFoundError .../model/input_example.json).
     """
     example = np.zeros((1, *model.input_shape[1:]), dtype=np.float32)
-    mlflow.keras.log_model(model, name="model",
+    mlflow.keras.log_model(model, name="model", pip_requirements=pinned(("tensorflow", "keras", "numpy")),
                            signature=infer_signature(example, model.predict(example, verbose=0)))
+
+
+@contextlib.contextmanager
+def tagged(tags: dict[str, str]) -> Iterator[None]:
+    """Add `tags` to every run the stages open inside the block (e.g. the sweep a run belongs to)."""
+    previous = dict(_extra_tags)
+    _extra_tags.update(tags)
+    try:
+        yield
+    finally:
+        _extra_tags.clear()
+        _extra_tags.update(previous)
+
+
+@contextlib.contextmanager
+def _recording_errors() -> Iterator[None]:
+    """Inside an active run: tag the run with the error that ends it (MLflow then marks it FAILED)."""
+    try:
+        yield
+    except BaseException as err:
+        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+        raise
 
 
 @contextlib.contextmanager
@@ -82,13 +118,13 @@ def data_run(settings: Settings, stage: str, data_hash: str, params: dict[str, s
     """A run of its own for a data stage (download, split) in the data experiment."""
     setup(settings.mlflow)
     with mlflow.start_run(experiment_id=experiment_id(settings.mlflow.data_experiment, settings.mlflow),
-                          run_name=f"{stage}-{data_hash}", tags=_tags(stage, data_hash)):
+                          run_name=f"{stage}-{data_hash}", tags=_tags(stage, data_hash)), _recording_errors():
         log_params(params)
         yield
 
 
 def _tags(stage: str, data_hash: str) -> dict[str, str]:
-    return {"stage": stage, "git_commit": git_commit(), "data_hash": data_hash}
+    return {"stage": stage, "git_commit": git_commit(), "data_hash": data_hash, **_extra_tags}
 
 
 @contextlib.contextmanager
@@ -97,7 +133,7 @@ def new_model_run(settings: Settings, data_hash: str, run_file: Path) -> Iterato
     setup(settings.mlflow)
     with mlflow.start_run(experiment_id=experiment_id(settings.mlflow.experiment, settings.mlflow),
                           tags={**_tags("train", data_hash), "stages": "train",
-                                "model": settings.model.name}) as run:
+                                "model": settings.model.name}) as run, _recording_errors():
         log_params(settings.flat_params())
         yield run.info.run_id
     write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
@@ -115,8 +151,8 @@ def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file:
     changed = {k for k, v in params.items() if previous.data.params.get(k, v) != v}
     stages = f"{previous.data.tags.get('stages', '')},{stage}".strip(",")
     if not changed:
-        with mlflow.start_run(run_id=previous.info.run_id):
-            mlflow.set_tags({"stage": stage, "stages": stages, "git_commit": git_commit()})
+        with mlflow.start_run(run_id=previous.info.run_id), _recording_errors():
+            mlflow.set_tags({"stage": stage, "stages": stages, "git_commit": git_commit(), **_extra_tags})
             log_params({k: v for k, v in params.items() if k not in previous.data.params})
             run_id = previous.info.run_id
             yield run_id
@@ -124,8 +160,8 @@ def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file:
         inherited = {k: v for k, v in previous.data.tags.items() if not k.startswith("mlflow.")}
         with mlflow.start_run(experiment_id=previous.info.experiment_id, tags={
             **inherited, "stage": stage, "stages": stages, "git_commit": git_commit(),
-            "forked_from": previous.info.run_id, "changed_params": ",".join(sorted(changed)),
-        }) as run:
+            "forked_from": previous.info.run_id, "changed_params": ",".join(sorted(changed)), **_extra_tags,
+        }) as run, _recording_errors():
             log_params(params)
             for key in previous.data.metrics:
                 for metric in client.get_metric_history(previous.info.run_id, key):
@@ -134,3 +170,25 @@ def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file:
             run_id = run.info.run_id
             yield run_id
     write_json(run_file, {"run_id": run_id, "experiment_id": previous.info.experiment_id})
+
+
+def record_failure(config: MlflowConfig, params: dict[str, str], tags: dict[str, str], error: BaseException) -> None:
+    """Make a failed job visible in the model experiment: mark FAILED the runs it opened (found by
+    `tags`), or log a FAILED run with its params when it failed before opening one."""
+    setup(config)
+    client = MlflowClient()
+    message = f"{type(error).__name__}: {error}"[:5000]
+    experiment = experiment_id(config.experiment, config)
+    query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+    runs = client.search_runs([experiment], filter_string=query)
+    for run in runs:
+        client.set_tag(run.info.run_id, "error", message)
+        client.set_terminated(run.info.run_id, "FAILED")
+    if not runs:
+        mlflow.start_run(experiment_id=experiment, tags={
+            **tags, "stage": "failed", "git_commit": git_commit(), "error": message,
+            "model": params.get("model.name", "unknown")})
+        try:
+            log_params(params)
+        finally:
+            mlflow.end_run("FAILED")

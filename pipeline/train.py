@@ -20,13 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> None:
-    train = load_split(settings, "train")
-    val = load_split(settings, "val", only_class="healthy")
-    seed_everything(settings.seed)
-    model = build_model(settings.model.name, train.images.shape[1:], settings.model.params)
     data_hash = content_hash(read_manifest(settings.paths.manifests / "raw.csv"))
-
     with tracking.new_model_run(settings, data_hash, settings.paths.run_file("train")):
+        train = load_split(settings, "train")
+        val = load_split(settings, "val", only_class="healthy")
+        seed_everything(settings.seed)
+        model = build_model(settings.model.name, train.images.shape[1:], settings.model.params)
         splits = read_splits(settings)
         mlflow.log_metrics({f"images_{k}": v for k, v in split_counts(splits).items()})
         mlflow.set_tag("split_hash", content_hash(splits, by="split"))

@@ -64,7 +64,7 @@ def packaged_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.models import build_model
 
     keras.utils.set_random_seed(0)
-    model = build_model("cae", (32, 32, 1), {"filters": [8, 16], "latent_dim": 16})
+    model = build_model("cae", (32, 32, 1), {"width": 8, "depth": 2, "latent_dim": 16})
     example = tmp_path_factory.mktemp("example") / "example.png"
     Image.new("L", (40, 30), 90).save(example)
     folder = tmp_path_factory.mktemp("models") / "detector"

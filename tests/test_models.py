@@ -1,4 +1,4 @@
-"""The model registry and the method's autoencoder."""
+"""The model registry and every registered variant: builds, trains, round-trips through a .keras file."""
 
 from __future__ import annotations
 
@@ -8,41 +8,125 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.models import available, build_model, register
+from pipeline.models.vae import GaussianLatent, kl_divergence
+from pipeline.training import fit
+
+# Each variant at its smallest: 32x32 slices, a few channels (no weights can be downloaded in tests).
+TINY_VARIANTS = {
+    "cae": {"width": 4, "depth": 2, "latent_dim": 8},
+    "cae_bn": {"width": 4, "depth": 2, "latent_dim": 8},
+    "deep_cae": {"width": 4, "depth": 3, "convs_per_level": 2, "batch_norm": True, "latent_dim": 8},
+    "vae": {"width": 4, "depth": 2, "latent_dim": 8, "beta": 1.0},
+    "pretrained_encoder": {"backbone": "MobileNetV3Small", "weights": None, "trainable": True, "width": 4,
+                           "latent_dim": 8},
+}
+SHAPE = (32, 32, 1)
 
 
-def test_cae_reconstructs_the_input_shape_in_unit_range() -> None:
-    model = build_model("cae", (32, 32, 1), {"filters": [8, 16], "latent_dim": 8})
-    out = model.predict(np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32), verbose=0)
-    assert out.shape == (3, 32, 32, 1)
+def _images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *SHAPE), dtype=np.float32)
+
+
+def test_every_registered_variant_is_covered() -> None:
+    assert sorted(TINY_VARIANTS) == available()
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_VARIANTS))
+def trained(request: pytest.FixtureRequest) -> tuple[str, keras.Model]:
+    """Each variant after one epoch of two batches on random images."""
+    keras.utils.set_random_seed(0)
+    model = build_model(request.param, SHAPE, TINY_VARIANTS[request.param])
+    config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, early_stopping_patience=1, progress=False)
+    result = fit(model, _images(8), _images(4, seed=1), config, callbacks=[])
+    assert np.isfinite(result.history["loss"][0]) and np.isfinite(result.history["val_loss"][0])
+    return request.param, model
+
+
+def test_variant_reconstructs_the_input_shape_in_unit_range(trained: tuple[str, keras.Model]) -> None:
+    out = trained[1].predict(_images(3), verbose=0)
+    assert out.shape == (3, *SHAPE)
     assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_variant_scores_deterministically(trained: tuple[str, keras.Model]) -> None:
+    """The detector's score must not depend on the call (the VAE decodes its mean at inference)."""
+    x = _images(2)
+    np.testing.assert_array_equal(trained[1].predict(x, verbose=0), trained[1].predict(x, verbose=0))
+
+
+def test_variant_round_trips_through_a_keras_file(trained: tuple[str, keras.Model], tmp_path: Path) -> None:
+    name, model = trained
+    model.save(tmp_path / f"{name}.keras")
+    loaded = keras.models.load_model(tmp_path / f"{name}.keras")
+    x = _images(2, seed=3)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_kl_divergence_of_known_gaussians() -> None:
+    """KL(N(mu, s^2) || N(0, 1)) = (mu^2 + s^2 - 1) / 2 - log s, summed over dimensions."""
+    mean = np.array([[0.0, 0.0], [1.0, -2.0]], dtype=np.float32)
+    log_var = np.array([[0.0, 0.0], [np.log(4.0), 0.0]], dtype=np.float32)
+    expected = [0.0, (1 + 4 - 1) / 2 - np.log(2.0) + (4 + 1 - 1) / 2]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(kl_divergence(mean, log_var)), expected, rtol=1e-6)
+
+
+def test_vae_latent_adds_beta_weighted_kl_and_samples_only_in_training() -> None:
+    layer = GaussianLatent(beta=2.0, pixels=10, seed=1)
+    mean = np.array([[1.0, -2.0]], dtype=np.float32)
+    log_var = np.array([[np.log(4.0), 0.0]], dtype=np.float32)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer([mean, log_var], training=False)), mean)
+    kl = (1 + 4 - 1) / 2 - np.log(2.0) + (4 + 1 - 1) / 2
+    np.testing.assert_allclose(float(layer.losses[0]), 2.0 * kl / 10, rtol=1e-6)
+    sample = keras.ops.convert_to_numpy(layer([mean, log_var], training=True))
+    assert not np.allclose(sample, mean)
+
+
+def test_frozen_backbone_trains_the_decoder_only() -> None:
+    params = {**TINY_VARIANTS["pretrained_encoder"], "trainable": False}
+    model = build_model("pretrained_encoder", SHAPE, params)
+    frozen = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    assert not frozen.trainable_weights
+    assert model.trainable_weights
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"weights": "/nowhere/weights.h5"}, r"model\.weights: '/nowhere/weights.h5' is not a file"),
+    ({"backbone": "ResNet9000"}, r"model\.backbone: unknown backbone 'ResNet9000'"),
+])
+def test_pretrained_encoder_config_errors(params: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_model("pretrained_encoder", SHAPE, {**TINY_VARIANTS["pretrained_encoder"], **params})
+
+
+def test_pretrained_encoder_loads_a_local_weights_file(tmp_path: Path) -> None:
+    """`model.weights=PATH`: the backbone starts from the file's weights (here, saved from another one)."""
+    source = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), include_top=False, weights=None)
+    source.save_weights(tmp_path / "backbone.weights.h5")
+    model = build_model("pretrained_encoder", SHAPE,
+                        {**TINY_VARIANTS["pretrained_encoder"], "weights": str(tmp_path / "backbone.weights.h5")})
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    for loaded, saved in zip(backbone.weights, source.weights, strict=True):
+        np.testing.assert_array_equal(loaded.numpy(), saved.numpy())
 
 
 def test_unknown_model_lists_the_available_ones() -> None:
     with pytest.raises(ConfigError, match="available: .*cae"):
-        build_model("nope", (32, 32, 1), {})
+        build_model("nope", SHAPE, {})
 
 
 def test_unknown_parameter_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"model\.depth: not a parameter of model 'cae'"):
-        build_model("cae", (32, 32, 1), {"filters": [8], "latent_dim": 8, "depth": 3})
+    with pytest.raises(ConfigError, match=r"model\.filters: not a parameter of model 'cae'"):
+        build_model("cae", SHAPE, {**TINY_VARIANTS["cae"], "filters": [8]})
 
 
 def test_image_size_must_suit_the_strides() -> None:
     with pytest.raises(ConfigError, match="divisible by 8"):
-        build_model("cae", (36, 36, 1), {"filters": [8, 8, 8], "latent_dim": 8})
+        build_model("cae", (36, 36, 1), {"width": 4, "depth": 3, "latent_dim": 8})
 
 
 def test_a_name_registers_once() -> None:
-    assert "cae" in available()
     with pytest.raises(ValueError, match="registered twice"):
         register("cae")(lambda input_shape: None)
-
-
-def test_saved_model_round_trips(tmp_path: Path) -> None:
-    model = build_model("cae", (16, 16, 1), {"filters": [4], "latent_dim": 4})
-    x = np.random.default_rng(1).random((2, 16, 16, 1), dtype=np.float32)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)

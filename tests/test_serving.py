@@ -55,7 +55,8 @@ def test_pyfunc_names_the_row_that_is_not_an_image(packaged_detector: Path, scan
 def test_evaluate_registers_each_detector_and_moves_the_alias(packaged_detector: Path, scans: dict[str, Path],
                                                               tmp_path: Path) -> None:
     config = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "art",
-                          experiment="e", data_experiment="d", registered_model="detector", model_alias="current")
+                          experiment="e", data_experiment="d", registered_model="detector", model_alias="current",
+                          register=True)
     mlflow.set_tracking_uri(config.tracking_uri)
     example = scans["png"].read_bytes()
     versions = []

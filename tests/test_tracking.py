@@ -14,7 +14,7 @@ from pipeline.models import build_model
 
 
 def _tiny_model():
-    return build_model("cae", (16, 16, 1), {"filters": [4], "latent_dim": 4})
+    return build_model("cae", (16, 16, 1), {"width": 4, "depth": 1, "latent_dim": 4})
 
 
 def _models_of(run_id: str) -> list:

@@ -15,7 +15,7 @@ CONFIG = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-3, early_stopping_
 def _run(seed: int) -> tuple[dict[str, list[float]], np.ndarray]:
     data = np.random.default_rng(0).random((24, 16, 16, 1), dtype=np.float32)
     seed_everything(seed)
-    model = build_model("cae", (16, 16, 1), {"filters": [4, 8], "latent_dim": 4})
+    model = build_model("cae", (16, 16, 1), {"width": 4, "depth": 2, "latent_dim": 4})
     result = fit(model, data[:16], data[16:], CONFIG, callbacks=[])
     return result.history, score(model, data)
 

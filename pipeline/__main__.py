@@ -1,0 +1,117 @@
+"""`python -m pipeline`: download, split, train, calibrate and evaluate in one process (the code the
+DVC stages run), as one Hydra app, so that Hydra sweeps whole pipelines:
+
+    python -m pipeline -m model=cae,cae_bn,deep_cae,vae      # one MLflow run per variant
+    python -m pipeline hparams_search=optuna                  # Optuna maximises validation ROC AUC
+
+A job writes its model and reports under its Hydra output folder and its data under the sweep's folder,
+so the jobs of a sweep share one download and split and none of them touches the DVC workspace.
+Runs go to the project's MLflow store, tagged with the sweep and the job; each run holds its packaged
+detector, which is not registered (the registry alias stays on the DVC pipeline's) unless
+`mlflow.register=true` is given. A job that fails is marked
+FAILED in MLflow and the sweep goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import keras
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import calibrate, download, evaluate, split, train, tracking
+from pipeline.config import CONF_DIR, ROOT, MlflowConfig, Settings, flatten, load_settings
+from pipeline.errors import PipelineError
+from pipeline.io import read_json
+
+log = logging.getLogger("pipeline")
+
+# Where a job's outputs go: data once per sweep (or run), the model and reports per job.
+SHARED_PATHS = {"raw": "data/raw", "manifests": "data/manifests", "splits": "data/splits"}
+JOB_PATHS = {"model": "models", "reports": "reports"}
+
+_prepared_data: str | None = None  # the data config whose download and split are on disk in this process
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def configure_job(cfg: DictConfig) -> dict[str, str]:
+    """Point `paths` into this job's Hydra folders and leave the model registry alone (`mlflow.register`
+    false), unless the command line sets them; return the tags that identify the job in MLflow."""
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    shared_dir = Path(hydra_cfg.sweep.dir).resolve() if multirun else job_dir
+    given = {override.split("=", 1)[0].lstrip("+~") for override in hydra_cfg.overrides.task}
+    for folders, base in ((SHARED_PATHS, shared_dir), (JOB_PATHS, job_dir)):
+        for key, folder in folders.items():
+            if f"paths.{key}" not in given:
+                cfg.paths[key] = str(base / folder)
+    if "mlflow.register" not in given:
+        cfg.mlflow.register = False  # the registry's alias stays on the DVC pipeline's detector
+    tags = {"pipeline_job": _relative(job_dir)}
+    if multirun:
+        tags.update(sweep=_relative(shared_dir), sweep_job=str(hydra_cfg.job.num),
+                    sweep_overrides=hydra_cfg.job.override_dirname)
+    return tags
+
+
+def run_all(settings: Settings) -> float:
+    """Every stage in order; download and split only when this process has not prepared that data yet.
+    Returns the validation ROC AUC (NaN when the validation set holds no tumors)."""
+    global _prepared_data
+    data_key = json.dumps([settings.seed, settings.split.model_dump(mode="json"),
+                           settings.data.model_dump(mode="json"),
+                           settings.preprocess.dicom_window.model_dump(), str(settings.paths.raw)])
+    if data_key != _prepared_data:
+        _prepared_data = None
+        download.run(settings)
+        split.run(settings)
+        _prepared_data = data_key
+    keras.backend.clear_session()  # the previous job's model is not needed any more
+    for stage in (train, calibrate, evaluate):
+        stage.run(settings)
+    return float(read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
+                 .get("val_roc_auc", math.nan))
+
+
+def _record(cfg: DictConfig, settings: Settings | None, tags: dict[str, str], error: BaseException) -> None:
+    """Record the failure in MLflow; with an invalid config, as well as its mlflow section allows."""
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        mlflow_config = settings.mlflow if settings else MlflowConfig.model_validate(raw["mlflow"])
+        tracking.record_failure(mlflow_config, settings.flat_params() if settings else flatten(raw), tags, error)
+    except Exception as failure:  # noqa: BLE001 - the job's own error is the one to report
+        log.warning("could not record the failure in MLflow: %s", failure)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    tags = configure_job(cfg)
+    settings = None
+    try:
+        settings = load_settings(cfg)
+        with tracking.tagged(tags):
+            return run_all(settings)
+    except Exception as err:
+        _record(cfg, settings, tags, err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.error("job failed, the sweep goes on: %s", err)
+            raise  # Hydra marks the job failed (Optuna: trial FAIL); the sweep reports it at the end
+        if isinstance(err, PipelineError):
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()
