@@ -8,7 +8,7 @@ A job writes its model and reports under its Hydra output folder and its data un
 so the jobs of a sweep share one download and split and none of them touches the DVC workspace.
 Runs go to the project's MLflow store, tagged with the sweep and the job; each run holds its packaged
 detector, which is not registered (the registry alias stays on the DVC pipeline's) unless
-`mlflow.register=true` is given. A job that fails is marked
+`mlflow.register_detector=true` is given. A job that fails is marked
 FAILED in MLflow and the sweep goes on with the next one.
 """
 
@@ -45,7 +45,7 @@ def _relative(path: Path) -> str:
 
 
 def configure_job(cfg: DictConfig) -> dict[str, str]:
-    """Point `paths` into this job's Hydra folders and leave the model registry alone (`mlflow.register`
+    """Point `paths` into this job's Hydra folders and leave the model registry alone (`mlflow.register_detector`
     false), unless the command line sets them; return the tags that identify the job in MLflow."""
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
@@ -56,8 +56,8 @@ def configure_job(cfg: DictConfig) -> dict[str, str]:
         for key, folder in folders.items():
             if f"paths.{key}" not in given:
                 cfg.paths[key] = str(base / folder)
-    if "mlflow.register" not in given:
-        cfg.mlflow.register = False  # the registry's alias stays on the DVC pipeline's detector
+    if "mlflow.register_detector" not in given:
+        cfg.mlflow.register_detector = False  # the registry's alias stays on the DVC pipeline's detector
     tags = {"pipeline_job": _relative(job_dir)}
     if multirun:
         tags.update(sweep=_relative(shared_dir), sweep_job=str(hydra_cfg.job.num),

@@ -136,7 +136,7 @@ class MlflowConfig(_Section):
     experiment: str = Field(min_length=1)
     data_experiment: str = Field(min_length=1)
     registered_model: str = Field(min_length=1)
-    register: bool
+    register_detector: bool
     model_alias: str = Field(pattern=r"^[\w-]+$")
 
     @field_validator("model_alias")

@@ -77,11 +77,11 @@ def save(detector: Detector, path: Path, example: bytes) -> None:
 
 
 def log_and_register(saved: Path, example: bytes, config: MlflowConfig) -> int | None:
-    """Log a folder written by `save` into the active run; if `config.register`, register it as a new
+    """Log a folder written by `save` into the active run; if `config.register_detector`, register it as a new
     version of `config.registered_model` and point `config.model_alias` at that version."""
-    info = mlflow.pyfunc.log_model(name=ARTIFACT, registered_model_name=config.registered_model if config.register
+    info = mlflow.pyfunc.log_model(name=ARTIFACT, registered_model_name=config.registered_model if config.register_detector
                                    else None, **_model_spec(saved / "artifacts" / ARTIFACT, example))
-    if not config.register:
+    if not config.register_detector:
         return None
     version = int(info.registered_model_version)
     MlflowClient().set_registered_model_alias(config.registered_model, config.model_alias, version)

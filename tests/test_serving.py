@@ -56,7 +56,7 @@ def test_evaluate_registers_each_detector_and_moves_the_alias(packaged_detector:
                                                               tmp_path: Path) -> None:
     config = MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "art",
                           experiment="e", data_experiment="d", registered_model="detector", model_alias="current",
-                          register=True)
+                          register_detector=True)
     mlflow.set_tracking_uri(config.tracking_uri)
     example = scans["png"].read_bytes()
     versions = []
