@@ -1,4 +1,5 @@
-"""Report figures for the evaluate stage: error histograms, ROC/PR, confusion matrix, reconstructions.
+"""Report figures for the evaluate stage (error histograms, ROC/PR, confusion matrix, reconstructions)
+and for comparisons of several runs (ROC overlay, histogram panels).
 
 Figures are built with matplotlib's object-oriented API (`Figure`, no pyplot), as matplotlib
 recommends for servers: rendering needs no display or backend choice (PNG output always goes
@@ -11,6 +12,8 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -32,7 +35,14 @@ def _finite_1d(values: np.ndarray, name: str) -> np.ndarray:
 
 
 def error_histogram(errors: dict[str, np.ndarray], threshold: float, title: str) -> Figure:
-    """Overlay each group's reconstruction errors on shared bins, with the decision threshold.
+    """Overlay each group's reconstruction errors on shared bins, with the decision threshold."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    draw_error_histogram(fig.add_subplot(), errors, threshold, title)
+    return fig
+
+
+def draw_error_histogram(ax: Axes, errors: dict[str, np.ndarray], threshold: float, title: str) -> None:
+    """`error_histogram` on a given axis (one panel of a comparison).
 
     Histograms are density-normalised so groups of different sizes compare by shape;
     group sizes are given in the legend. The bins span the threshold so its line is in view.
@@ -48,9 +58,6 @@ def error_histogram(errors: dict[str, np.ndarray], threshold: float, title: str)
         bins=HISTOGRAM_BINS,
         range=(min(all_values.min(), threshold), max(all_values.max(), threshold)),
     )
-
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
     for name, values in groups.items():
         ax.hist(values, bins=bin_edges, density=True, alpha=0.5, label=f"{name} (n={values.size})")
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
@@ -58,6 +65,35 @@ def error_histogram(errors: dict[str, np.ndarray], threshold: float, title: str)
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend()
+
+
+def histogram_panels(panels: dict[str, tuple[dict[str, np.ndarray], float]], columns: int = 3) -> Figure:
+    """One error histogram per entry (title -> (groups, threshold)), side by side in a grid."""
+    if not panels:
+        raise ValueError("histogram_panels needs at least one panel")
+    columns = min(columns, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(5 * columns, 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, (title, (errors, threshold)) in zip(axes, panels.items()):
+        draw_error_histogram(ax, errors, threshold, title)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    return fig
+
+
+def roc_overlay(curves: dict[str, pd.DataFrame]) -> Figure:
+    """ROC curves of several models on one axis; each label -> a table with columns fpr, tpr."""
+    if not curves:
+        raise ValueError("roc_overlay needs at least one curve")
+    fig = Figure(figsize=(6.5, 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    for label, curve in curves.items():
+        ax.plot(curve["fpr"], curve["tpr"], label=label)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
+           title="ROC curves on the test set", aspect="equal")
+    ax.legend(loc="lower right", fontsize="small")
     return fig
 
 

@@ -28,19 +28,20 @@ from pipeline.io import read_json, write_json
 
 MAX_PARAMS_PER_BATCH = 100
 LOCAL_SCHEMES = ("sqlite:", "file:")
-_uri_set_here: str | None = None  # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI itself
+_uri_set_here: str | None = None  # the config's URI, which mlflow.set_tracking_uri exports itself
 _extra_tags: dict[str, str] = {}
 
 
 def setup(config: MlflowConfig) -> None:
     """Point MLflow at the user's MLFLOW_TRACKING_URI if set, else at the config's (local SQLite) store."""
     global _uri_set_here
-    from_user = os.environ.get("MLFLOW_TRACKING_URI")
-    uri = from_user if from_user and from_user != _uri_set_here else config.tracking_uri
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    from_user = from_env if from_env and from_env != _uri_set_here else None
+    uri = from_user or config.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    _uri_set_here = uri
+    _uri_set_here = None if from_user else uri
 
 
 def experiment_id(name: str, config: MlflowConfig) -> str:

@@ -65,6 +65,8 @@ def test_environment_tracking_uri_wins(make_settings: Callable[..., Settings], m
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracking.setup(settings.mlflow)
     assert mlflow.get_tracking_uri() == uri
+    tracking.setup(settings.mlflow)  # the user's URI, not mistaken for the one MLflow exported
+    assert mlflow.get_tracking_uri() == uri
 
 
 def test_config_store_is_used_again_after_mlflow_exported_it(make_settings: Callable[..., Settings], tmp_path) -> None:

@@ -1,0 +1,207 @@
+"""Compare trained models side by side, from what their MLflow runs recorded.
+
+    python -m pipeline.compare                       # every run of the configured experiment
+    python -m pipeline.compare variants --sweep multirun/2026-11-27/21-25-10
+    python -m pipeline.compare 3f2a... 9c1b... --format html --out reports/compare
+
+Writes a table (variant, its parameters, test ROC AUC, PR AUC, accuracy, F1, threshold, validation
+ROC AUC, training time, parameter count; failed runs too, with their error), the test ROC curves
+overlaid and the test error histograms side by side: Markdown plus PNG files, or one HTML page. The
+report is also logged to MLflow as a run of its own (tag `stage=compare`) in the first run's experiment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import logging
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from pipeline import tracking
+from pipeline.config import PARAMS_FILE, MlflowConfig
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_path
+from pipeline.plots import histogram_panels, roc_overlay, save_figure
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# Table column -> (MLflow metric, format).
+METRICS = {
+    "ROC AUC": ("test_roc_auc", "{:.3f}"),
+    "PR AUC": ("test_pr_auc", "{:.3f}"),
+    "accuracy": ("test_accuracy", "{:.3f}"),
+    "F1": ("test_f1", "{:.3f}"),
+    "threshold": ("threshold", "{:.4g}"),
+    "val ROC AUC": ("val_roc_auc", "{:.3f}"),
+    "epochs": ("epochs_run", "{:.0f}"),
+    "train s": ("train_seconds", "{:.0f}"),
+    "parameters": ("parameters", "{:,.0f}"),
+}
+PARAMS = {"learning rate": "train.learning_rate", "image size": "preprocess.image_size"}
+FORMATS = ("markdown", "html")
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One row of the comparison and the test-set curves behind its plots (None if it has none)."""
+
+    run: Run
+    roc: pd.DataFrame | None
+    scores: pd.DataFrame | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.run.data.tags.get('model', '?')} ({self.run.info.run_id[:8]})"
+
+
+def _tracking_config() -> MlflowConfig:
+    """The store and experiment params.yaml names (MLFLOW_TRACKING_URI, if set, takes precedence)."""
+    return MlflowConfig.model_validate(OmegaConf.to_container(OmegaConf.load(PARAMS_FILE).mlflow))
+
+
+def find_runs(client: MlflowClient, targets: list[str], sweep: str | None) -> list[Run]:
+    """Runs named by id, and the model runs of experiments named (oldest first), optionally one sweep's."""
+    runs: list[Run] = []
+    for target in targets:
+        if RUN_ID.match(target):
+            try:
+                runs.append(client.get_run(target))
+            except MlflowException:
+                raise PipelineError(f"no MLflow run with id '{target}'") from None
+            continue
+        experiment = client.get_experiment_by_name(target)
+        if experiment is None:
+            raise PipelineError(f"'{target}' is neither a run id nor an MLflow experiment")
+        query = "tags.stage != 'compare'" + (f" and tags.sweep = '{sweep}'" if sweep else "")
+        runs.extend(client.search_runs([experiment.experiment_id], filter_string=query,
+                                       order_by=["attributes.start_time ASC"]))
+    if not runs:
+        raise PipelineError(f"no runs to compare in {', '.join(targets)}" + (f" for sweep '{sweep}'" if sweep else ""))
+    return runs
+
+
+def _artifact(run: Run, path: str, folder: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path,
+                                                               dst_path=str(folder)))
+    except (MlflowException, OSError):
+        return None  # a failed run, or one that never reached evaluate
+
+
+def collect(runs: list[Run]) -> list[Compared]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return [Compared(run, _artifact(run, "evaluate/roc.csv", Path(tmp) / run.info.run_id),
+                         _artifact(run, "evaluate/scores.csv", Path(tmp) / run.info.run_id)) for run in runs]
+
+
+def _model_params(run: Run) -> str:
+    params = run.data.params
+    return " ".join(f"{key.removeprefix('model.')}={value}" for key, value in sorted(params.items())
+                    if key.startswith("model.") and key != "model.name")
+
+
+def table(compared: list[Compared]) -> pd.DataFrame:
+    """One row per run, values formatted for reading; missing metrics are blank."""
+    rows = []
+    for item in compared:
+        run, metrics = item.run, item.run.data.metrics
+        row = {"run": run.info.run_id[:8], "variant": run.data.tags.get("model", ""), "status": run.info.status,
+               "model parameters": _model_params(run)}
+        row.update({column: run.data.params.get(key, "") for column, key in PARAMS.items()})
+        row.update({column: fmt.format(metrics[key]) if key in metrics else ""
+                    for column, (key, fmt) in METRICS.items()})
+        if "error" in run.data.tags:
+            row["status"] += f": {run.data.tags['error'][:120]}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_report(compared: list[Compared], out: Path, fmt: str) -> list[Path]:
+    """Write the report into `out`; returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table(compared)
+    evaluated = [item for item in compared if item.roc is not None and item.scores is not None]
+    figures: dict[str, Path] = {}
+    if evaluated:
+        figures["ROC curves (test set)"] = out / "roc.png"
+        save_figure(roc_overlay({f"{item.label} AUC {item.run.data.metrics.get('test_roc_auc', float('nan')):.3f}":
+                                 item.roc for item in evaluated}), figures["ROC curves (test set)"])
+        figures["Reconstruction errors (test set)"] = out / "histograms.png"
+        save_figure(histogram_panels({item.label: (_test_errors(item.scores), item.run.data.metrics["threshold"])
+                                      for item in evaluated}), figures["Reconstruction errors (test set)"])
+    if fmt == "markdown":
+        text = "\n\n".join([f"# Comparison of {len(rows)} runs", rows.to_markdown(index=False, disable_numparse=True),
+                            *(f"![{title}]({path.name})" for title, path in figures.items())]) + "\n"
+        report = out / "comparison.md"
+        written = [report, *figures.values()]
+    else:
+        images = "".join(f"<h2>{title}</h2><img src='data:image/png;base64,"
+                         f"{base64.b64encode(path.read_bytes()).decode()}' alt='{title}'>"
+                         for title, path in figures.items())
+        text = (f"<!doctype html><html><head><meta charset='utf-8'><title>Comparison of {len(rows)} runs</title>"
+                "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+                "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}</style></head><body>"
+                f"<h1>Comparison of {len(rows)} runs</h1>{rows.to_html(index=False)}{images}</body></html>\n")
+        report = out / "comparison.html"
+        for path in figures.values():
+            path.unlink()  # embedded in the page
+        written = [report]
+    with atomic_path(report) as tmp:
+        tmp.write_text(text)
+    return written
+
+
+def _test_errors(scores: pd.DataFrame) -> dict:
+    test = scores[scores["split"] == "test"]
+    return {name: group["score"].to_numpy() for name, group in test.groupby("class")}
+
+
+def log_report(compared: list[Compared], files: list[Path], config: MlflowConfig) -> str:
+    """Log the report as a run of its own next to the first compared run; returns its id."""
+    first = compared[0].run
+    with mlflow.start_run(experiment_id=first.info.experiment_id, run_name=f"compare-{len(compared)}-runs",
+                          tags={"stage": "compare", "git_commit": tracking.git_commit(),
+                                "compared_runs": ",".join(item.run.info.run_id for item in compared)}) as run:
+        for path in files:
+            mlflow.log_artifact(str(path), "compare")
+    return run.info.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="*", help="run ids or experiment names (default: params.yaml's "
+                        "mlflow.experiment)")
+    parser.add_argument("--sweep", help="only the runs of this sweep (its folder, as in the runs' `sweep` tag)")
+    parser.add_argument("--out", type=Path, default=Path("reports/compare"), help="report folder")
+    parser.add_argument("--format", choices=FORMATS, default="markdown")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = _tracking_config()
+    tracking.setup(config)
+    try:
+        compared = collect(find_runs(MlflowClient(), args.targets or [config.experiment], args.sweep))
+        files = write_report(compared, args.out, args.format)
+        if not args.no_log:
+            log.info("logged to MLflow run %s", log_report(compared, files, config))
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    log.info("compared %d runs: %s", len(compared), files[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
