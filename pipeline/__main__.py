@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import calibrate, download, evaluate, split, train, tracking
+from pipeline import calibrate, download, evaluate, split, tracking, train
 from pipeline.config import CONF_DIR, ROOT, MlflowConfig, Settings, flatten, load_settings
 from pipeline.errors import PipelineError
 from pipeline.io import read_json

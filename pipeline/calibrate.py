@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ from pipeline.config import Settings, stage
 from pipeline.data.datasets import load_split
 from pipeline.io import write_csv, write_json
 from pipeline.metrics import ranking_metrics
+from pipeline.models import load_model
 from pipeline.plots import error_histogram, save_figure
 from pipeline.scoring import score
 from pipeline.thresholds import mean_std_threshold
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> None:
-    model = keras.models.load_model(settings.paths.model_file)
+    model = load_model(settings.paths.model_file)
     val = load_split(settings, "val")
     errors = score(model, val.images)
     healthy, tumor = errors[val.labels == 0], errors[val.labels == 1]

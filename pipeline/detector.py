@@ -23,6 +23,7 @@ from pipeline.config import PreprocessConfig
 from pipeline.data.images import Source, load_image
 from pipeline.errors import ImageDecodeError, PipelineError
 from pipeline.io import read_json, write_json
+from pipeline.models import load_model
 
 MODEL_FILE = "model.keras"
 SETTINGS_FILE = "detector.json"
@@ -91,5 +92,5 @@ class Detector:
             preprocess = PreprocessConfig.model_validate(saved.get("preprocess"))
         except ValidationError as err:
             raise PipelineError(f"{settings_file}: invalid 'preprocess': {err}") from None
-        model = keras.models.load_model(Path(directory) / MODEL_FILE)
+        model = load_model(Path(directory) / MODEL_FILE)
         return cls(model, float(saved["threshold"]), preprocess, saved.get("info", {}))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from pathlib import PurePosixPath
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -18,6 +17,7 @@ from pipeline.data.datasets import load_split
 from pipeline.detector import Detector
 from pipeline.io import atomic_dir, read_json, write_csv, write_json
 from pipeline.metrics import detection_metrics, detection_rate, pr_curve_table, roc_curve_table
+from pipeline.models import load_model
 from pipeline.plots import confusion_figure, error_histogram, reconstruction_grid, roc_pr_figure, save_figure
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def _examples(settings: Settings, images: np.ndarray, reconstructions: np.ndarra
 
 def run(settings: Settings) -> None:
     threshold = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")["threshold"]
-    detector = Detector(keras.models.load_model(settings.paths.model_file), threshold, settings.preprocess,
+    detector = Detector(load_model(settings.paths.model_file), threshold, settings.preprocess,
                         {"model": settings.model.name})
     test = load_split(settings, "test")
     extra = load_split(settings, "test_extra")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import keras

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import OmegaConf
 
 from pipeline.config import CONF_DIR, PARAMS_FILE, compose, load_settings, write_params
 from pipeline.errors import ConfigError
-from pipeline.models import available
+from pipeline.models import available, build_model
 
 DATA_OPTIONS = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 MODEL_OPTIONS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -31,7 +34,27 @@ def test_every_data_source_composes(option: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("option", MODEL_OPTIONS)
 def test_every_model_config_names_a_registered_model(option: str) -> None:
-    assert load_settings(compose([f"model={option}"])).model.name in available()
+    assert load_settings(compose([f"model={option}"])).model.name == option
+    assert option in available()
+
+
+@pytest.mark.parametrize("option", MODEL_OPTIONS)
+def test_every_model_builds_from_its_config(option: str) -> None:
+    """Each variant's config holds exactly its builder's parameters (offline: no ImageNet download)."""
+    settings = load_settings(compose([f"model={option}", "experiment=smoke"]))
+    params = {**settings.model.params, **({"weights": None} if "weights" in settings.model.params else {})}
+    size = settings.preprocess.image_size
+    assert build_model(settings.model.name, (size, size, 1), params).output_shape == (None, size, size, 1)
+
+
+def test_optuna_search_space_names_existing_keys() -> None:
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = hydra_compose("config", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.direction == "maximize"
+    assert cfg.hydra.sweeper.sampler.seed == cfg.seed
+    assert cfg.model.name == "vae"
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, f"{key} is not a config key"
 
 
 def test_settings_flatten_to_mlflow_params() -> None:

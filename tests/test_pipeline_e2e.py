@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -98,3 +101,21 @@ def test_exp_run_with_a_changed_threshold_reruns_only_what_depends_on_it(project
     table = run(project, "dvc", "exp", "show", "--csv")
     header = table.splitlines()[0]
     assert "calibrate.k" in header and "roc_auc" in header
+
+
+def test_queued_experiments_over_two_variants(project: Path) -> None:
+    """`dvc exp run --queue -S model=a,b` + `dvc queue start`: each variant runs the stages in processes
+    of their own (so a saved VAE must load where its custom layer was never imported)."""
+    for line in run(project, "dvc", "exp", "run", "--queue", "-S", "model=cae_bn,vae",
+                    *(arg for o in TINY for arg in ("-S", o))).splitlines():
+        assert "Queued experiment" in line or "Queueing with overrides" in line
+    run(project, "dvc", "queue", "start")
+    deadline = time.monotonic() + 900
+    while re.search(r"\b(Queued|Running)\b", status := run(project, "dvc", "queue", "status")):
+        assert time.monotonic() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") == 2, status  # `dvc queue logs NAME` tells why one failed
+    table = pd.read_csv(io.StringIO(run(project, "dvc", "exp", "show", "--csv")))
+    finished = table[table["model.name"].isin(["cae_bn", "vae"])]
+    assert sorted(finished["model.name"]) == ["cae_bn", "vae"]
+    assert finished["roc_auc"].notna().all()

@@ -7,6 +7,7 @@ import importlib
 import inspect
 import pkgutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -51,3 +52,9 @@ def build_model(name: str, input_shape: tuple[int, int, int], params: dict[str, 
         raise ConfigError(f"model.{unknown[0]}: not a parameter of model '{name}' "
                           f"(it takes {', '.join(sorted(accepted))})")
     return builder(input_shape, **params)
+
+
+def load_model(path: str | Path) -> keras.Model:
+    """Load a saved model of any registered variant (importing them registers their custom layers)."""
+    _load_all()
+    return keras.models.load_model(path)
