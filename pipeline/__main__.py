@@ -45,8 +45,9 @@ def _relative(path: Path) -> str:
 
 
 def configure_job(cfg: DictConfig) -> dict[str, str]:
-    """Point `paths` into this job's Hydra folders and leave the model registry alone (`mlflow.register_detector`
-    false), unless the command line sets them; return the tags that identify the job in MLflow."""
+    """Point `paths` into this job's Hydra folders and leave the model registry alone
+    (`mlflow.register_detector` false), unless the command line sets them; return the tags that
+    identify the job in MLflow."""
     hydra_cfg = HydraConfig.get()
     job_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -89,7 +90,8 @@ def _record(cfg: DictConfig, settings: Settings | None, tags: dict[str, str], er
     try:
         raw = OmegaConf.to_container(cfg, resolve=False)
         mlflow_config = settings.mlflow if settings else MlflowConfig.model_validate(raw["mlflow"])
-        tracking.record_failure(mlflow_config, settings.flat_params() if settings else flatten(raw), tags, error)
+        params = settings.flat_params() if settings else flatten(raw)
+        tracking.record_failure(mlflow_config, params, tags, error)
     except Exception as failure:  # noqa: BLE001 - the job's own error is the one to report
         log.warning("could not record the failure in MLflow: %s", failure)
 

@@ -88,7 +88,8 @@ def find_runs(client: MlflowClient, targets: list[str], sweep: str | None) -> li
         runs.extend(client.search_runs([experiment.experiment_id], filter_string=query,
                                        order_by=["attributes.start_time ASC"]))
     if not runs:
-        raise PipelineError(f"no runs to compare in {', '.join(targets)}" + (f" for sweep '{sweep}'" if sweep else ""))
+        raise PipelineError(f"no runs to compare in {', '.join(targets)}"
+                            + (f" for sweep '{sweep}'" if sweep else ""))
     return runs
 
 
@@ -117,8 +118,8 @@ def table(compared: list[Compared]) -> pd.DataFrame:
     rows = []
     for item in compared:
         run, metrics = item.run, item.run.data.metrics
-        row = {"run": run.info.run_id[:8], "variant": run.data.tags.get("model", ""), "status": run.info.status,
-               "model parameters": _model_params(run)}
+        row = {"run": run.info.run_id[:8], "variant": run.data.tags.get("model", ""),
+               "status": run.info.status, "model parameters": _model_params(run)}
         row.update({column: run.data.params.get(key, "") for column, key in PARAMS.items()})
         row.update({column: fmt.format(metrics[key]) if key in metrics else ""
                     for column, (key, fmt) in METRICS.items()})
@@ -128,44 +129,56 @@ def table(compared: list[Compared]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _figures(compared: list[Compared], out: Path) -> dict[str, Path]:
+    """The ROC overlay and the histogram panels of the runs that reached evaluate (title -> file)."""
+    evaluated = [item for item in compared if item.roc is not None and item.scores is not None]
+    if not evaluated:
+        return {}
+    figures = {"ROC curves (test set)": out / "roc.png",
+               "Reconstruction errors (test set)": out / "histograms.png"}
+    curves = {f"{item.label} AUC {item.run.data.metrics['test_roc_auc']:.3f}": item.roc for item in evaluated}
+    save_figure(roc_overlay(curves), figures["ROC curves (test set)"])
+    panels = {item.label: (_test_errors(item.scores), item.run.data.metrics["threshold"])
+              for item in evaluated}
+    save_figure(histogram_panels(panels), figures["Reconstruction errors (test set)"])
+    return figures
+
+
+def _test_errors(scores: pd.DataFrame) -> dict[str, pd.Series]:
+    test = scores[scores["split"] == "test"]
+    return {name: group["score"].to_numpy() for name, group in test.groupby("class")}
+
+
+def _html(title: str, rows: pd.DataFrame, figures: dict[str, Path]) -> str:
+    """One self-contained page: the table and the figures embedded as data URIs."""
+    images = "".join(f"<h2>{caption}</h2><img alt='{caption}' src='data:image/png;base64,"
+                     f"{base64.b64encode(path.read_bytes()).decode()}'>" for caption, path in figures.items())
+    style = ("body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+             "padding:4px 8px}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+            f"</head><body><h1>{title}</h1>{rows.to_html(index=False)}{images}</body></html>\n")
+
+
 def write_report(compared: list[Compared], out: Path, fmt: str) -> list[Path]:
-    """Write the report into `out`; returns the files written."""
+    """Write the report into `out`; returns the files written, the report first."""
     out.mkdir(parents=True, exist_ok=True)
     rows = table(compared)
-    evaluated = [item for item in compared if item.roc is not None and item.scores is not None]
-    figures: dict[str, Path] = {}
-    if evaluated:
-        figures["ROC curves (test set)"] = out / "roc.png"
-        save_figure(roc_overlay({f"{item.label} AUC {item.run.data.metrics.get('test_roc_auc', float('nan')):.3f}":
-                                 item.roc for item in evaluated}), figures["ROC curves (test set)"])
-        figures["Reconstruction errors (test set)"] = out / "histograms.png"
-        save_figure(histogram_panels({item.label: (_test_errors(item.scores), item.run.data.metrics["threshold"])
-                                      for item in evaluated}), figures["Reconstruction errors (test set)"])
+    title = f"Comparison of {len(rows)} runs"
+    figures = _figures(compared, out)
     if fmt == "markdown":
-        text = "\n\n".join([f"# Comparison of {len(rows)} runs", rows.to_markdown(index=False, disable_numparse=True),
-                            *(f"![{title}]({path.name})" for title, path in figures.items())]) + "\n"
         report = out / "comparison.md"
+        text = "\n\n".join([f"# {title}", rows.to_markdown(index=False, disable_numparse=True),
+                             *(f"![{caption}]({path.name})" for caption, path in figures.items())]) + "\n"
         written = [report, *figures.values()]
     else:
-        images = "".join(f"<h2>{title}</h2><img src='data:image/png;base64,"
-                         f"{base64.b64encode(path.read_bytes()).decode()}' alt='{title}'>"
-                         for title, path in figures.items())
-        text = (f"<!doctype html><html><head><meta charset='utf-8'><title>Comparison of {len(rows)} runs</title>"
-                "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
-                "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%}</style></head><body>"
-                f"<h1>Comparison of {len(rows)} runs</h1>{rows.to_html(index=False)}{images}</body></html>\n")
         report = out / "comparison.html"
+        text = _html(title, rows, figures)
         for path in figures.values():
             path.unlink()  # embedded in the page
         written = [report]
     with atomic_path(report) as tmp:
         tmp.write_text(text)
     return written
-
-
-def _test_errors(scores: pd.DataFrame) -> dict:
-    test = scores[scores["split"] == "test"]
-    return {name: group["score"].to_numpy() for name, group in test.groupby("class")}
 
 
 def log_report(compared: list[Compared], files: list[Path], config: MlflowConfig) -> str:
@@ -183,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.splitlines()[0])
     parser.add_argument("targets", nargs="*", help="run ids or experiment names (default: params.yaml's "
                         "mlflow.experiment)")
-    parser.add_argument("--sweep", help="only the runs of this sweep (its folder, as in the runs' `sweep` tag)")
+    parser.add_argument("--sweep", help="only this sweep's runs (its folder, as in the runs' `sweep` tag)")
     parser.add_argument("--out", type=Path, default=Path("reports/compare"), help="report folder")
     parser.add_argument("--format", choices=FORMATS, default="markdown")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")

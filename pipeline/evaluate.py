@@ -89,8 +89,8 @@ def run(settings: Settings) -> None:
         with atomic_dir(settings.paths.detector) as saved:
             serving.save(detector, saved, example)
             version = serving.log_and_register(saved, example, settings.mlflow)
-    registered = (f" and registered as models:/{settings.mlflow.registered_model}@{settings.mlflow.model_alias} "
-                  f"(version {version})" if version else f", logged to run {run_id}")
+    uri = f"models:/{settings.mlflow.registered_model}@{settings.mlflow.model_alias}"
+    registered = f" and registered as {uri} (version {version})" if version else f", logged to run {run_id}"
     log.info("detector saved to %s%s", settings.paths.detector, registered)
     log.info("test: accuracy %.3f, ROC AUC %.3f, F1 %.3f; extra tumor-only set: %d slices, %s flagged",
              results["accuracy"], results["roc_auc"], results["f1"], len(extra_errors),

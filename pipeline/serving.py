@@ -65,7 +65,8 @@ def _model_spec(detector_dir: Path, example: bytes) -> dict[str, Any]:
     """What `save_model` and `log_model` both take: one definition of the packaged model."""
     return {"python_model": str(Path(__file__).with_name("serving_model.py")), "artifacts": {ARTIFACT: str(detector_dir)},
             "code_paths": [str(Path(__file__).parent)], "signature": SIGNATURE,
-            "input_example": pd.DataFrame({INPUT_COLUMN: [example]}), "pip_requirements": tracking.pinned(REQUIREMENTS)}
+            "input_example": pd.DataFrame({INPUT_COLUMN: [example]}),
+            "pip_requirements": tracking.pinned(REQUIREMENTS)}
 
 
 def save(detector: Detector, path: Path, example: bytes) -> None:
@@ -79,8 +80,9 @@ def save(detector: Detector, path: Path, example: bytes) -> None:
 def log_and_register(saved: Path, example: bytes, config: MlflowConfig) -> int | None:
     """Log a folder written by `save` into the active run; if `config.register_detector`, register it as a new
     version of `config.registered_model` and point `config.model_alias` at that version."""
-    info = mlflow.pyfunc.log_model(name=ARTIFACT, registered_model_name=config.registered_model if config.register_detector
-                                   else None, **_model_spec(saved / "artifacts" / ARTIFACT, example))
+    name = config.registered_model if config.register_detector else None
+    info = mlflow.pyfunc.log_model(name=ARTIFACT, registered_model_name=name,
+                                   **_model_spec(saved / "artifacts" / ARTIFACT, example))
     if not config.register_detector:
         return None
     version = int(info.registered_model_version)

@@ -173,7 +173,8 @@ def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file:
     write_json(run_file, {"run_id": run_id, "experiment_id": previous.info.experiment_id})
 
 
-def record_failure(config: MlflowConfig, params: dict[str, str], tags: dict[str, str], error: BaseException) -> None:
+def record_failure(config: MlflowConfig, params: dict[str, str], tags: dict[str, str],
+                   error: BaseException) -> None:
     """Make a failed job visible in the model experiment: mark FAILED the runs it opened (found by
     `tags`), or log a FAILED run with its params when it failed before opening one."""
     setup(config)

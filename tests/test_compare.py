@@ -16,11 +16,13 @@ from pipeline.config import MlflowConfig
 EXPERIMENT = "variants"
 RUNS = {  # variant -> (model params, metrics)
     "cae": ({"model.width": "16", "model.latent_dim": "128"},
-            {"test_roc_auc": 0.8125, "test_pr_auc": 0.75, "test_accuracy": 0.7, "test_f1": 0.65, "threshold": 0.0231,
-             "val_roc_auc": 0.79, "epochs_run": 12, "train_seconds": 401.2, "parameters": 2447233}),
+            {"test_roc_auc": 0.8125, "test_pr_auc": 0.75, "test_accuracy": 0.7, "test_f1": 0.65,
+             "threshold": 0.0231, "val_roc_auc": 0.79, "epochs_run": 12, "train_seconds": 401.2,
+             "parameters": 2447233}),
     "vae": ({"model.width": "8", "model.latent_dim": "64", "model.beta": "1.0"},
-            {"test_roc_auc": 0.9, "test_pr_auc": 0.875, "test_accuracy": 0.85, "test_f1": 0.8, "threshold": 0.0199,
-             "val_roc_auc": 0.88, "epochs_run": 9, "train_seconds": 355.0, "parameters": 3495937}),
+            {"test_roc_auc": 0.9, "test_pr_auc": 0.875, "test_accuracy": 0.85, "test_f1": 0.8,
+             "threshold": 0.0199, "val_roc_auc": 0.88, "epochs_run": 9, "train_seconds": 355.0,
+             "parameters": 3495937}),
 }
 
 
@@ -42,7 +44,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     config = MlflowConfig(tracking_uri=uri, artifact_root=tmp_path / "artifacts", experiment=EXPERIMENT,
-                          data_experiment="data", registered_model="m", register_detector=False, model_alias="current")
+                          data_experiment="data", registered_model="m", register_detector=False,
+                          model_alias="current")
     mlflow.set_tracking_uri(uri)  # as a user exporting MLFLOW_TRACKING_URI would
     experiment = tracking.experiment_id(EXPERIMENT, config)
     ids = {}
@@ -52,8 +55,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
             mlflow.log_metrics(metrics)
             mlflow.log_artifacts(str(_evaluate_artifacts(tmp_path / variant, seed)), "evaluate")
         ids[variant] = run.info.run_id
-    with mlflow.start_run(experiment_id=experiment, tags={"model": "deep_cae", "stage": "train",
-                                                          "error": "ConfigError: model.width must be at least 1"}) as run:
+    failed = {"model": "deep_cae", "stage": "train", "error": "ConfigError: model.width must be at least 1"}
+    with mlflow.start_run(experiment_id=experiment, tags=failed) as run:
         mlflow.log_params({"model.name": "deep_cae", "model.width": "0"})
     MlflowClient().set_terminated(run.info.run_id, "FAILED")
     ids["deep_cae"] = run.info.run_id

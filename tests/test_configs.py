@@ -56,3 +56,34 @@ def test_optuna_search_space_names_existing_keys(search: str, model: str) -> Non
     assert cfg.model.name == model
     for key in cfg.hydra.sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, f"{key} is not a config key"
+
+
+def test_settings_flatten_to_mlflow_params() -> None:
+    params = load_settings(compose()).flat_params()
+    assert params["train.learning_rate"] == "0.001"
+    assert params["model.name"] == "cae"
+    assert all(isinstance(v, str) for v in params.values())
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("train.epochs=0", "train.epochs"),
+    ("train.learning_rate=-1", "train.learning_rate"),
+    ("preprocess.image_size=8", "preprocess.image_size"),
+    ("preprocess.dicom_window.width=0", "preprocess.dicom_window.width"),
+    ("split.healthy.val=0", "split.healthy.val"),
+    ("calibrate.k=-1", "calibrate.k"),
+    ("mlflow.model_alias=latest", "mlflow.model_alias"),
+    ("mlflow.model_alias=v2", "mlflow.model_alias"),
+    ("+train.epoch=3", "train.epoch"),  # a typo is an error, not a silently ignored key
+    ("data.min_size=600", "data"),
+])
+def test_out_of_range_values_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(compose([override]))
+
+
+def test_local_source_needs_an_existing_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data\.path.*required"):
+        load_settings(compose(["data=local"]))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(compose(["data=local", f"data.path={tmp_path / 'nowhere'}"]))

@@ -39,7 +39,8 @@ def trained(request: pytest.FixtureRequest) -> tuple[str, keras.Model]:
     """Each variant after one epoch of two batches on random images."""
     keras.utils.set_random_seed(0)
     model = build_model(request.param, SHAPE, TINY_VARIANTS[request.param])
-    config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, early_stopping_patience=1, progress=False)
+    config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, early_stopping_patience=1,
+                         progress=False)
     result = fit(model, _images(8), _images(4, seed=1), config, callbacks=[])
     assert np.isfinite(result.history["loss"][0]) and np.isfinite(result.history["val_loss"][0])
     return request.param, model
@@ -62,7 +63,8 @@ def test_variant_round_trips_through_a_keras_file(trained: tuple[str, keras.Mode
     model.save(tmp_path / f"{name}.keras")
     loaded = keras.models.load_model(tmp_path / f"{name}.keras")
     x = _images(2, seed=3)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_kl_divergence_of_known_gaussians() -> None:
@@ -105,8 +107,9 @@ def test_pretrained_encoder_loads_a_local_weights_file(tmp_path: Path) -> None:
     """`model.weights=PATH`: the backbone starts from the file's weights (here, saved from another one)."""
     source = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), include_top=False, weights=None)
     source.save_weights(tmp_path / "backbone.weights.h5")
+    weights = str(tmp_path / "backbone.weights.h5")
     model = build_model("pretrained_encoder", SHAPE,
-                        {**TINY_VARIANTS["pretrained_encoder"], "weights": str(tmp_path / "backbone.weights.h5")})
+                        {**TINY_VARIANTS["pretrained_encoder"], "weights": weights})
     backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
     for loaded, saved in zip(backbone.weights, source.weights, strict=True):
         np.testing.assert_array_equal(loaded.numpy(), saved.numpy())

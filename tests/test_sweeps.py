@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def _pipeline(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *overrides, "experiment=smoke", "hydra.sweep.dir=sweep"],
-                          check=False, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    command = [sys.executable, "-m", "pipeline", *overrides, "experiment=smoke", "hydra.sweep.dir=sweep"]
+    return subprocess.run(command, check=False, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=900)
 
 
