@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
@@ -144,7 +145,7 @@ def _figures(compared: list[Compared], out: Path) -> dict[str, Path]:
     return figures
 
 
-def _test_errors(scores: pd.DataFrame) -> dict[str, pd.Series]:
+def _test_errors(scores: pd.DataFrame) -> dict[str, np.ndarray]:
     test = scores[scores["split"] == "test"]
     return {name: group["score"].to_numpy() for name, group in test.groupby("class")}
 
