@@ -45,14 +45,6 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
-def run_pipeline(settings: Settings) -> None:
-    """All five stages in order, in this process, as `dvc repro` runs them."""
-    from pipeline import calibrate, download, evaluate, split, train
-
-    for stage in (download, split, train, calibrate, evaluate):
-        stage.run(settings)
-
-
 @pytest.fixture(scope="session")
 def packaged_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny autoencoder packaged as `evaluate` packages a detector (an MLflow model folder)."""

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from bench.workspace import REAL_DATA
+from pipeline.__main__ import run_all
 from pipeline.config import Settings
 from pipeline.io import read_json
-from tests.conftest import run_pipeline
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_data,
               pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} is absent")]
@@ -35,7 +35,7 @@ def test_pipeline_on_real_images(make_settings: Callable[..., Settings], tmp_pat
     settings = make_settings("data=local", f"data.path={archive}", "preprocess.image_size=64",
                              "model.width=8", "model.depth=3", "model.latent_dim=16", "train.epochs=2",
                              "train.progress=false", base=())
-    run_pipeline(settings)
+    run_all(settings)
 
     manifest = pd.read_csv(settings.paths.manifests / "raw.csv")
     assert manifest["class"].value_counts().to_dict() == {"healthy": 120, "tumor": 60}
