@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.models import available, build_model, register
+from pipeline.models import available, build_model, load_model, register
 from pipeline.models.vae import GaussianLatent, kl_divergence
 from pipeline.training import fit
 
@@ -86,6 +86,13 @@ def test_vae_latent_adds_beta_weighted_kl_and_samples_only_in_training() -> None
     assert not np.allclose(sample, mean)
 
 
+def test_backbone_from_scratch_learns_its_normalisation_quickly() -> None:
+    model = build_model("pretrained_encoder", SHAPE, TINY_VARIANTS["pretrained_encoder"])
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    norms = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)
+
+
 def test_frozen_backbone_trains_the_decoder_only() -> None:
     params = {**TINY_VARIANTS["pretrained_encoder"], "trainable": False}
     model = build_model("pretrained_encoder", SHAPE, params)
@@ -113,6 +120,10 @@ def test_pretrained_encoder_loads_a_local_weights_file(tmp_path: Path) -> None:
     backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
     for loaded, saved in zip(backbone.weights, source.weights, strict=True):
         np.testing.assert_array_equal(loaded.numpy(), saved.numpy())
+    model.save(tmp_path / "model.keras")  # the backbone called in inference mode survives a round trip
+    x = _images(2)
+    np.testing.assert_allclose(load_model(tmp_path / "model.keras").predict(x, verbose=0),
+                               model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_unknown_model_lists_the_available_ones() -> None:
