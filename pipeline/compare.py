@@ -27,10 +27,9 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
 from pipeline import tracking
-from pipeline.config import PARAMS_FILE, MlflowConfig
+from pipeline.config import MlflowConfig, params_section
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path
 from pipeline.plots import histogram_panels, roc_overlay, save_figure
@@ -65,11 +64,6 @@ class Compared:
     @property
     def label(self) -> str:
         return f"{self.run.data.tags.get('model', '?')} ({self.run.info.run_id[:8]})"
-
-
-def _tracking_config() -> MlflowConfig:
-    """The store and experiment params.yaml names (MLFLOW_TRACKING_URI, if set, takes precedence)."""
-    return MlflowConfig.model_validate(OmegaConf.to_container(OmegaConf.load(PARAMS_FILE).mlflow))
 
 
 def find_runs(client: MlflowClient, targets: list[str], sweep: str | None) -> list[Run]:
@@ -203,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-log", action="store_true", help="do not log the report to MLflow")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = _tracking_config()
+    config = params_section("mlflow", MlflowConfig)  # MLFLOW_TRACKING_URI, if set, takes precedence
     tracking.setup(config)
     try:
         compared = collect(find_runs(MlflowClient(), args.targets or [config.experiment], args.sweep))

@@ -14,7 +14,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -34,6 +34,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SectionT = TypeVar("SectionT", bound=_Section)
 ImageSize = Annotated[int, Field(ge=16, le=1024)]
 
 
@@ -202,6 +203,12 @@ def flatten(config: dict[str, Any]) -> dict[str, str]:
 
     walk("", config)
     return flat
+
+
+def params_section(name: str, section: type[SectionT]) -> SectionT:
+    """One validated section of params.yaml: what the last `dvc repro` / `dvc exp run` used, for the
+    commands that run outside the pipeline (predict, compare)."""
+    return section.model_validate(OmegaConf.to_container(OmegaConf.load(PARAMS_FILE)[name]))
 
 
 def _describe(error: ValidationError) -> str:

@@ -20,10 +20,9 @@ from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
-from omegaconf import OmegaConf
 
 from pipeline import tracking
-from pipeline.config import PARAMS_FILE, ROOT, MlflowConfig, Paths
+from pipeline.config import ROOT, MlflowConfig, Paths, params_section
 from pipeline.detector import Detector
 from pipeline.errors import PipelineError
 
@@ -92,7 +91,7 @@ def log_and_register(saved: Path, example: bytes, config: MlflowConfig) -> int |
 
 def default_model() -> Path:
     """The detector of the last `dvc repro`, where params.yaml puts it."""
-    paths = Paths.model_validate(OmegaConf.to_container(OmegaConf.load(PARAMS_FILE).paths))
+    paths = params_section("paths", Paths)
     return paths.detector if paths.detector.is_absolute() else ROOT / paths.detector
 
 
@@ -106,7 +105,7 @@ def load_detector(model: str) -> Detector:
         if not (folder / "MLmodel").is_file():
             return Detector.load(folder)
     else:
-        tracking.setup(MlflowConfig.model_validate(OmegaConf.to_container(OmegaConf.load(PARAMS_FILE).mlflow)))
+        tracking.setup(params_section("mlflow", MlflowConfig))
     try:
         loaded = mlflow.pyfunc.load_model(model)
     except (MlflowException, OSError) as err:

@@ -104,13 +104,17 @@ def tagged(tags: dict[str, str]) -> Iterator[None]:
         _extra_tags.update(previous)
 
 
+def _error_tag(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:5000]  # MLflow tag values hold at most 5000 characters
+
+
 @contextlib.contextmanager
 def _recording_errors() -> Iterator[None]:
     """Inside an active run: tag the run with the error that ends it (MLflow then marks it FAILED)."""
     try:
         yield
     except BaseException as err:
-        mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.set_tag("error", _error_tag(err))
         raise
 
 
@@ -118,8 +122,9 @@ def _recording_errors() -> Iterator[None]:
 def data_run(settings: Settings, stage: str, data_hash: str, params: dict[str, str]) -> Iterator[None]:
     """A run of its own for a data stage (download, split) in the data experiment."""
     setup(settings.mlflow)
-    with mlflow.start_run(experiment_id=experiment_id(settings.mlflow.data_experiment, settings.mlflow),
-                          run_name=f"{stage}-{data_hash}", tags=_tags(stage, data_hash)), _recording_errors():
+    experiment = experiment_id(settings.mlflow.data_experiment, settings.mlflow)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"{stage}-{data_hash}",
+                          tags=_tags(stage, data_hash)), _recording_errors():
         log_params(params)
         yield
 
@@ -179,7 +184,7 @@ def record_failure(config: MlflowConfig, params: dict[str, str], tags: dict[str,
     `tags`), or log a FAILED run with its params when it failed before opening one."""
     setup(config)
     client = MlflowClient()
-    message = f"{type(error).__name__}: {error}"[:5000]
+    message = _error_tag(error)
     experiment = experiment_id(config.experiment, config)
     query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
     runs = client.search_runs([experiment], filter_string=query)
