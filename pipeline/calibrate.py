@@ -1,5 +1,6 @@
-"""Stage `calibrate`: the anomaly threshold from healthy validation errors (mean + k * std), and how
-well the scores rank the validation tumors above the healthy slices (tuning never looks at the test set)."""
+"""Stage `calibrate`: every threshold rule (`pipeline.thresholds`) on the validation scores, the
+configured one applied; how well each kind of score ranks the validation tumors above the healthy
+slices; and the pixel threshold for localisation. Tuning never looks at the test set."""
 
 from __future__ import annotations
 
@@ -12,44 +13,63 @@ import pandas as pd
 from pipeline import tracking
 from pipeline.config import Settings, stage
 from pipeline.data.datasets import load_split
+from pipeline.errors import PipelineError
 from pipeline.io import write_csv, write_json
 from pipeline.metrics import ranking_metrics
 from pipeline.models import load_model
 from pipeline.plots import error_histogram, save_figure
-from pipeline.scoring import score
-from pipeline.thresholds import mean_std_threshold
+from pipeline.scoring import SCORE_KINDS, reconstruct, residual_maps, score_all
+from pipeline.thresholds import calibrate_thresholds
 
 log = logging.getLogger(__name__)
+PIXEL_PERCENTILE = 99.5  # of healthy validation residuals inside the head: a pixel above it is anomalous
 
 
 def run(settings: Settings) -> None:
     model = load_model(settings.paths.model_file)
     val = load_split(settings, "val")
-    errors = score(model, val.images)
-    healthy, tumor = errors[val.labels == 0], errors[val.labels == 1]
-    threshold = mean_std_threshold(healthy, settings.calibrate.k)
-    summary = {"threshold": threshold, "k": settings.calibrate.k, "val_error_mean": float(np.mean(healthy)),
-               "val_error_std": float(np.std(healthy)), "val_images": len(healthy),
-               "val_tumor_images": len(tumor)}
-    if len(tumor):  # the objective of hyperparameter searches: it never sees the test set
-        summary.update({f"val_{k}": v for k, v in ranking_metrics(val.labels, errors).items()})
+    head_threshold = settings.preprocess.head.threshold
+    reconstructions = reconstruct(model, val.images)
+    scores = score_all(val.images, reconstructions, settings.score, head_threshold)
+    applied = scores[settings.score.kind]
+    is_tumor = val.labels == 1
+    healthy, tumor = applied[~is_tumor], applied[is_tumor]
+    thresholds = calibrate_thresholds(healthy, tumor, settings.threshold.k, settings.threshold.percentile)
+    method = settings.threshold.method
+    if method not in thresholds:
+        raise PipelineError(f"threshold={method} needs tumor slices in the validation split, and it has none: "
+                            f"use a label-free rule (threshold=mean_std or threshold=percentile)")
+    healthy_maps = residual_maps(val.images[~is_tumor], reconstructions[~is_tumor], settings.score,
+                                 head_threshold)
+    summary = {"threshold": thresholds[method], "method": method, "score": settings.score.kind,
+               "thresholds": thresholds,
+               "pixel_threshold": float(np.percentile(healthy_maps[healthy_maps > 0], PIXEL_PERCENTILE)),
+               "val_score_mean": float(np.mean(healthy)), "val_score_std": float(np.std(healthy)),
+               "val_images": int(np.sum(~is_tumor)), "val_tumor_images": int(np.sum(is_tumor))}
+    if len(tumor):  # the objective of hyperparameter searches, and how score kinds compare
+        summary.update({f"val_{k}": v for k, v in ranking_metrics(val.labels, applied).items()})
+        summary["val_roc_auc_by_score"] = {kind: ranking_metrics(val.labels, values)["roc_auc"]
+                                           for kind, values in scores.items()}
 
     out = settings.paths.stage_reports("calibrate")
     write_json(out / "threshold.json", summary)
     write_csv(out / "val_errors.csv", pd.DataFrame({"path": val.frame["path"], "class": val.frame["class"],
-                                                    "error": errors}))
+                                                    "score": applied} | scores))
     histogram = {"healthy validation": healthy} | ({"tumor validation": tumor} if len(tumor) else {})
-    save_figure(error_histogram(histogram, threshold, "Reconstruction errors of the validation slices"),
-                out / "error_histogram.png")
+    save_figure(error_histogram(histogram, summary["threshold"], f"{settings.score.kind} scores of the "
+                                "validation slices"), out / "error_histogram.png")
 
     with tracking.model_run(settings, "calibrate", settings.paths.run_file("train"),
                             settings.paths.run_file("calibrate"), model):
-        mlflow.log_metrics({k: v for k, v in summary.items() if k != "k"})
+        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)}
+                           | {f"threshold_{k}": v for k, v in thresholds.items()}
+                           | {f"val_roc_auc_{k}": v for k, v in summary.get("val_roc_auc_by_score", {}).items()})
         for name in ("threshold.json", "val_errors.csv", "error_histogram.png"):
             mlflow.log_artifact(str(out / name), "calibrate")
-    log.info("threshold %.6f = mean %.6f + %.2f * std %.6f over %d healthy validation slices; "
-             "validation ROC AUC %s", threshold, summary["val_error_mean"], settings.calibrate.k,
-             summary["val_error_std"], len(healthy), f"{summary.get('val_roc_auc', float('nan')):.3f}")
+    ranked = ", ".join(f"{kind} {summary['val_roc_auc_by_score'][kind]:.3f}" for kind in SCORE_KINDS
+                       ) if len(tumor) else "no validation tumors"
+    log.info("threshold %.6g (%s on %s scores of %d healthy validation slices); validation ROC AUC by "
+             "score: %s", summary["threshold"], method, settings.score.kind, len(healthy), ranked)
 
 
 main = stage(run)

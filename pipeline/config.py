@@ -80,11 +80,22 @@ class DicomWindow(_Section):
     width: float = Field(gt=0, le=4096)
 
 
+class HeadConfig(_Section):
+    """How the head is found (`pipeline.data.head`) and what is done with it."""
+
+    mask: bool  # blank everything outside the head
+    crop: bool  # crop to the head (plus `margin`) before padding to a square
+    threshold: float = Field(gt=0, lt=1)  # intensity above which a pixel may be head
+    margin: float = Field(ge=0, le=0.5)  # of the head's longer side, kept around it when cropping
+
+
 class PreprocessConfig(_Section):
     """Everything that turns a file into the model's input; the packaged detector carries it."""
 
     image_size: ImageSize
     dicom_window: DicomWindow
+    head: HeadConfig
+    normalize: bool  # stretch the head's 1st..99th intensity percentiles to 0..1
 
 
 class ModelConfig(BaseModel):
@@ -115,20 +126,53 @@ class SplitConfig(_Section):
     near_duplicate_distance: int = Field(ge=0, le=32)
 
 
+class AugmentConfig(_Section):
+    """Random changes a healthy head could show on another day or scanner (0 switches one off)."""
+
+    rotation: float = Field(ge=0, le=45)  # degrees, either way
+    shift: float = Field(ge=0, le=0.5)  # fraction of the image side, in x and y
+    flip: bool  # left-right mirror: brain anatomy is nearly symmetric
+    intensity: float = Field(ge=0, le=0.5)  # contrast and brightness jitter, as a fraction
+
+
+class NoiseConfig(_Section):
+    """Denoising training: the model sees a slice with coarse Gaussian noise added inside the head and
+    learns to give back the clean one, so it cannot simply copy anomalies through (std 0: off)."""
+
+    std: float = Field(ge=0, le=1)
+    resolution: int = Field(ge=1, le=256)  # the noise is drawn on a resolution x resolution grid, upsampled
+
+
 class TrainConfig(_Section):
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=4096)
     learning_rate: float = Field(gt=0, le=1)
     early_stopping_patience: int = Field(ge=0)
+    augment: AugmentConfig
+    noise: NoiseConfig
     progress: bool
 
 
-class CalibrateConfig(_Section):
-    k: float = Field(ge=0, le=10)
+class ScoreConfig(_Section):
+    """Which anomaly score (`pipeline.scoring`) a slice gets, and where it is read."""
+
+    kind: Literal["mse", "l1", "ssim", "residual_percentile", "symmetry"]
+    region: Literal["head", "image"]
+    percentile: float = Field(gt=0, le=100)  # residual_percentile and symmetry; 100 = the maximum
+    smoothing: float = Field(ge=0, le=16)  # Gaussian sigma (pixels) of the residual before the percentile
+
+
+class ThresholdConfig(_Section):
+    """Which threshold (`pipeline.thresholds`) is applied; calibrate computes and logs all of them."""
+
+    method: Literal["mean_std", "percentile", "f1_optimal", "youden"]
+    k: float = Field(ge=0, le=10)  # mean_std: mean + k * std of healthy validation scores
+    percentile: float = Field(gt=0, le=100)  # percentile: of healthy validation scores
 
 
 class EvaluateConfig(_Section):
     n_examples: int = Field(ge=0, le=32)
+    bootstrap: int = Field(ge=100, le=100_000)  # resamples behind each 95% confidence interval
 
 
 class MlflowConfig(_Section):
@@ -180,7 +224,8 @@ class Settings(_Section):
     model: ModelConfig
     split: SplitConfig
     train: TrainConfig
-    calibrate: CalibrateConfig
+    score: ScoreConfig
+    threshold: ThresholdConfig
     evaluate: EvaluateConfig
     mlflow: MlflowConfig
     paths: Paths

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from pipeline import scoring
-from pipeline.config import PreprocessConfig
+from pipeline.config import PreprocessConfig, ScoreConfig
 from pipeline.data.images import Source, load_image
 from pipeline.errors import ImageDecodeError, PipelineError
 from pipeline.io import read_json, write_json
@@ -43,6 +43,7 @@ class Detector:
     model: keras.Model
     threshold: float
     preprocess: PreprocessConfig
+    scoring: ScoreConfig
     info: dict[str, Any] = field(default_factory=dict)  # provenance: run id, model name, ...
 
     def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:
@@ -64,10 +65,14 @@ class Detector:
 
     def reconstruct_and_score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions and scores of a preprocessed batch (from `decode`, or a cached split)."""
-        return scoring.reconstruct_and_score(self.model, images)
+        return scoring.reconstruct_and_score(self.model, images, self.scoring, self.preprocess.head.threshold)
 
     def score(self, images: np.ndarray) -> np.ndarray:
-        return scoring.score(self.model, images)
+        return self.reconstruct_and_score(images)[1]
+
+    def residual_maps(self, images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
+        """Where each slice is anomalous: smoothed absolute residuals inside the scored region."""
+        return scoring.residual_maps(images, reconstructions, self.scoring, self.preprocess.head.threshold)
 
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) > self.threshold
@@ -77,6 +82,7 @@ class Detector:
         self.model.save(directory / MODEL_FILE)
         write_json(directory / SETTINGS_FILE, {"threshold": self.threshold,
                                                "preprocess": self.preprocess.model_dump(mode="json"),
+                                               "score": self.scoring.model_dump(mode="json"),
                                                "info": self.info})
 
     @classmethod
@@ -88,9 +94,12 @@ class Detector:
         saved = read_json(settings_file)
         if not isinstance(saved.get("threshold"), int | float):
             raise PipelineError(f"{settings_file}: no numeric 'threshold'")
-        try:
-            preprocess = PreprocessConfig.model_validate(saved.get("preprocess"))
-        except ValidationError as err:
-            raise PipelineError(f"{settings_file}: invalid 'preprocess': {err}") from None
+        sections = {}
+        for key, section in (("preprocess", PreprocessConfig), ("score", ScoreConfig)):
+            try:
+                sections[key] = section.model_validate(saved.get(key))
+            except ValidationError as err:
+                raise PipelineError(f"{settings_file}: invalid '{key}': {err}") from None
         model = load_model(Path(directory) / MODEL_FILE)
-        return cls(model, float(saved["threshold"]), preprocess, saved.get("info", {}))
+        return cls(model, float(saved["threshold"]), sections["preprocess"], sections["score"],
+                   saved.get("info", {}))

@@ -188,21 +188,22 @@ def _image_stack(array: np.ndarray, name: str) -> np.ndarray:
     return stack
 
 
-def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, labels: list[str]) -> Figure:
-    """One row per slice: input, reconstruction and the |input - reconstruction| heat map laid over
-    the slice (opaque where the error is high), so where the model fails is seen on the anatomy.
+def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, residual_maps: np.ndarray,
+                        labels: list[str]) -> Figure:
+    """One row per slice: input, reconstruction and its residual heat map (the detector's: smoothed,
+    zero outside the head) laid over the slice, opaque where the error is high, so where the model
+    fails is seen on the anatomy.
 
     All residual maps share one colour scale, so rows (e.g. healthy vs tumor) compare directly.
     """
     input_stack = _image_stack(images, "images")
     reconstruction_stack = _image_stack(reconstructions, "reconstructions")
-    if input_stack.shape != reconstruction_stack.shape:
-        raise ValueError(
-            f"images and reconstructions differ in shape: {input_stack.shape} vs {reconstruction_stack.shape}"
-        )
+    residuals = _image_stack(residual_maps, "residual_maps")
+    if not input_stack.shape == reconstruction_stack.shape == residuals.shape:
+        raise ValueError(f"images, reconstructions and residual maps differ in shape: {input_stack.shape}, "
+                         f"{reconstruction_stack.shape}, {residuals.shape}")
     if len(labels) != input_stack.shape[0]:
         raise ValueError(f"got {len(labels)} labels for {input_stack.shape[0]} images")
-    residuals = np.abs(input_stack - reconstruction_stack)
     residual_max = max(float(residuals.max()), np.finfo(np.float64).eps)
 
     row_count = input_stack.shape[0]

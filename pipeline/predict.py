@@ -73,10 +73,11 @@ def predict(detector: Detector, files: list[InputFile], model: str, heatmaps: Pa
         for index, reason in batch.errors.items():
             rows.append({"path": chunk[index].path, "error": reason})
         if heatmaps is not None:
+            maps = detector.residual_maps(batch.images, reconstructions)
             for row, index in enumerate(batch.decoded):
                 item, score = chunk[index], scores[row]
                 figure = reconstruction_grid(batch.images[row : row + 1], reconstructions[row : row + 1],
-                                             [f"{item.relative.name}\nscore {score:.3g}"])
+                                             maps[row : row + 1], [f"{item.relative.name}\nscore {score:.3g}"])
                 save_figure(figure, heatmaps / item.relative.with_name(f"{item.relative.name}.png"))
     frame = pd.DataFrame(rows, columns=COLUMNS).assign(
         threshold=detector.threshold, model=model, run_id=detector.info.get("run_id", ""))

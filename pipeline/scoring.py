@@ -1,9 +1,26 @@
-"""Anomaly scores: how badly the autoencoder reconstructs each slice."""
+"""Anomaly scores: how badly the autoencoder reconstructs each slice, inside the head.
+
+Every score reads the residual only where the head is (`ScoreConfig.region`), so that text, rulers and
+background outside it cannot make a slice look anomalous. The kinds:
+- `mse`, `l1`: mean squared / absolute residual, the method's score and its robust cousin;
+- `ssim`: 1 - mean structural similarity, which weighs lost structure over a uniform intensity shift;
+- `residual_percentile`: a high percentile (100 = the maximum) of the Gaussian-smoothed absolute residual,
+  which a small lesion moves while it barely moves a mean over the whole head;
+- `symmetry`: the same percentile of the smoothed difference between the slice and its mirror image
+  (no model needed): brain CT is nearly left-right symmetric and most tumors are one-sided.
+"""
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+from scipy import ndimage
+from skimage.metrics import structural_similarity
+
+from pipeline.config import ScoreConfig
+from pipeline.data.head import head_mask
+
+SCORE_KINDS = ("mse", "l1", "ssim", "residual_percentile", "symmetry")
 
 
 def reconstruct(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -11,18 +28,71 @@ def reconstruct(model: keras.Model, images: np.ndarray, batch_size: int = 64) ->
     return model.predict(images, batch_size=batch_size, verbose=0)
 
 
-def reconstruction_errors(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
-    """Per-image mean squared error, the method's anomaly score."""
-    return np.mean(np.square(images - reconstructions), axis=tuple(range(1, images.ndim)))
+def regions(images: np.ndarray, config: ScoreConfig, head_threshold: float) -> np.ndarray:
+    """(n, h, w) boolean masks of where each slice is scored: its head, or the whole image."""
+    if config.region == "image":
+        return np.ones(images.shape[:3], dtype=bool)
+    masks = np.stack([head_mask(image[..., 0], head_threshold) for image in images])
+    empty = ~masks.any(axis=(1, 2))
+    masks[empty] = True  # nothing head-like (a blank upload): score the whole image rather than nothing
+    return masks
 
 
-def reconstruct_and_score(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reconstructions and anomaly scores of a preprocessed batch (an empty batch gives empty arrays)."""
+def _smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
+    return ndimage.gaussian_filter(maps, sigma=(0, sigma, sigma)) if sigma > 0 else maps
+
+
+def residual_maps(images: np.ndarray, reconstructions: np.ndarray, config: ScoreConfig,
+                  head_threshold: float) -> np.ndarray:
+    """(n, h, w) smoothed absolute residuals, zero outside the scored region: the heat maps that show
+    where a slice is anomalous, and the localisation output."""
+    residual = _smooth(np.abs(images - reconstructions)[..., 0], config.smoothing)
+    return np.where(regions(images, config, head_threshold), residual, 0.0).astype(np.float32)
+
+
+def _region_mean(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    return (values * masks).sum(axis=(1, 2)) / masks.sum(axis=(1, 2))
+
+
+def _region_percentile(values: np.ndarray, masks: np.ndarray, q: float) -> np.ndarray:
+    return np.array([np.percentile(value[mask], q) for value, mask in zip(values, masks, strict=True)])
+
+
+def score_all(images: np.ndarray, reconstructions: np.ndarray, config: ScoreConfig,
+              head_threshold: float, kinds: tuple[str, ...] = SCORE_KINDS) -> dict[str, np.ndarray]:
+    """Every requested kind of score for a batch, sharing the head masks: calibration compares them on
+    the validation slices, so a kind is chosen on validation, never on test."""
     if not len(images):
-        return images, np.empty(0, dtype=np.float32)
+        return {kind: np.empty(0) for kind in kinds}
+    masks = regions(images, config, head_threshold)
+    x, r = images[..., 0].astype(np.float64), reconstructions[..., 0].astype(np.float64)
+    scores: dict[str, np.ndarray] = {}
+    for kind in kinds:
+        if kind == "mse":
+            scores[kind] = _region_mean(np.square(x - r), masks)
+        elif kind == "l1":
+            scores[kind] = _region_mean(np.abs(x - r), masks)
+        elif kind == "ssim":
+            similarity = np.stack([structural_similarity(a, b, data_range=1.0, full=True)[1]
+                                   for a, b in zip(x, r, strict=True)])
+            scores[kind] = 1.0 - _region_mean(similarity, masks)
+        elif kind == "residual_percentile":
+            scores[kind] = _region_percentile(_smooth(np.abs(x - r), config.smoothing), masks, config.percentile)
+        elif kind == "symmetry":
+            both_sides = masks & masks[:, :, ::-1]
+            both_sides[~both_sides.any(axis=(1, 2))] = True
+            scores[kind] = _region_percentile(_smooth(np.abs(x - x[:, :, ::-1]), config.smoothing),
+                                              both_sides, config.percentile)
+        else:
+            raise ValueError(f"unknown score kind '{kind}' (known: {', '.join(SCORE_KINDS)})")
+    return scores
+
+
+def reconstruct_and_score(model: keras.Model, images: np.ndarray, config: ScoreConfig,
+                          head_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Reconstructions and the configured anomaly score of a preprocessed batch (an empty batch gives
+    empty arrays)."""
+    if not len(images):
+        return images, np.empty(0, dtype=np.float64)
     reconstructions = reconstruct(model, images)
-    return reconstructions, reconstruction_errors(images, reconstructions)
-
-
-def score(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    return reconstruct_and_score(model, images)[1]
+    return reconstructions, score_all(images, reconstructions, config, head_threshold, (config.kind,))[config.kind]

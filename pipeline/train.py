@@ -32,7 +32,7 @@ def run(settings: Settings) -> None:
         for split, context in ((train, "training"), (val, "validation")):
             identity = split.frame[["path", "class", "sha256"]]  # what the data is, for the run's Datasets
             mlflow.log_input(mlflow.data.from_pandas(identity, name=split.name), context=context)
-        result = fit(model, train.images, val.images, settings.train,
+        result = fit(model, train.images, val.images, settings.train, settings.seed,
                      callbacks=[mlflow.keras.MlflowCallback(log_every_epoch=True)])
         with atomic_path(settings.paths.model_file) as tmp:
             model.save(tmp)

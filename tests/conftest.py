@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import DicomWindow, PreprocessConfig, Settings, compose, load_settings
+from pipeline.config import (
+    DicomWindow,
+    HeadConfig,
+    PreprocessConfig,
+    ScoreConfig,
+    Settings,
+    compose,
+    load_settings,
+)
 
 # conf/experiment/smoke.yaml: small enough that a whole pipeline runs in a minute on two CPU cores.
 TINY = ["experiment=smoke"]
@@ -16,8 +24,15 @@ TINY = ["experiment=smoke"]
 BRAIN_WINDOW = DicomWindow(level=40, width=80)
 
 
-def preprocess_config(image_size: int) -> PreprocessConfig:
-    return PreprocessConfig(image_size=image_size, dicom_window=BRAIN_WINDOW)
+def preprocess_config(image_size: int, head: bool = False) -> PreprocessConfig:
+    """The whole slice resized (the method's preprocessing), or with `head` the project's: the head
+    found, masked, cropped and normalised."""
+    return PreprocessConfig(image_size=image_size, dicom_window=BRAIN_WINDOW, normalize=head,
+                            head=HeadConfig(mask=head, crop=head, threshold=0.1, margin=0.02))
+
+
+def score_config(kind: str = "mse", region: str = "image") -> ScoreConfig:
+    return ScoreConfig(kind=kind, region=region, percentile=99, smoothing=1.0)
 
 
 def tmp_overrides(tmp: Path) -> list[str]:
@@ -60,7 +75,7 @@ def packaged_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     example = tmp_path_factory.mktemp("example") / "example.png"
     Image.new("L", (40, 30), 90).save(example)
     folder = tmp_path_factory.mktemp("models") / "detector"
-    serving.save(Detector(model, 0.05, preprocess_config(32), {"run_id": "test-run"}), folder,
+    serving.save(Detector(model, 0.05, preprocess_config(32), score_config(), {"run_id": "test-run"}), folder,
                  example.read_bytes())
     return folder
 

@@ -18,10 +18,14 @@ from sklearn.metrics import (
 
 from pipeline.metrics import (
     DetectionMetrics,
+    _metrics_from_counts,
+    bootstrap_intervals,
     detection_metrics,
     detection_rate,
+    group_metrics,
     pr_curve_table,
     roc_curve_table,
+    size_groups,
 )
 
 trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
@@ -246,3 +250,173 @@ def test_curve_tables_survive_a_csv_round_trip_without_infinities(make_table, tm
 def test_curve_tables_need_both_classes(make_table) -> None:
     with pytest.raises(ValueError, match="both healthy"):
         make_table(np.array([1, 1, 1]), np.array([0.1, 0.2, 0.3]))
+
+
+BOOTSTRAP_METRICS = ["accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resampled_metrics_equal_detection_metrics_on_the_written_out_copy(seed: int) -> None:
+    labels, scores = random_case(20 + seed, size=120, decimals=2 if seed % 2 else None)
+    threshold = float(np.quantile(scores, 0.3 + 0.1 * seed))
+    descending, inverse = np.unique(-scores, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    multiplicities = rng.integers(0, 3, size=(5, scores.size))
+    multiplicities[:, :2] = 1  # random_case puts one healthy and one tumor slice first
+    multiplicities[0] = 1  # the data as it is
+    healthy_counts = np.stack([np.bincount(inverse, weights=row * (labels == 0), minlength=descending.size)
+                               for row in multiplicities])
+    tumor_counts = np.stack([np.bincount(inverse, weights=row * (labels == 1), minlength=descending.size)
+                             for row in multiplicities])
+    resampled = _metrics_from_counts(healthy_counts, tumor_counts, -descending, threshold)
+    assert list(resampled) == BOOTSTRAP_METRICS
+    for row, weights in enumerate(multiplicities):
+        expected = detection_metrics(np.repeat(labels, weights), np.repeat(scores, weights), threshold).as_dict()
+        for name in BOOTSTRAP_METRICS:
+            assert resampled[name][row] == pytest.approx(expected[name], abs=1e-12), name
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bootstrap_intervals_contain_the_point_estimate(seed: int) -> None:
+    labels, scores = random_case(30 + seed, size=400, decimals=3 if seed % 2 else None)
+    threshold = float(np.median(scores))
+    intervals = bootstrap_intervals(labels, scores, threshold)
+    point = detection_metrics(labels, scores, threshold).as_dict()
+    assert list(intervals) == BOOTSTRAP_METRICS
+    for name, (low, high) in intervals.items():
+        assert type(low) is float and type(high) is float
+        assert 0.0 <= low < point[name] < high <= 1.0, name
+
+
+def test_bootstrap_intervals_are_deterministic_given_the_seed() -> None:
+    labels, scores = random_case(40)
+    threshold = float(np.median(scores))
+    first = bootstrap_intervals(labels, scores, threshold, seed=3)
+    assert bootstrap_intervals(labels, scores, threshold, seed=3) == first
+    assert bootstrap_intervals(labels, scores, threshold, seed=4) != first
+
+
+def test_bootstrap_intervals_narrow_with_more_data() -> None:
+    small = random_case(41, size=100)
+    large = random_case(41, size=1600)
+    narrow = bootstrap_intervals(*large, threshold=0.025)
+    wide = bootstrap_intervals(*small, threshold=0.025)
+    for name in BOOTSTRAP_METRICS:
+        assert narrow[name][1] - narrow[name][0] < wide[name][1] - wide[name][0], name
+
+
+def test_bootstrap_intervals_narrow_with_lower_confidence() -> None:
+    labels, scores = random_case(42)
+    wide = bootstrap_intervals(labels, scores, 0.025, confidence=0.95)
+    narrow = bootstrap_intervals(labels, scores, 0.025, confidence=0.5)
+    for name in BOOTSTRAP_METRICS:
+        assert wide[name][0] <= narrow[name][0] <= narrow[name][1] <= wide[name][1], name
+
+
+def test_every_resample_keeps_both_classes() -> None:
+    # Few tumors: unstratified resamples would often draw none and leave ROC AUC undefined.
+    labels = np.array([0] * 30 + [1] * 2)
+    scores = np.concatenate([np.linspace(0.0, 0.1, 30), [0.5, 0.6]])
+    intervals = bootstrap_intervals(labels, scores, threshold=0.3, n_resamples=500)
+    assert all(interval == (1.0, 1.0) for interval in intervals.values())
+
+
+@pytest.mark.parametrize(
+    ("labels", "scores", "threshold", "options", "message"),
+    [
+        (np.array([0, 0]), np.array([0.1, 0.2]), 0.1, {}, "both healthy"),
+        (np.array([0, 1]), np.array([0.1, np.nan]), 0.1, {}, "finite"),
+        (np.array([0, 1]), np.array([0.1, 0.2]), float("nan"), {}, "threshold must be finite"),
+        (np.array([0, 1]), np.array([0.1, 0.2]), 0.1, {"n_resamples": 0}, "n_resamples"),
+        (np.array([0, 1]), np.array([0.1, 0.2]), 0.1, {"confidence": 1.0}, "confidence"),
+        (np.array([0, 1]), np.array([0.1, 0.2]), 0.1, {"confidence": 0.0}, "confidence"),
+    ],
+)
+def test_bootstrap_bad_inputs_raise(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, options: dict, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        bootstrap_intervals(labels, scores, threshold, **options)
+
+
+GROUP_COLUMNS = [
+    "group", "n_healthy", "n_tumor", "flagged_healthy", "flagged_tumor",
+    "roc_auc", "mean_score_healthy", "mean_score_tumor",
+]
+
+
+def test_group_metrics_by_hand() -> None:
+    # a: healthy 0.1, 0.5 and tumor 0.6; b: healthy 0.4 and tumors 0.2, 0.9; c: healthy only.
+    groups = pd.Series(["b", "a", "c", "a", "b", "a", "c", "b"], index=range(10, 18))
+    labels = np.array([0, 0, 0, 0, 1, 1, 0, 1])
+    scores = np.array([0.4, 0.1, 0.1, 0.5, 0.2, 0.6, 0.2, 0.9])
+    table = group_metrics(groups, labels, scores, threshold=0.3)
+    expected = pd.DataFrame(
+        {
+            "group": ["a", "b", "c"],
+            "n_healthy": [2, 1, 2],
+            "n_tumor": [1, 2, 0],
+            "flagged_healthy": [0.5, 1.0, 0.0],
+            "flagged_tumor": [1.0, 0.5, np.nan],
+            "roc_auc": [1.0, 0.5, np.nan],
+            "mean_score_healthy": [0.3, 0.4, 0.15],
+            "mean_score_tumor": [0.6, 0.55, np.nan],
+        }
+    )
+    assert list(table.columns) == GROUP_COLUMNS
+    pd.testing.assert_frame_equal(table, expected, check_dtype=False)
+
+
+def test_group_metrics_agree_with_whole_set_metrics_per_group() -> None:
+    labels, scores = random_case(50, size=300)
+    groups = np.random.default_rng(51).integers(0, 3, size=300)  # random_case's seed would reuse its stream
+    threshold = float(np.median(scores))
+    table = group_metrics(groups, labels, scores, threshold)
+    assert table["group"].tolist() == [0, 1, 2]
+    for row in table.itertuples():
+        in_group = groups == row.group
+        metrics = detection_metrics(labels[in_group], scores[in_group], threshold)
+        assert row.flagged_tumor == pytest.approx(metrics.recall)
+        assert row.flagged_healthy == pytest.approx(1 - metrics.specificity)
+        assert row.roc_auc == pytest.approx(metrics.roc_auc)
+        assert row.n_healthy + row.n_tumor == in_group.sum()
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        (np.array(["a", "b"]), "one value per score"),
+        (np.array([["a", "b", "c"]]), "one value per score"),
+        (pd.Series(["a", None, "b"]), "missing"),
+    ],
+)
+def test_group_metrics_bad_groups_raise(groups, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        group_metrics(groups, np.array([0, 1, 1]), np.array([0.1, 0.2, 0.3]), 0.15)
+
+
+def test_size_groups_pool_rare_sizes_into_other() -> None:
+    widths = pd.Series([512, 512, 640, 640, 512, 300, 512], index=list("abcdefg"))
+    heights = pd.Series([512, 512, 640, 640, 600, 300, 512], index=list("abcdefg"))
+    sizes = size_groups(widths, heights, min_count=2)
+    assert sizes.tolist() == ["512x512", "512x512", "640x640", "640x640", "other", "other", "512x512"]
+    assert sizes.index.tolist() == list("abcdefg")
+
+
+def test_size_groups_default_needs_twenty_images_and_keeps_non_square_sizes() -> None:
+    widths = pd.Series([512.0] * 20 + [640.0] * 19 + [512.0] * 25)
+    heights = pd.Series([512.0] * 20 + [640.0] * 19 + [400.0] * 25)
+    assert size_groups(widths, heights).value_counts().to_dict() == {"512x400": 25, "512x512": 20, "other": 19}
+
+
+@pytest.mark.parametrize(
+    ("widths", "heights", "min_count", "message"),
+    [
+        (pd.Series([512]), pd.Series([512, 512]), 1, "same length"),
+        (pd.Series([512.0, np.nan]), pd.Series([512, 512]), 1, "missing"),
+        (pd.Series([512]), pd.Series([512]), 0, "min_count"),
+    ],
+)
+def test_size_groups_bad_inputs_raise(widths: pd.Series, heights: pd.Series, min_count: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        size_groups(widths, heights, min_count=min_count)

@@ -19,12 +19,14 @@ from PIL import Image, ImageOps
 
 from pipeline.config import DicomWindow, PreprocessConfig
 from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield
+from pipeline.data.head import bounding_box, head_mask, normalize_intensity
 from pipeline.errors import ImageDecodeError
 from pipeline.io import atomic_path
 from pipeline.progress import progress as progress_bar
 
 # Bump when `load_image` changes its output for the same config, so cached arrays are rebuilt.
-PREPROCESS_VERSION = 2
+PREPROCESS_VERSION = 3
+NORMALIZE_PERCENTILES = (1.0, 99.0)  # the head's intensities stretched to [0, 1] between these
 
 Source = Path | bytes  # a file, or the bytes of one (an upload to the served model)
 
@@ -100,9 +102,40 @@ def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+def preprocess(gray: np.ndarray, config: PreprocessConfig, companion: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoded slice -> the model's (image_size, image_size) input: the head found, everything
+    outside it blanked, cropped to it, intensities normalised, padded to a square and resized, as
+    `config` asks. `companion` (a pixel mask of the same size, e.g. a tumor outline) gets the same
+    crop, padding and resizing, so that it stays aligned with the image."""
+    head = config.head
+    if head.mask or head.crop or config.normalize:
+        mask = head_mask(gray, head.threshold)
+        if config.normalize:
+            gray = normalize_intensity(gray, mask, *NORMALIZE_PERCENTILES)
+        if head.mask:
+            gray = np.where(mask, gray, 0.0).astype(np.float32)
+        if head.crop:
+            box = bounding_box(mask, head.margin)
+            gray = gray[box]
+            companion = companion[box] if companion is not None else None
+    resized = None if companion is None else resize_square(companion.astype(np.float32), config.image_size)
+    return resize_square(gray, config.image_size), resized
+
+
+def blanked_png(source: Path, config: PreprocessConfig) -> bytes:
+    """The file as an 8-bit grayscale PNG, its own size, with everything outside the head black: how
+    a source without burned-in text, overlays or background would have delivered it."""
+    gray = decode(source, config.dicom_window).pixels
+    blanked = np.where(head_mask(gray, config.head.threshold), gray, 0.0)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(blanked * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def load_image(source: Source, config: PreprocessConfig, name: str | Path | None = None) -> np.ndarray:
     """Decode and preprocess one file to a (image_size, image_size) float32 array in [0, 1]."""
-    return resize_square(decode(source, config.dicom_window, name).pixels, config.image_size)
+    return preprocess(decode(source, config.dicom_window, name).pixels, config)[0]
 
 
 def load_images(
