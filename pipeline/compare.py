@@ -37,19 +37,23 @@ from pipeline.plots import histogram_panels, roc_overlay, save_figure
 log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-# Table column -> (MLflow metric, format).
+# Table column -> (MLflow metric, format); a metric logged with `_ci_low`/`_ci_high` gets its interval.
 METRICS = {
     "ROC AUC": ("test_roc_auc", "{:.3f}"),
     "PR AUC": ("test_pr_auc", "{:.3f}"),
     "accuracy": ("test_accuracy", "{:.3f}"),
+    "sensitivity": ("test_recall", "{:.3f}"),
+    "specificity": ("test_specificity", "{:.3f}"),
     "F1": ("test_f1", "{:.3f}"),
+    "ROC AUC, outside head blanked": ("test_blanked_roc_auc", "{:.3f}"),
     "threshold": ("threshold", "{:.4g}"),
     "val ROC AUC": ("val_roc_auc", "{:.3f}"),
     "epochs": ("epochs_run", "{:.0f}"),
     "train s": ("train_seconds", "{:.0f}"),
     "parameters": ("parameters", "{:,.0f}"),
 }
-PARAMS = {"learning rate": "train.learning_rate", "image size": "preprocess.image_size"}
+PARAMS = {"learning rate": "train.learning_rate", "image size": "preprocess.image_size",
+          "head mask": "preprocess.head.mask", "score": "score.kind", "threshold rule": "threshold.method"}
 FORMATS = ("markdown", "html")
 
 
@@ -63,7 +67,9 @@ class Compared:
 
     @property
     def label(self) -> str:
-        return f"{self.run.data.tags.get('model', '?')} ({self.run.info.run_id[:8]})"
+        """The run's sweep overrides (e.g. `experiment=method`) or its model, and its short id."""
+        tags = self.run.data.tags
+        return f"{tags.get('sweep_overrides') or tags.get('model', '?')} ({self.run.info.run_id[:8]})"
 
 
 def find_runs(client: MlflowClient, targets: list[str], sweep: str | None) -> list[Run]:
@@ -108,6 +114,15 @@ def _model_params(run: Run) -> str:
                     if key.startswith("model.") and key != "model.name")
 
 
+def _with_interval(metrics: dict[str, float], key: str, fmt: str) -> str:
+    """`0.912 [0.884, 0.938]` (value and 95% interval), the value alone, or blank when not logged."""
+    if key not in metrics:
+        return ""
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    interval = f" [{fmt.format(low)}, {fmt.format(high)}]" if low is not None and high is not None else ""
+    return fmt.format(metrics[key]) + interval
+
+
 def table(compared: list[Compared]) -> pd.DataFrame:
     """One row per run, values formatted for reading; missing metrics are blank."""
     rows = []
@@ -116,8 +131,7 @@ def table(compared: list[Compared]) -> pd.DataFrame:
         row = {"run": run.info.run_id[:8], "variant": run.data.tags.get("model", ""),
                "status": run.info.status, "model parameters": _model_params(run)}
         row.update({column: run.data.params.get(key, "") for column, key in PARAMS.items()})
-        row.update({column: fmt.format(metrics[key]) if key in metrics else ""
-                    for column, (key, fmt) in METRICS.items()})
+        row.update({column: _with_interval(metrics, key, fmt) for column, (key, fmt) in METRICS.items()})
         if "error" in run.data.tags:
             row["status"] += f": {run.data.tags['error'][:120]}"
         rows.append(row)

@@ -46,8 +46,9 @@ def residual_maps(images: np.ndarray, reconstructions: np.ndarray, config: Score
                   head_threshold: float) -> np.ndarray:
     """(n, h, w) smoothed absolute residuals, zero outside the scored region: the heat maps that show
     where a slice is anomalous, and the localisation output."""
-    residual = _smooth(np.abs(images - reconstructions)[..., 0], config.smoothing)
-    return np.where(regions(images, config, head_threshold), residual, 0.0).astype(np.float32)
+    masks = regions(images, config, head_threshold)
+    residual = _smooth(np.where(masks, np.abs(images - reconstructions)[..., 0], 0.0), config.smoothing)
+    return np.where(masks, residual, 0.0).astype(np.float32)
 
 
 def _region_mean(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -65,7 +66,10 @@ def score_all(images: np.ndarray, reconstructions: np.ndarray, config: ScoreConf
     if not len(images):
         return {kind: np.empty(0) for kind in kinds}
     masks = regions(images, config, head_threshold)
-    x, r = images[..., 0].astype(np.float64), reconstructions[..., 0].astype(np.float64)
+    x = images[..., 0].astype(np.float64)
+    # Outside the region the reconstruction counts as perfect, so that no smoothing or SSIM window
+    # carries a residual from outside the head into it.
+    r = np.where(masks, reconstructions[..., 0], x)
     scores: dict[str, np.ndarray] = {}
     for kind in kinds:
         if kind == "mse":
@@ -81,8 +85,9 @@ def score_all(images: np.ndarray, reconstructions: np.ndarray, config: ScoreConf
         elif kind == "symmetry":
             both_sides = masks & masks[:, :, ::-1]
             both_sides[~both_sides.any(axis=(1, 2))] = True
-            scores[kind] = _region_percentile(_smooth(np.abs(x - x[:, :, ::-1]), config.smoothing),
-                                              both_sides, config.percentile)
+            asymmetry = np.where(both_sides, np.abs(x - x[:, :, ::-1]), 0.0)
+            scores[kind] = _region_percentile(_smooth(asymmetry, config.smoothing), both_sides,
+                                              config.percentile)
         else:
             raise ValueError(f"unknown score kind '{kind}' (known: {', '.join(SCORE_KINDS)})")
     return scores

@@ -13,6 +13,7 @@ from pipeline.config import (
     PreprocessConfig,
     ScoreConfig,
     Settings,
+    TrainConfig,
     compose,
     load_settings,
 )
@@ -29,6 +30,15 @@ def preprocess_config(image_size: int, head: bool = False) -> PreprocessConfig:
     found, masked, cropped and normalised."""
     return PreprocessConfig(image_size=image_size, dicom_window=BRAIN_WINDOW, normalize=head,
                             head=HeadConfig(mask=head, crop=head, threshold=0.1, margin=0.02))
+
+
+def train_config(epochs: int = 1, batch_size: int = 4, augment: bool = True, noise: float = 0.0
+                 ) -> TrainConfig:
+    """A short training run, with the default augmentation (or none) and optional denoising noise."""
+    return TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=1e-3, early_stopping_patience=1,
+                       progress=False, noise={"std": noise, "resolution": 4},
+                       augment={"rotation": 10 * augment, "shift": 0.05 * augment, "flip": augment,
+                                "intensity": 0.1 * augment})
 
 
 def score_config(kind: str = "mse", region: str = "image") -> ScoreConfig:

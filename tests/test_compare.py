@@ -20,7 +20,8 @@ RUNS = {  # variant -> (model params, metrics)
              "threshold": 0.0231, "val_roc_auc": 0.79, "epochs_run": 12, "train_seconds": 401.2,
              "parameters": 2447233}),
     "vae": ({"model.width": "8", "model.latent_dim": "64", "model.beta": "1.0"},
-            {"test_roc_auc": 0.9, "test_pr_auc": 0.875, "test_accuracy": 0.85, "test_f1": 0.8,
+            {"test_roc_auc": 0.9, "test_roc_auc_ci_low": 0.861, "test_roc_auc_ci_high": 0.9349,
+             "test_pr_auc": 0.875, "test_accuracy": 0.85, "test_f1": 0.8,
              "threshold": 0.0199, "val_roc_auc": 0.88, "epochs_run": 9, "train_seconds": 355.0,
              "parameters": 3495937}),
 }
@@ -76,8 +77,8 @@ def test_compare_tabulates_every_run_of_an_experiment(store: dict[str, str], tmp
     assert list(table.index) == ["cae", "vae", "deep_cae"]  # oldest first
     assert table.loc["cae", ["ROC AUC", "PR AUC", "accuracy", "F1", "threshold", "val ROC AUC"]].tolist() == [
         "0.812", "0.750", "0.700", "0.650", "0.0231", "0.790"]
-    assert table.loc["vae", ["ROC AUC", "epochs", "train s", "parameters"]].tolist() == ["0.900", "9", "355",
-                                                                                          "3,495,937"]
+    assert table.loc["vae", ["ROC AUC", "epochs", "train s", "parameters"]].tolist() == [
+        "0.900 [0.861, 0.935]", "9", "355", "3,495,937"]  # an interval where one was logged
     assert table.loc["vae", "model parameters"] == "beta=1.0 latent_dim=64 width=8"
     assert table.loc["deep_cae", "status"].startswith("FAILED: ConfigError: model.width")
     assert table.loc["deep_cae", "ROC AUC"] == ""

@@ -71,7 +71,10 @@ def test_settings_flatten_to_mlflow_params() -> None:
     ("preprocess.image_size=8", "preprocess.image_size"),
     ("preprocess.dicom_window.width=0", "preprocess.dicom_window.width"),
     ("split.healthy.val=0", "split.healthy.val"),
-    ("calibrate.k=-1", "calibrate.k"),
+    ("threshold.k=-1", "threshold.k"),
+    ("score.kind=psnr", "score.kind"),
+    ("preprocess.head.threshold=1.5", "preprocess.head.threshold"),
+    ("train.augment.rotation=90", "train.augment.rotation"),
     ("mlflow.model_alias=latest", "mlflow.model_alias"),
     ("mlflow.model_alias=v2", "mlflow.model_alias"),
     ("+train.epoch=3", "train.epoch"),  # a typo is an error, not a silently ignored key

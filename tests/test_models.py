@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.models import available, build_model, load_model, register
 from pipeline.models.vae import GaussianLatent, kl_divergence
 from pipeline.training import fit
+from tests.conftest import train_config
 
 # Each variant at its smallest: 32x32 slices, a few channels (no weights can be downloaded in tests).
 TINY_VARIANTS = {
@@ -39,9 +39,7 @@ def trained(request: pytest.FixtureRequest) -> tuple[str, keras.Model]:
     """Each variant after one epoch of two batches on random images."""
     keras.utils.set_random_seed(0)
     model = build_model(request.param, SHAPE, TINY_VARIANTS[request.param])
-    config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, early_stopping_patience=1,
-                         progress=False)
-    result = fit(model, _images(8), _images(4, seed=1), config, callbacks=[])
+    result = fit(model, _images(8), _images(4, seed=1), train_config(noise=0.1), seed=0, callbacks=[])
     assert np.isfinite(result.history["loss"][0]) and np.isfinite(result.history["val_loss"][0])
     return request.param, model
 

@@ -34,7 +34,12 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
     assert all(f"  {stage}:" in lock for stage in STAGES)
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
     assert {"accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
-            "extra_tumor_detection_rate"} <= set(metrics)
+            "extra_tumor_detection_rate", "blanked_roc_auc", "pixel_roc_auc", "dice"} <= set(metrics)
+    for name in ("roc_auc", "accuracy", "recall", "specificity", "blanked_roc_auc"):
+        assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"]
+    assert {f"{method}_accuracy" for method in ("mean_std", "percentile", "f1_optimal", "youden")} <= set(metrics)
+    by_source = pd.read_csv(project / "reports/evaluate/by_source.csv")
+    assert set(by_source["by"]) == {"format", "mode", "size"}
     for name in ("roc.csv", "pr.csv", "confusion.csv", "error_histogram.png", "reconstructions.png"):
         assert (project / "reports/evaluate" / name).stat().st_size > 0
 
@@ -93,14 +98,17 @@ def test_predict_and_the_registered_model_score_like_evaluate(project: Path) -> 
 
 def test_exp_run_with_a_changed_threshold_reruns_only_what_depends_on_it(project: Path) -> None:
     # Every `dvc exp run` composes params.yaml from conf/ and its own -S overrides.
-    output = run(project, "dvc", "exp", "run", *(arg for o in TINY for arg in ("-S", o)), "-S", "calibrate.k=2")
+    before = json.loads((project / "reports/calibrate/threshold.json").read_text())
+    output = run(project, "dvc", "exp", "run", *(arg for o in TINY for arg in ("-S", o)),
+                 "-S", "threshold=percentile")
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in output}
     assert ran == {"calibrate", "evaluate"}
-    threshold = json.loads((project / "reports/calibrate/threshold.json").read_text())
-    assert threshold["k"] == 2.0
+    after = json.loads((project / "reports/calibrate/threshold.json").read_text())
+    assert after["method"] == "percentile" and after["thresholds"] == before["thresholds"]
+    assert after["threshold"] == before["thresholds"]["percentile"]
     table = run(project, "dvc", "exp", "show", "--csv")
     header = table.splitlines()[0]
-    assert "calibrate.k" in header and "roc_auc" in header
+    assert "threshold.method" in header and "roc_auc" in header
 
 
 def test_queued_experiments_over_two_variants(project: Path) -> None:

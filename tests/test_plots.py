@@ -107,7 +107,8 @@ def test_reconstruction_grid_has_one_row_per_image(shape: tuple[int, ...]) -> No
     rng = np.random.default_rng(1)
     images = rng.random(shape)
     reconstructions = np.clip(images + rng.normal(scale=0.05, size=shape), 0, 1)
-    fig = reconstruction_grid(images, reconstructions, ["healthy 1", "tumor 1", "tumor 2"])
+    fig = reconstruction_grid(images, reconstructions, np.abs(images - reconstructions),
+                              ["healthy 1", "tumor 1", "tumor 2"])
     assert isinstance(fig, Figure)
     image_axes = [ax for ax in fig.axes if ax.images]
     assert len(image_axes) == 3 * 3
@@ -117,24 +118,25 @@ def test_reconstruction_grid_has_one_row_per_image(shape: tuple[int, ...]) -> No
 
 def test_reconstruction_grid_single_row() -> None:
     image = np.zeros((1, 8, 8))
-    fig = reconstruction_grid(image, image, ["only"])
+    fig = reconstruction_grid(image, image, image, ["only"])
     assert len([ax for ax in fig.axes if ax.images]) == 3
 
 
 @pytest.mark.parametrize(
-    ("images", "reconstructions", "labels", "message"),
+    ("images", "reconstructions", "maps", "labels", "message"),
     [
-        (np.zeros((2, 8, 8)), np.zeros((2, 8, 9)), ["a", "b"], "differ in shape"),
-        (np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), ["a"], "labels"),
-        (np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8, 3)), ["a", "b"], "shape"),
-        (np.zeros((0, 8, 8)), np.zeros((0, 8, 8)), [], "n >= 1"),
+        (np.zeros((2, 8, 8)), np.zeros((2, 8, 9)), np.zeros((2, 8, 8)), ["a", "b"], "differ in shape"),
+        (np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), np.zeros((2, 8, 7)), ["a", "b"], "differ in shape"),
+        (np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), ["a"], "labels"),
+        (np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8)), ["a", "b"], "shape"),
+        (np.zeros((0, 8, 8)), np.zeros((0, 8, 8)), np.zeros((0, 8, 8)), [], "n >= 1"),
     ],
 )
 def test_reconstruction_grid_bad_inputs_raise(
-    images: np.ndarray, reconstructions: np.ndarray, labels: list[str], message: str
+    images: np.ndarray, reconstructions: np.ndarray, maps: np.ndarray, labels: list[str], message: str
 ) -> None:
     with pytest.raises(ValueError, match=message):
-        reconstruction_grid(images, reconstructions, labels)
+        reconstruction_grid(images, reconstructions, maps, labels)
 
 
 def test_save_figure_writes_a_readable_png_and_leaves_no_temporary_files(tmp_path: Path) -> None:

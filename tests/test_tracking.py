@@ -39,24 +39,24 @@ def test_later_stages_add_to_the_run_of_the_model(make_settings: Callable[..., S
     assert resumed == run_id == read_json(settings.paths.run_file("calibrate"))["run_id"]
     run = MlflowClient().get_run(run_id)
     assert run.data.metrics["threshold"] == 0.5
-    assert run.data.params["calibrate.k"] == "1.0"
+    assert run.data.params["threshold.k"] == "1.0"
     assert run.data.tags["stages"] == "train,calibrate"
     assert run.data.tags["data_hash"] == "abc123" and run.data.tags["git_commit"]
 
 
 def test_a_changed_config_forks_a_run_with_the_model_and_its_history(make_settings: Callable[..., Settings]) -> None:
     run_id = _train_run(make_settings())
-    changed = make_settings("calibrate.k=2")
+    changed = make_settings("threshold.k=2")
     with tracking.model_run(changed, "calibrate", changed.paths.run_file("train"),
                             changed.paths.run_file("calibrate"), _tiny_model()) as fork:
         pass
     assert fork != run_id and len(_models_of(fork)) == 1
     client = MlflowClient()
     run = client.get_run(fork)
-    assert run.data.params["calibrate.k"] == "2.0"
-    assert run.data.tags["forked_from"] == run_id and run.data.tags["changed_params"] == "calibrate.k"
+    assert run.data.params["threshold.k"] == "2.0"
+    assert run.data.tags["forked_from"] == run_id and run.data.tags["changed_params"] == "threshold.k"
     assert [m.value for m in client.get_metric_history(fork, "loss")] == [0.3, 0.2, 0.1]
-    assert client.get_run(run_id).data.params["calibrate.k"] == "1.0"  # the original is untouched
+    assert client.get_run(run_id).data.params["threshold.k"] == "1.0"  # the original is untouched
 
 
 def test_environment_tracking_uri_wins(make_settings: Callable[..., Settings], monkeypatch, tmp_path) -> None:
