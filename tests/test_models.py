@@ -20,6 +20,7 @@ TINY_VARIANTS = {
     "cae_bn": {"width": 4, "depth": 2, "latent_dim": 8},
     "deep_cae": {"width": 4, "depth": 3, "convs_per_level": 2, "batch_norm": True, "latent_dim": 8},
     "vae": {"width": 4, "depth": 2, "latent_dim": 8, "beta": 1.0},
+    "unet": {"width": 4, "depth": 2, "batch_norm": True},
     "pretrained_encoder": {"backbone": "MobileNetV3Small", "weights": None, "trainable": True, "width": 4,
                            "latent_dim": 8},
 }

@@ -1,0 +1,31 @@
+"""A U-Net autoencoder: skip connections carry each level's features to the decoder, so healthy
+detail (bone edges, sulci, the skull base) comes back sharp instead of blurred, and the residual is
+left to what the model cannot explain. With no bottleneck to squeeze through, it would copy anomalies
+too; trained as a denoiser (`train.noise`), it learns to replace intensity patterns that do not belong
+to a healthy slice with ones that do (Kascenas et al., MIDL 2022), which is what exposes a lesion."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from pipeline.models import register
+from pipeline.models.conv import bottom_shape, conv, level_filters
+
+
+@register("unet")
+def build(input_shape: tuple[int, int, int], width: int, depth: int, batch_norm: bool) -> keras.Model:
+    filters = level_filters(width, depth)
+    bottom_shape(input_shape, depth, filters[-1])  # the image size must halve evenly `depth` times
+    inputs = keras.Input(shape=input_shape, name="image")
+    x, skips = inputs, []
+    for n in filters:
+        x = conv(conv(x, n, batch_norm=batch_norm), n, batch_norm=batch_norm)
+        skips.append(x)
+        x = layers.MaxPooling2D()(x)
+    x = conv(conv(x, filters[-1] * 2, batch_norm=batch_norm), filters[-1] * 2, batch_norm=batch_norm)
+    for n, skip in zip(reversed(filters), reversed(skips), strict=True):
+        x = layers.Concatenate()([layers.UpSampling2D()(x), skip])
+        x = conv(conv(x, n, batch_norm=batch_norm), n, batch_norm=batch_norm)
+    outputs = layers.Conv2D(input_shape[-1], 1, activation="sigmoid", name="reconstruction")(x)
+    return keras.Model(inputs, outputs, name="unet")
