@@ -47,7 +47,7 @@ def test_every_model_builds_from_its_config(option: str) -> None:
     assert build_model(settings.model.name, (size, size, 1), params).output_shape == (None, size, size, 1)
 
 
-@pytest.mark.parametrize(("search", "model"), [("optuna", "vae"), ("optuna_ae", "cae")])
+@pytest.mark.parametrize(("search", "model"), [("optuna", "vae"), ("optuna_ae", "cae"), ("optuna_dae", "unet")])
 def test_optuna_search_space_names_existing_keys(search: str, model: str) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = hydra_compose("config", overrides=[f"hparams_search={search}"], return_hydra_config=True)
@@ -61,7 +61,7 @@ def test_optuna_search_space_names_existing_keys(search: str, model: str) -> Non
 def test_settings_flatten_to_mlflow_params() -> None:
     params = load_settings(compose()).flat_params()
     assert params["train.learning_rate"] == "0.001"
-    assert params["model.name"] == "cae"
+    assert params["model.name"] == "unet" and params["preprocess.head.mask"] == "True"
     assert all(isinstance(v, str) for v in params.values())
 
 
