@@ -3,7 +3,7 @@
 `download` and `split` each log a run of their own in the data experiment. A trained model is one
 run in the model experiment: `train` opens it and writes its id to a run file (a DVC output);
 `calibrate` and `evaluate` reopen it from there and add to it. If one of them runs with a config
-that differs from the one the run recorded (say `calibrate.k` changed, so DVC reruns only
+that differs from the one the run recorded (say `threshold.k` changed, so DVC reruns only
 calibrate and evaluate), it forks a new run carrying the model, its params and its training curves,
 so every run's params describe exactly how its numbers were made.
 """
