@@ -19,7 +19,7 @@ from pipeline.metrics import ranking_metrics
 from pipeline.models import load_model
 from pipeline.plots import error_histogram, save_figure
 from pipeline.scoring import SCORE_KINDS, reconstruct, residual_maps, score_all
-from pipeline.thresholds import calibrate_thresholds
+from pipeline.thresholds import LABEL_FREE, calibrate_thresholds
 
 log = logging.getLogger(__name__)
 PIXEL_PERCENTILE = 99.5  # of healthy validation residuals inside the head: a pixel above it is anomalous
@@ -38,7 +38,7 @@ def run(settings: Settings) -> None:
     method = settings.threshold.method
     if method not in thresholds:
         raise PipelineError(f"threshold={method} needs tumor slices in the validation split, and it has none: "
-                            f"use a label-free rule (threshold=mean_std or threshold=percentile)")
+                            f"use a label-free rule ({' or '.join(f'threshold={m}' for m in sorted(LABEL_FREE))})")
     healthy_maps = residual_maps(val.images[~is_tumor], reconstructions[~is_tumor], settings.score,
                                  head_threshold)
     summary = {"threshold": thresholds[method], "method": method, "score": settings.score.kind,
