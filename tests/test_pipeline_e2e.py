@@ -63,7 +63,7 @@ def test_mlflow_run_holds_params_metrics_threshold_plots_and_model(project: Path
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     client = MlflowClient()
     run = client.get_run(run_id)
-    assert run.data.params["model.name"] == "cae" and run.data.params["train.epochs"] == "2"
+    assert run.data.params["model.name"] == "unet" and run.data.params["train.epochs"] == "2"
     assert {"loss", "val_loss", "threshold", "test_roc_auc", "test_accuracy",
             "test_extra_tumor_detection_rate"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run_id, "loss")) == 2

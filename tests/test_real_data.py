@@ -33,7 +33,7 @@ def _subset_zip(out: Path, per_class: dict[str, int]) -> Path:
 def test_pipeline_on_real_images(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     archive = _subset_zip(tmp_path, {"Healthy": 120, "Tumor": 60})
     settings = make_settings("data=local", f"data.path={archive}", "preprocess.image_size=64",
-                             "model.width=8", "model.depth=3", "model.latent_dim=16", "train.epochs=2",
+                             "model.width=8", "model.depth=3", "train.epochs=2",
                              "train.progress=false", base=())
     run_all(settings)
 
