@@ -42,13 +42,17 @@ def _smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(maps, sigma=(0, sigma, sigma)) if sigma > 0 else maps
 
 
+def _smoothed_residual(x: np.ndarray, r: np.ndarray, masks: np.ndarray, sigma: float) -> np.ndarray:
+    """|x - r| inside the masks, smoothed, zero outside: nothing from outside the head reaches in."""
+    return np.where(masks, _smooth(np.where(masks, np.abs(x - r), 0.0), sigma), 0.0)
+
+
 def residual_maps(images: np.ndarray, reconstructions: np.ndarray, config: ScoreConfig,
                   head_threshold: float) -> np.ndarray:
     """(n, h, w) smoothed absolute residuals, zero outside the scored region: the heat maps that show
     where a slice is anomalous, and the localisation output."""
     masks = regions(images, config, head_threshold)
-    residual = _smooth(np.where(masks, np.abs(images - reconstructions)[..., 0], 0.0), config.smoothing)
-    return np.where(masks, residual, 0.0).astype(np.float32)
+    return _smoothed_residual(images[..., 0], reconstructions[..., 0], masks, config.smoothing).astype(np.float32)
 
 
 def _region_mean(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -81,7 +85,8 @@ def score_all(images: np.ndarray, reconstructions: np.ndarray, config: ScoreConf
                                    for a, b in zip(x, r, strict=True)])
             scores[kind] = 1.0 - _region_mean(similarity, masks)
         elif kind == "residual_percentile":
-            scores[kind] = _region_percentile(_smooth(np.abs(x - r), config.smoothing), masks, config.percentile)
+            scores[kind] = _region_percentile(_smoothed_residual(x, r, masks, config.smoothing), masks,
+                                              config.percentile)
         elif kind == "symmetry":
             both_sides = masks & masks[:, :, ::-1]
             both_sides[~both_sides.any(axis=(1, 2))] = True
