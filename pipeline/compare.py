@@ -53,7 +53,8 @@ METRICS = {
     "parameters": ("parameters", "{:,.0f}"),
 }
 PARAMS = {"learning rate": "train.learning_rate", "image size": "preprocess.image_size",
-          "head mask": "preprocess.head.mask", "score": "score.kind", "threshold rule": "threshold.method"}
+          "head mask": "preprocess.head.mask", "score": "score.kind",
+          "smoothing": "score.smoothing", "threshold rule": "threshold.method"}
 FORMATS = ("markdown", "html")
 
 

@@ -132,7 +132,7 @@ class AugmentConfig(_Section):
     rotation: float = Field(ge=0, le=45)  # degrees, either way
     shift: float = Field(ge=0, le=0.5)  # fraction of the image side, in x and y
     flip: bool  # left-right mirror: brain anatomy is nearly symmetric
-    intensity: float = Field(ge=0, le=0.5)  # contrast and brightness jitter, as a fraction
+    intensity: float = Field(ge=0, le=0.5)  # intensity gain: every pixel times 1 ± this, per slice
 
 
 class NoiseConfig(_Section):

@@ -12,6 +12,8 @@ background outside it cannot make a slice look anomalous. The kinds:
 
 from __future__ import annotations
 
+from typing import get_args
+
 import keras
 import numpy as np
 from scipy import ndimage
@@ -20,7 +22,7 @@ from skimage.metrics import structural_similarity
 from pipeline.config import ScoreConfig
 from pipeline.data.head import head_mask
 
-SCORE_KINDS = ("mse", "l1", "ssim", "residual_percentile", "symmetry")
+SCORE_KINDS: tuple[str, ...] = get_args(ScoreConfig.model_fields["kind"].annotation)  # the config's names
 
 
 def reconstruct(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -7,12 +7,15 @@ rules are from the best a threshold on these scores can do. Every threshold foll
 strict rule: a slice is flagged when its error is strictly greater than the threshold.
 """
 
+from typing import get_args
+
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from pipeline.config import ThresholdConfig
 from pipeline.metrics import _require_both_classes, _strict_thresholds, _validated_labels_and_scores
 
-THRESHOLD_METHODS = ("mean_std", "percentile", "f1_optimal", "youden")
+THRESHOLD_METHODS: tuple[str, ...] = get_args(ThresholdConfig.model_fields["method"].annotation)
 LABEL_FREE = {"mean_std", "percentile"}
 
 
