@@ -1,49 +1,64 @@
-"""Benchmark the pipeline and print a table (Markdown).
+"""Benchmark the pipeline and print tables (Markdown).
 
-For each dataset, in a throw-away copy of the project: every stage's wall time under `dvc repro`
-(process start, imports and MLflow logging included), the train stage's throughput beside a bare
-Keras `fit` of the same model on the same in-memory arrays (their ratio is the pipeline's overhead
-on training), the time of a no-op `dvc repro`, and the predict command's throughput on every raw
-image (start-up and model loading included).
+For each dataset, in a throw-away copy of the project, and for each training precision: every stage's
+wall time under `dvc repro` (process start, imports and MLflow logging included), the train stage's
+throughput beside a bare Keras `fit` of the same model at the same precision on the same in-memory
+arrays (their ratio is the pipeline's overhead on training), a no-op `dvc repro`, and the predict
+command's throughput on every raw image (start-up and model loading included). Then how far the test
+scores move when the trained weights are run in bfloat16 instead of float32 (the scoring precision),
+and, on the real images, the wall time and quality of a whole `dvc exp run` with the committed defaults.
 
     python -m bench.run                        # built-in data and the real sample, where present
-    python -m bench.run --data synthetic --epochs 3
+    python -m bench.run --data synthetic --epochs 3 --precision float32 --skip-full
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
+import numpy as np
 import pandas as pd
 
 from bench.workspace import REAL_DATA, STAGES, copy_project, run
-from pipeline.config import compose, load_settings
-from pipeline.data.datasets import load_split
+from pipeline import hardware
+from pipeline.config import Settings, compose, load_settings
+from pipeline.data.datasets import Split, load_split
 from pipeline.io import read_json
-from pipeline.models import build_model
+from pipeline.models import build_model, load_model, with_precision
+from pipeline.scoring import reconstruct_and_score
 from pipeline.training import seed_everything
 
 DATASETS = {"synthetic": [], "real": ["data=local", f"data.path={REAL_DATA}"]}
+PRECISIONS = ("float32", "mixed_bfloat16")
+MODEL_STAGES = ("train", "calibrate", "evaluate")
+
+
+@contextlib.contextmanager
+def in_project(project: Path, overrides: list[str]) -> Iterator[Settings]:
+    """The copy's settings, with its relative paths (its decoded-image cache, not a fresh decode)."""
+    cwd = Path.cwd()
+    os.chdir(project)
+    try:
+        yield load_settings(compose(overrides))
+    finally:
+        os.chdir(cwd)
 
 
 def bare_fit_images_per_second(project: Path, overrides: list[str]) -> float:
-    """The same model, seed and batches, fed from memory to `fit` with nothing else around it."""
-    cwd = Path.cwd()
-    os.chdir(project)  # the copy's relative paths: its decoded-image cache, not a fresh decode
-    try:
-        settings = load_settings(compose(overrides))
+    """The same model, seed, precision and batches, fed from memory to `fit` with nothing else around it."""
+    with in_project(project, overrides) as settings:
         train = load_split(settings, "train").images
         val = load_split(settings, "val", only_class="healthy").images
-    finally:
-        os.chdir(cwd)
     seed_everything(settings.seed)
-    model = build_model(settings.model.name, train.shape[1:], settings.model.params)
+    model = build_model(settings.model.name, train.shape[1:], settings.model.params, settings.train.precision)
     model.compile(optimizer=keras.optimizers.Adam(settings.train.learning_rate), loss="mse")
     start = time.perf_counter()
     model.fit(train, train, validation_data=(val, val), epochs=settings.train.epochs,
@@ -51,47 +66,107 @@ def bare_fit_images_per_second(project: Path, overrides: list[str]) -> float:
     return len(train) * settings.train.epochs / (time.perf_counter() - start)
 
 
-def bench(name: str, overrides: list[str], workdir: Path) -> dict[str, float]:
-    project = copy_project(workdir / name, overrides)
-    row: dict[str, float] = {}
-    for stage in STAGES:
+def scoring_precision(project: Path, overrides: list[str]) -> dict[str, float]:
+    """The trained model's test scores in float32 (what the pipeline does) against the same weights run
+    in bfloat16: the largest change, that change over the threshold, and the labels that flip."""
+    with in_project(project, overrides) as settings:
+        test: Split = load_split(settings, "test")
+        model = load_model(settings.paths.model_file)
+        threshold = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")["threshold"]
+    head = settings.preprocess.head.threshold
+    scores = {}
+    for precision in PRECISIONS:
+        copy = with_precision(model, settings.model.name, settings.model.params, precision)
         start = time.perf_counter()
-        run(project, "dvc", "repro", "--single-item", stage)
-        row[f"{stage} s"] = time.perf_counter() - start
+        scores[precision] = reconstruct_and_score(copy, test.images, settings.score, head)[1]
+        scores[f"{precision} img/s"] = len(test.images) / (time.perf_counter() - start)
+    change = np.abs(scores["float32"] - scores["mixed_bfloat16"])
+    flips = (scores["float32"] > threshold) != (scores["mixed_bfloat16"] > threshold)
+    return {"test slices": len(change), "max score change": float(change.max()),
+            "max change / threshold": float(change.max() / threshold),
+            "median change / threshold": float(np.median(change) / threshold), "label flips": int(flips.sum()),
+            "float32 score img/s": scores["float32 img/s"], "bfloat16 score img/s": scores["mixed_bfloat16 img/s"]}
+
+
+def timed(project: Path, *command: str) -> float:
     start = time.perf_counter()
-    run(project, "dvc", "repro")
-    row["no-op repro s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    run(project, sys.executable, "-m", "pipeline.predict", "data/raw", "--out", "predicted.csv")
-    row["predict img/s"] = len(pd.read_csv(project / "predicted.csv")) / (time.perf_counter() - start)
+    run(project, *command)
+    return time.perf_counter() - start
+
+
+def bench(name: str, overrides: list[str], workdir: Path, precisions: list[str]
+          ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Stage timings and throughput per precision, and the scoring-precision comparison per precision."""
+    project = copy_project(workdir / name, overrides)
+    data_times = {f"{stage} s": timed(project, "dvc", "repro", "--single-item", stage) for stage in STAGES[:2]}
+    rows, scoring = {}, {}
+    for precision in precisions:
+        with_precision_override = [*overrides, f"train.precision={precision}"]
+        run(project, sys.executable, "-m", "pipeline.config", *with_precision_override)
+        row = dict(data_times)
+        for stage in MODEL_STAGES:
+            row[f"{stage} s"] = timed(project, "dvc", "repro", "--single-item", stage)
+        row["no-op repro s"] = timed(project, "dvc", "repro")
+        seconds = timed(project, sys.executable, "-m", "pipeline.predict", "data/raw", "--out", "predicted.csv")
+        row["predict img/s"] = len(pd.read_csv(project / "predicted.csv")) / seconds
+        train = read_json(project / "reports" / "train" / "metrics.json")
+        row["train img/s"] = train["train_images_per_second"]
+        row["bare fit img/s"] = bare_fit_images_per_second(project, with_precision_override)
+        row["ratio"] = row["train img/s"] / row["bare fit img/s"]
+        row["train images"] = train["train_images"]
+        row["epochs"] = train["epochs_run"]
+        rows[f"{name} | {precision}"] = row
+        scoring[f"{name} | {precision}"] = scoring_precision(project, with_precision_override)
+    return rows, scoring
+
+
+def full_run(workdir: Path) -> dict[str, float]:
+    """The README's real-data command with the committed defaults, timed from `dvc exp run` to its end."""
+    project = copy_project(workdir / "full")
+    seconds = timed(project, "dvc", "exp", "run", "-S", "data=local", "-S", f"data.path={REAL_DATA}")
+    val = read_json(project / "reports" / "calibrate" / "threshold.json")
+    test = read_json(project / "reports" / "evaluate" / "metrics.json")
     train = read_json(project / "reports" / "train" / "metrics.json")
-    row["train img/s"] = train["train_images_per_second"]
-    row["bare fit img/s"] = bare_fit_images_per_second(project, overrides)
-    row["ratio"] = row["train img/s"] / row["bare fit img/s"]
-    row["train images"] = train["train_images"]
-    row["epochs"] = train["epochs_run"]
-    return row
+    return {"wall s": seconds, "train s": train["train_seconds"], "epochs": train["epochs_run"],
+            "val ROC AUC": val["val_roc_auc"], "test ROC AUC": test["roc_auc"],
+            "test ROC AUC low": test["roc_auc_ci_low"], "test ROC AUC high": test["roc_auc_ci_high"],
+            "test accuracy": test["accuracy"]}
+
+
+def table(rows: dict[str, dict[str, float]], first: str) -> str:
+    columns = list(next(iter(rows.values())))
+    lines = [f"| {first} | " + " | ".join(columns) + " |", "|" + "---|" * (first.count("|") + 1) + "---:|" * len(columns)]
+    for name, row in rows.items():
+        cells = (f"{row[c]:.3g}" if isinstance(row[c], float) and abs(row[c]) < 1 else
+                 f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", choices=sorted(DATASETS), default=sorted(DATASETS))
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--epochs", type=int, default=5, help="epochs for the pipeline and the bare fit alike")
+    parser.add_argument("--skip-full", action="store_true", help="skip the whole real-data `dvc exp run`")
     args = parser.parse_args()
-    rows = {}
+    hardware.configure(0)  # the bare fit gets the threads the stages get
+    rows, scoring, full = {}, {}, None
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         for name in args.data:
             if name == "real" and not REAL_DATA.is_dir():
                 print(f"skipping real data: {REAL_DATA} is absent")
                 continue
             overrides = [*DATASETS[name], f"train.epochs={args.epochs}", "train.early_stopping_patience=1000"]
-            rows[name] = bench(name, overrides, Path(workdir))
-    columns = list(next(iter(rows.values())))
-    print("| data | " + " | ".join(columns) + " |")
-    print("|---|" + "---:|" * len(columns))
-    for name, row in rows.items():
-        print(f"| {name} | " + " | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c])
-                                         for c in columns) + " |")
+            stage_rows, scoring_rows = bench(name, overrides, Path(workdir), args.precision)
+            rows |= stage_rows
+            scoring |= scoring_rows
+        if REAL_DATA.is_dir() and not args.skip_full:
+            full = full_run(Path(workdir))
+    print(table(rows, "data | trained in"), end="\n\n")
+    print(table(scoring, "data | trained in"), end="\n\n")
+    if full:
+        print(table({"real, defaults": full}, "`dvc exp run`"))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import calibrate, download, evaluate, split, tracking, train
+from pipeline import calibrate, download, evaluate, hardware, split, tracking, train
 from pipeline.config import CONF_DIR, ROOT, MlflowConfig, Settings, flatten, load_settings
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
@@ -102,6 +102,7 @@ def main(cfg: DictConfig) -> float:
     settings = None
     try:
         settings = load_settings(cfg)
+        hardware.configure(settings.runtime.threads)
         with tracking.tagged(tags):
             return run_all(settings)
     except Exception as err:

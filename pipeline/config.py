@@ -143,6 +143,9 @@ class NoiseConfig(_Section):
     resolution: int = Field(ge=1, le=256)  # the noise is drawn on a resolution x resolution grid, upsampled
 
 
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
+
+
 class TrainConfig(_Section):
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=4096)
@@ -151,6 +154,13 @@ class TrainConfig(_Section):
     augment: AugmentConfig
     noise: NoiseConfig
     progress: bool
+    precision: Precision  # auto: bfloat16 where the CPU or GPU computes it natively (pipeline.hardware)
+
+
+class RuntimeConfig(_Section):
+    """How a stage uses the machine; changes no result, so no stage reruns for it."""
+
+    threads: int = Field(ge=0, le=1024)  # TensorFlow's thread pools; 0: the cores this process may use
 
 
 class ScoreConfig(_Section):
@@ -229,6 +239,7 @@ class Settings(_Section):
     evaluate: EvaluateConfig
     mlflow: MlflowConfig
     paths: Paths
+    runtime: RuntimeConfig
 
     def flat_params(self) -> dict[str, str]:
         """Every config value as `section.key` -> string, the shape MLflow params take."""
@@ -307,8 +318,12 @@ def stage(fn: Callable[[Settings], None]) -> Callable[[], None]:
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     @functools.wraps(fn)
     def main(cfg: DictConfig) -> None:
+        from pipeline import hardware
+
         try:
-            fn(load_settings(cfg))
+            settings = load_settings(cfg)
+            hardware.configure(settings.runtime.threads)
+            fn(settings)
         except PipelineError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)

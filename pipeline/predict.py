@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline import hardware
+from pipeline.config import RuntimeConfig, params_section
 from pipeline.data.sources import safe_extract
 from pipeline.detector import Detector
 from pipeline.errors import DataError, PipelineError
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     try:
+        hardware.configure(params_section("runtime", RuntimeConfig).threads)
         model = args.model or str(default_model())
         detector = load_detector(model)
         with tempfile.TemporaryDirectory(prefix="predict-") as extracted:

@@ -7,13 +7,13 @@ import logging
 import mlflow
 import pandas as pd
 
-from pipeline import tracking
+from pipeline import hardware, tracking
 from pipeline.config import Settings, stage
 from pipeline.data.datasets import load_split, read_splits
 from pipeline.data.manifest import content_hash, read_manifest
 from pipeline.data.splitting import split_counts
 from pipeline.io import atomic_path, write_csv, write_json
-from pipeline.models import build_model
+from pipeline.models import build_model, with_precision
 from pipeline.training import fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,11 @@ def run(settings: Settings) -> None:
         train = load_split(settings, "train")
         val = load_split(settings, "val", only_class="healthy")
         seed_everything(settings.seed)
-        model = build_model(settings.model.name, train.images.shape[1:], settings.model.params)
+        machine = hardware.detect()
+        precision = hardware.resolve_precision(settings.train.precision, machine)
+        mlflow.log_param("precision", precision)
+        mlflow.set_tag("hardware", machine.describe())
+        model = build_model(settings.model.name, train.images.shape[1:], settings.model.params, precision)
         splits = read_splits(settings)
         mlflow.log_metrics({f"images_{k}": v for k, v in split_counts(splits).items()})
         mlflow.set_tag("split_hash", content_hash(splits, by="split"))
@@ -34,6 +38,8 @@ def run(settings: Settings) -> None:
             mlflow.log_input(mlflow.data.from_pandas(identity, name=split.name), context=context)
         result = fit(model, train.images, val.images, settings.train, settings.seed,
                      callbacks=[mlflow.keras.MlflowCallback(log_every_epoch=True)])
+        if precision != "float32":  # scored in float32 everywhere (README, Benchmarks)
+            model = with_precision(model, settings.model.name, settings.model.params, "float32")
         with atomic_path(settings.paths.model_file) as tmp:
             model.save(tmp)
         history = pd.DataFrame(result.history).rename_axis("epoch").reset_index()
@@ -47,8 +53,9 @@ def run(settings: Settings) -> None:
         write_json(settings.paths.stage_reports("train") / "metrics.json", summary)
         mlflow.log_metrics(summary)
         tracking.log_model(model)
-        log.info("trained %s: best epoch %d of %d, val loss %.5f, %.1f s", settings.model.name,
-                 result.best_epoch, len(history), summary["best_val_loss"], result.seconds)
+        log.info("trained %s in %s on %s: best epoch %d of %d, val loss %.5f, %.1f s (%.0f images/s)",
+                 settings.model.name, precision, machine.describe(), result.best_epoch, len(history),
+                 summary["best_val_loss"], result.seconds, result.images_per_second)
 
 
 main = stage(run)

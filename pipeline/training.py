@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import hardware
 from pipeline.config import AugmentConfig, NoiseConfig, TrainConfig
 
 
@@ -72,11 +73,14 @@ def training_batches(images: np.ndarray, config: TrainConfig, seed: int) -> tf.d
         noisy = coarse_noise(clean, config.noise, randomness) if config.noise.std else clean
         return noisy, clean
 
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = hardware.threads()  # not the host's CPU count
     return (tf.data.Dataset.from_tensor_slices(images)
             .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
             .batch(config.batch_size)
             .map(transform)
-            .prefetch(tf.data.AUTOTUNE))
+            .prefetch(tf.data.AUTOTUNE)
+            .with_options(options))
 
 
 def fit(model: keras.Model, train: np.ndarray, val: np.ndarray, config: TrainConfig, seed: int,

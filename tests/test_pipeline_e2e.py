@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.workspace import STAGES, copy_project, run
+from pipeline import hardware
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -64,6 +65,7 @@ def test_mlflow_run_holds_params_metrics_threshold_plots_and_model(project: Path
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.data.params["model.name"] == "unet" and run.data.params["train.epochs"] == "2"
+    assert run.data.params["precision"] == hardware.resolve_precision("auto", hardware.detect())
     assert {"loss", "val_loss", "threshold", "test_roc_auc", "test_accuracy",
             "test_extra_tumor_detection_rate"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run_id, "loss")) == 2
@@ -77,7 +79,8 @@ def test_mlflow_run_holds_params_metrics_threshold_plots_and_model(project: Path
 
 def test_predict_and_the_registered_model_score_like_evaluate(project: Path) -> None:
     """One scoring path: the predict command (default model) and the registered pyfunc model give the
-    evaluate stage's scores and labels on the same files."""
+    evaluate stage's scores and labels on the same files, whatever precision the model trained in
+    (bfloat16 on this kind of machine: the run logs which)."""
     evaluated = pd.read_csv(project / "reports/evaluate/scores.csv")
     run(project, sys.executable, "-m", "pipeline.predict", "data/raw", "--out", "predicted.csv")
     predicted = pd.read_csv(project / "predicted.csv")

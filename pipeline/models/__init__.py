@@ -13,6 +13,7 @@ from typing import Any
 import keras
 
 from pipeline.errors import ConfigError
+from pipeline.hardware import dtype_policy
 
 Builder = Callable[..., keras.Model]
 _REGISTRY: dict[str, Builder] = {}
@@ -40,8 +41,10 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], params: dict[str, Any]) -> keras.Model:
-    """Build a registered model; unknown names or arguments are config errors, not tracebacks."""
+def build_model(name: str, input_shape: tuple[int, int, int], params: dict[str, Any],
+                precision: str = "float32") -> keras.Model:
+    """Build a registered model computing in `precision` (a Keras dtype policy; every builder keeps its
+    output layer in float32); unknown names or arguments are config errors, not tracebacks."""
     _load_all()
     if name not in _REGISTRY:
         raise ConfigError(f"model.name: unknown model '{name}' (available: {', '.join(available())})")
@@ -51,7 +54,16 @@ def build_model(name: str, input_shape: tuple[int, int, int], params: dict[str, 
     if unknown:
         raise ConfigError(f"model.{unknown[0]}: not a parameter of model '{name}' "
                           f"(it takes {', '.join(sorted(accepted))})")
-    return builder(input_shape, **params)
+    with dtype_policy(precision):
+        return builder(input_shape, **params)
+
+
+def with_precision(model: keras.Model, name: str, params: dict[str, Any], precision: str) -> keras.Model:
+    """The same weights in the same model built to compute in `precision`: a model trained in bfloat16
+    is saved and scored in float32 (`pipeline.hardware`), and its bfloat16 scores can be compared."""
+    copy = build_model(name, model.input_shape[1:], params, precision)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def load_model(path: str | Path) -> keras.Model:

@@ -64,7 +64,8 @@ def decode(z: keras.KerasTensor, bottom: tuple[int, int, int], filters: list[int
         x = conv(x, n, strides=2, transpose=True, batch_norm=batch_norm)
         for _ in range(convs_per_level - 1):
             x = conv(x, n, batch_norm=batch_norm)
-    return layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="reconstruction")(x)
+    return layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="reconstruction",
+                         dtype="float32")(x)
 
 
 def conv_autoencoder(input_shape: tuple[int, int, int], *, width: int, depth: int, latent_dim: int,

@@ -27,5 +27,6 @@ def build(input_shape: tuple[int, int, int], width: int, depth: int, batch_norm:
     for n, skip in zip(reversed(filters), reversed(skips), strict=True):
         x = layers.Concatenate()([layers.UpSampling2D()(x), skip])
         x = conv(conv(x, n, batch_norm=batch_norm), n, batch_norm=batch_norm)
-    outputs = layers.Conv2D(input_shape[-1], 1, activation="sigmoid", name="reconstruction")(x)
+    outputs = layers.Conv2D(input_shape[-1], 1, activation="sigmoid", name="reconstruction",
+                            dtype="float32")(x)
     return keras.Model(inputs, outputs, name="unet")

@@ -61,5 +61,5 @@ def build(input_shape: tuple[int, int, int], width: int, depth: int, latent_dim:
     features = layers.Flatten()(encode(inputs, filters))
     mean = layers.Dense(latent_dim, name="z_mean")(features)
     log_var = layers.Dense(latent_dim, name="z_log_var")(features)
-    z = GaussianLatent(beta, math.prod(input_shape), name="z")([mean, log_var])
+    z = GaussianLatent(beta, math.prod(input_shape), name="z", dtype="float32")([mean, log_var])  # a loss term
     return keras.Model(inputs, decode(z, bottom, filters, input_shape[-1]), name="vae")
