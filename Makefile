@@ -20,7 +20,7 @@ test: $(VENV)/.installed  ## every test, the end-to-end DVC run and the real-dat
 test-fast: $(VENV)/.installed  ## unit tests only
 	$(PYTHON) -m pytest -m "not slow"
 
-bench: $(VENV)/.installed  ## stage timings and training throughput (bench/README.md)
+bench: $(VENV)/.installed  ## stage timings, training throughput per precision, a whole real-data run (docs/performance.md)
 	$(PYTHON) -m bench.run
 
 params: $(VENV)/.installed  ## recompose params.yaml after editing conf/
