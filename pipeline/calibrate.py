@@ -15,7 +15,7 @@ from pipeline.config import Settings, stage
 from pipeline.data.datasets import load_split
 from pipeline.errors import PipelineError
 from pipeline.io import write_csv, write_json
-from pipeline.metrics import ranking_metrics
+from pipeline.metrics import bootstrap_intervals, ranking_metrics
 from pipeline.models import load_model
 from pipeline.plots import error_histogram, save_figure
 from pipeline.scoring import SCORE_KINDS, reconstruct, residual_maps, score_all
@@ -48,6 +48,9 @@ def run(settings: Settings) -> None:
                "val_images": int(np.sum(~is_tumor)), "val_tumor_images": int(np.sum(is_tumor))}
     if len(tumor):  # the objective of hyperparameter searches, and how score kinds compare
         summary.update({f"val_{k}": v for k, v in ranking_metrics(val.labels, applied).items()})
+        low, high = bootstrap_intervals(val.labels, applied, summary["threshold"], seed=settings.seed,
+                                        n_resamples=settings.evaluate.bootstrap)["roc_auc"]
+        summary.update(val_roc_auc_ci_low=low, val_roc_auc_ci_high=high)  # is a change beyond sampling?
         summary["val_roc_auc_by_score"] = {kind: ranking_metrics(val.labels, values)["roc_auc"]
                                            for kind, values in scores.items()}
 

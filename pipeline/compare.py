@@ -54,7 +54,8 @@ METRICS = {
 }
 PARAMS = {"learning rate": "train.learning_rate", "image size": "preprocess.image_size",
           "head mask": "preprocess.head.mask", "score": "score.kind",
-          "smoothing": "score.smoothing", "threshold rule": "threshold.method"}
+          "smoothing": "score.smoothing", "threshold rule": "threshold.method",
+          "precision": "precision"}  # what train.precision resolved to on the machine that trained
 FORMATS = ("markdown", "html")
 
 

@@ -318,7 +318,7 @@ def stage(fn: Callable[[Settings], None]) -> Callable[[], None]:
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     @functools.wraps(fn)
     def main(cfg: DictConfig) -> None:
-        from pipeline import hardware
+        from pipeline import hardware  # here, not at the top: `python -m pipeline.config` needs no Keras
 
         try:
             settings = load_settings(cfg)

@@ -125,7 +125,7 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, own_cgroup: Path = Path("/proc/se
                          if line.startswith("0::")), "/")
     except OSError:
         relative = "/"
-    for folder in {root / relative.lstrip("/"), root}:
+    for folder in (root / relative.lstrip("/"), root):  # its own cgroup first (v2 nests them)
         try:
             quota, period = (folder / "cpu.max").read_text().split()
             return None if quota == "max" else int(quota) / int(period)

@@ -15,11 +15,11 @@ from pipeline.config import MlflowConfig
 
 EXPERIMENT = "variants"
 RUNS = {  # variant -> (model params, metrics)
-    "cae": ({"model.width": "16", "model.latent_dim": "128"},
+    "cae": ({"model.width": "16", "model.latent_dim": "128", "precision": "mixed_bfloat16"},
             {"test_roc_auc": 0.8125, "test_pr_auc": 0.75, "test_accuracy": 0.7, "test_f1": 0.65,
              "threshold": 0.0231, "val_roc_auc": 0.79, "epochs_run": 12, "train_seconds": 401.2,
              "parameters": 2447233}),
-    "vae": ({"model.width": "8", "model.latent_dim": "64", "model.beta": "1.0"},
+    "vae": ({"model.width": "8", "model.latent_dim": "64", "model.beta": "1.0", "precision": "float32"},
             {"test_roc_auc": 0.9, "test_roc_auc_ci_low": 0.861, "test_roc_auc_ci_high": 0.9349,
              "test_pr_auc": 0.875, "test_accuracy": 0.85, "test_f1": 0.8,
              "threshold": 0.0199, "val_roc_auc": 0.88, "epochs_run": 9, "train_seconds": 355.0,
@@ -80,6 +80,7 @@ def test_compare_tabulates_every_run_of_an_experiment(store: dict[str, str], tmp
     assert table.loc["vae", ["ROC AUC", "epochs", "train s", "parameters"]].tolist() == [
         "0.900 [0.861, 0.935]", "9", "355", "3,495,937"]  # an interval where one was logged
     assert table.loc["vae", "model parameters"] == "beta=1.0 latent_dim=64 width=8"
+    assert table["precision"].tolist() == ["mixed_bfloat16", "float32", ""]  # what training resolved to
     assert table.loc["deep_cae", "status"].startswith("FAILED: ConfigError: model.width")
     assert table.loc["deep_cae", "ROC AUC"] == ""
     assert (out / "roc.png").stat().st_size > 0 and (out / "histograms.png").stat().st_size > 0

@@ -39,6 +39,8 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
     for name in ("roc_auc", "accuracy", "recall", "specificity", "blanked_roc_auc"):
         assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"]
     assert {f"{method}_accuracy" for method in ("mean_std", "percentile", "f1_optimal", "youden")} <= set(metrics)
+    validation = json.loads((project / "reports/calibrate/threshold.json").read_text())
+    assert validation["val_roc_auc_ci_low"] <= validation["val_roc_auc"] <= validation["val_roc_auc_ci_high"]
     by_source = pd.read_csv(project / "reports/evaluate/by_source.csv")
     assert set(by_source["by"]) == {"format", "mode", "size"}
     for name in ("roc.csv", "pr.csv", "confusion.csv", "error_histogram.png", "reconstructions.png"):
