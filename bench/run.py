@@ -130,16 +130,20 @@ def full_run(workdir: Path) -> dict[str, float]:
     train = read_json(project / "reports" / "train" / "metrics.json")
     scoring = scoring_precision(project, DATASETS["real"])
     return {"wall s": seconds, "train s": train["train_seconds"], "epochs": train["epochs_run"],
-            "val ROC AUC": val["val_roc_auc"], "test ROC AUC": test["roc_auc"],
+            "val ROC AUC": val["val_roc_auc"], "val ROC AUC low": val["val_roc_auc_ci_low"],
+            "val ROC AUC high": val["val_roc_auc_ci_high"], "test ROC AUC": test["roc_auc"],
             "test ROC AUC low": test["roc_auc_ci_low"], "test ROC AUC high": test["roc_auc_ci_high"],
-            "test accuracy": test["accuracy"],
+            "test accuracy": test["accuracy"], "test PR AUC": test["pr_auc"], "test sensitivity": test["recall"],
+            "test specificity": test["specificity"], "test blanked ROC AUC": test["blanked_roc_auc"],
+            "extra tumors flagged": test["extra_tumor_detection_rate"],
             "bfloat16 scoring: max change / threshold": scoring["max change / threshold"],
             "bfloat16 scoring: label flips": scoring["label flips"]}
 
 
 def table(rows: dict[str, dict[str, float]], first: str) -> str:
     columns = list(next(iter(rows.values())))
-    lines = [f"| {first} | " + " | ".join(columns) + " |", "|" + "---|" * (first.count("|") + 1) + "---:|" * len(columns)]
+    header = f"| {first} | " + " | ".join(columns) + " |"
+    lines = [header, "|" + "---|" * (first.count("|") + 1) + "---:|" * len(columns)]
     for name, row in rows.items():
         cells = (f"{row[c]:.3g}" if isinstance(row[c], float) and abs(row[c]) < 1 else
                  f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns)

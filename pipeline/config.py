@@ -150,6 +150,7 @@ class TrainConfig(_Section):
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=4096)
     learning_rate: float = Field(gt=0, le=1)
+    schedule: Literal["constant", "cosine"]  # of the learning rate; cosine: from learning_rate to 0 over all epochs
     early_stopping_patience: int = Field(ge=0)
     augment: AugmentConfig
     noise: NoiseConfig

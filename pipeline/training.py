@@ -8,6 +8,7 @@ inside the head; the target is always the clean augmented slice. Validation slic
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -83,10 +84,19 @@ def training_batches(images: np.ndarray, config: TrainConfig, seed: int) -> tf.d
             .with_options(options))
 
 
+def learning_rate(config: TrainConfig, n_train: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """Constant, or cosine-decayed from `config.learning_rate` to 0 over all epochs: the last epochs then
+    settle the weights instead of leaving them where one noisy step put them."""
+    if config.schedule == "constant":
+        return config.learning_rate
+    steps = math.ceil(n_train / config.batch_size) * config.epochs
+    return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
+
+
 def fit(model: keras.Model, train: np.ndarray, val: np.ndarray, config: TrainConfig, seed: int,
         callbacks: list[keras.callbacks.Callback]) -> TrainingResult:
     """Train `model` in place to reproduce its input; the best validation epoch's weights are kept."""
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, len(train))), loss="mse")
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
                                          restore_best_weights=True)
     start = time.perf_counter()

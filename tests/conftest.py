@@ -36,7 +36,7 @@ def train_config(epochs: int = 1, batch_size: int = 4, augment: bool = True, noi
                  ) -> TrainConfig:
     """A short training run, with the default augmentation (or none) and optional denoising noise."""
     return TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=1e-3, early_stopping_patience=1,
-                       progress=False, precision="float32", noise={"std": noise, "resolution": 4},
+                       progress=False, precision="float32", schedule="constant", noise={"std": noise, "resolution": 4},
                        augment={"rotation": 10 * augment, "shift": 0.05 * augment, "flip": augment,
                                 "intensity": 0.1 * augment})
 

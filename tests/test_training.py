@@ -21,7 +21,7 @@ NO_NOISE = NoiseConfig(std=0, resolution=4)
 
 def _config(augment: AugmentConfig = AUGMENT, noise: NoiseConfig = NOISE, **changes: object) -> TrainConfig:
     settings = {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "early_stopping_patience": 1,
-                "progress": False, "precision": "float32", "augment": augment, "noise": noise} | changes
+                "progress": False, "precision": "float32", "schedule": "constant", "augment": augment, "noise": noise} | changes
     return TrainConfig(**settings)
 
 
