@@ -10,7 +10,7 @@ import pytest
 from pipeline.config import AugmentConfig, NoiseConfig, TrainConfig
 from pipeline.models import build_model
 from pipeline.scoring import reconstruct_and_score
-from pipeline.training import TrainingResult, fit, seed_everything, training_batches
+from pipeline.training import TrainingResult, fit, learning_rate, seed_everything, training_batches
 from tests.conftest import score_config
 
 AUGMENT = AugmentConfig(rotation=10, shift=0.1, flip=True, intensity=0.2)
@@ -144,3 +144,11 @@ def test_same_seed_same_batches_other_seed_other_batches() -> None:
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
     assert np.abs(first[1] - other[1]).max() > 0.05
+
+
+def test_the_cosine_schedule_falls_from_the_learning_rate_to_zero_over_all_epochs() -> None:
+    assert learning_rate(_config(), 100) == 1e-3
+    schedule = learning_rate(_config(schedule="cosine", epochs=4, batch_size=10), 95)  # 10 steps an epoch
+    assert float(schedule(0)) == pytest.approx(1e-3)
+    assert float(schedule(20)) == pytest.approx(0.5e-3, rel=1e-3)  # half way
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
