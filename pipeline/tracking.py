@@ -154,7 +154,8 @@ def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file:
     client = MlflowClient()
     previous = client.get_run(read_json(previous_run_file)["run_id"])
     params = settings.flat_params()
-    changed = {k for k, v in params.items() if previous.data.params.get(k, v) != v}
+    changed = {k for k, v in params.items()  # `runtime` changes how a stage runs, not what it makes
+               if previous.data.params.get(k, v) != v and not k.startswith("runtime.")}
     stages = f"{previous.data.tags.get('stages', '')},{stage}".strip(",")
     if not changed:
         with mlflow.start_run(run_id=previous.info.run_id), _recording_errors():
@@ -168,7 +169,7 @@ def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file:
             **inherited, "stage": stage, "stages": stages, "git_commit": git_commit(),
             "forked_from": previous.info.run_id, "changed_params": ",".join(sorted(changed)), **_extra_tags,
         }) as run, _recording_errors():
-            log_params(params)
+            log_params(previous.data.params | params)  # with what training recorded of itself (precision)
             for key in previous.data.metrics:
                 for metric in client.get_metric_history(previous.info.run_id, key):
                     mlflow.log_metric(key, metric.value, step=metric.step, timestamp=metric.timestamp)

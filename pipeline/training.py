@@ -1,5 +1,5 @@
-"""Fit an autoencoder to reconstruct healthy slices: Adam, MSE, early stopping on healthy
-validation loss, seeded so that a rerun on CPU gives the same numbers.
+"""Fit an autoencoder to reconstruct healthy slices: Adam with a constant or cosine-decayed learning
+rate, MSE, early stopping on healthy validation loss, seeded so that a rerun on CPU gives the same numbers.
 
 Training batches are augmented (small rotations and shifts, left-right flips, intensity gain: what
 another healthy head, scanner or day could look like) and, for denoising training, given coarse noise

@@ -27,6 +27,7 @@ def _train_run(settings: Settings) -> str:
     with tracking.new_model_run(settings, "abc123", settings.paths.run_file("train")):
         for epoch, loss in enumerate([0.3, 0.2, 0.1]):
             mlflow.log_metric("loss", loss, step=epoch)
+        mlflow.log_param("precision", "mixed_bfloat16")  # as train records what it resolved
     return read_json(settings.paths.run_file("train"))["run_id"]
 
 
@@ -44,6 +45,15 @@ def test_later_stages_add_to_the_run_of_the_model(make_settings: Callable[..., S
     assert run.data.tags["data_hash"] == "abc123" and run.data.tags["git_commit"]
 
 
+def test_another_thread_count_reopens_the_run_instead_of_forking(make_settings: Callable[..., Settings]) -> None:
+    run_id = _train_run(make_settings())
+    other = make_settings("runtime.threads=1")
+    with tracking.model_run(other, "calibrate", other.paths.run_file("train"),
+                            other.paths.run_file("calibrate"), _tiny_model()) as resumed:
+        pass
+    assert resumed == run_id
+
+
 def test_a_changed_config_forks_a_run_with_the_model_and_its_history(make_settings: Callable[..., Settings]) -> None:
     run_id = _train_run(make_settings())
     changed = make_settings("threshold.k=2")
@@ -54,6 +64,7 @@ def test_a_changed_config_forks_a_run_with_the_model_and_its_history(make_settin
     client = MlflowClient()
     run = client.get_run(fork)
     assert run.data.params["threshold.k"] == "2.0"
+    assert run.data.params["precision"] == "mixed_bfloat16"  # how the model it carries was trained
     assert run.data.tags["forked_from"] == run_id and run.data.tags["changed_params"] == "threshold.k"
     assert [m.value for m in client.get_metric_history(fork, "loss")] == [0.3, 0.2, 0.1]
     assert client.get_run(run_id).data.params["threshold.k"] == "1.0"  # the original is untouched
