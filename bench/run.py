@@ -74,18 +74,18 @@ def scoring_precision(project: Path, overrides: list[str]) -> dict[str, float]:
         model = load_model(settings.paths.model_file)
         threshold = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")["threshold"]
     head = settings.preprocess.head.threshold
-    scores = {}
+    scores, speed = {}, {}
     for precision in PRECISIONS:
         copy = with_precision(model, settings.model.name, settings.model.params, precision)
         start = time.perf_counter()
         scores[precision] = reconstruct_and_score(copy, test.images, settings.score, head)[1]
-        scores[f"{precision} img/s"] = len(test.images) / (time.perf_counter() - start)
+        speed[precision] = len(test.images) / (time.perf_counter() - start)
     change = np.abs(scores["float32"] - scores["mixed_bfloat16"])
     flips = (scores["float32"] > threshold) != (scores["mixed_bfloat16"] > threshold)
     return {"test slices": len(change), "max score change": float(change.max()),
             "max change / threshold": float(change.max() / threshold),
             "median change / threshold": float(np.median(change) / threshold), "label flips": int(flips.sum()),
-            "float32 score img/s": scores["float32 img/s"], "bfloat16 score img/s": scores["mixed_bfloat16 img/s"]}
+            "float32 score img/s": speed["float32"], "bfloat16 score img/s": speed["mixed_bfloat16"]}
 
 
 def timed(project: Path, *command: str) -> float:

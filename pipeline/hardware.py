@@ -50,7 +50,7 @@ class Hardware:
 
     @property
     def cpu_bf16(self) -> bool:
-        return bool(self.cpu_flags & set(CPU_BF16_FLAGS))
+        return bool(self.cpu_flags)
 
     def describe(self) -> str:
         """One line for the MLflow tag: the device that trains, and what it offers."""
