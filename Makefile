@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: pipeline test test-fast bench params mlflow-ui
+.PHONY: pipeline test test-fast lint bench params mlflow-ui
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -e ".[dev]"
 	touch $@
 
-pipeline: $(VENV)/.installed  ## download -> split -> train -> calibrate -> evaluate on the built-in data
+pipeline: $(VENV)/.installed  ## every stage of dvc.yaml (download ... publish) on the built-in data
 	dvc repro
 
 test: $(VENV)/.installed  ## every test, the end-to-end DVC run and the real-data test included
@@ -20,11 +20,15 @@ test: $(VENV)/.installed  ## every test, the end-to-end DVC run and the real-dat
 test-fast: $(VENV)/.installed  ## unit tests only
 	$(PYTHON) -m pytest -m "not slow"
 
+lint: $(VENV)/.installed  ## ruff: the lint rules and the formatting of pyproject.toml
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 bench: $(VENV)/.installed  ## stage timings, training throughput per precision, a whole real-data run (docs/performance.md)
 	$(PYTHON) -m bench.run
 
 params: $(VENV)/.installed  ## recompose params.yaml after editing conf/
-	$(PYTHON) -m pipeline.config
+	$(PYTHON) -m pipeline.entrypoint
 
 mlflow-ui: $(VENV)/.installed  ## the tracking UI on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db

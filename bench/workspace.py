@@ -9,9 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.config import ROOT
+from pipeline.params import ROOT
+from pipeline.stages import STAGES
 
-STAGES = ("download", "split", "train", "calibrate", "evaluate")  # dvc.yaml's, in order
+__all__ = ["REAL_DATA", "STAGES", "copy_project", "run"]
 REAL_DATA = ROOT.parent / "shared" / "data" / "brain-ct"  # the real sample, beside the repository
 PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml")
 PROJECT_DIRS = ("conf", "pipeline", ".dvc")
@@ -33,11 +34,13 @@ def copy_project(dest: Path, overrides: Sequence[str] = ()) -> Path:
     for name in PROJECT_FILES:
         shutil.copy(ROOT / name, dest / name)
     for folder in PROJECT_DIRS:
-        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+        shutil.copytree(
+            ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache")
+        )
     run(dest, "git", "init", "-q")
     run(dest, "git", "config", "user.name", "pipeline")  # `dvc exp run` commits experiments
     run(dest, "git", "config", "user.email", "pipeline@localhost")
-    run(dest, sys.executable, "-m", "pipeline.config", *overrides)
+    run(dest, sys.executable, "-m", "pipeline.entrypoint", *overrides)
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "-qm", "workspace")
     return dest

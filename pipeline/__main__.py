@@ -1,5 +1,5 @@
-"""`python -m pipeline`: download, split, train, calibrate and evaluate in one process (the code the
-DVC stages run), as one Hydra app, so that Hydra sweeps whole pipelines:
+"""`python -m pipeline`: every stage (`pipeline.stages`) in one process (the code the DVC stages run),
+as one Hydra app, so that Hydra sweeps whole pipelines:
 
     python -m pipeline -m model=cae,cae_bn,deep_cae,vae      # one MLflow run per variant
     python -m pipeline hparams_search=optuna                  # Optuna maximises validation ROC AUC
@@ -26,10 +26,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import calibrate, download, evaluate, hardware, split, tracking, train
-from pipeline.config import CONF_DIR, ROOT, MlflowConfig, Settings, flatten, load_settings
+from pipeline import hardware, tracking
+from pipeline.config import MlflowConfig, Settings, flatten
+from pipeline.entrypoint import CONF_DIR, load_settings
 from pipeline.errors import PipelineError
 from pipeline.io import read_json
+from pipeline.params import ROOT
+from pipeline.stages import DATA_STAGES, MODEL_STAGES, runner
 
 log = logging.getLogger("pipeline")
 
@@ -61,8 +64,11 @@ def configure_job(cfg: DictConfig) -> dict[str, str]:
         cfg.mlflow.register_detector = False  # the registry's alias stays on the DVC pipeline's detector
     tags = {"pipeline_job": _relative(job_dir)}
     if multirun:
-        tags.update(sweep=_relative(shared_dir), sweep_job=str(hydra_cfg.job.num),
-                    sweep_overrides=hydra_cfg.job.override_dirname)
+        tags.update(
+            sweep=_relative(shared_dir),
+            sweep_job=str(hydra_cfg.job.num),
+            sweep_overrides=hydra_cfg.job.override_dirname,
+        )
     return tags
 
 
@@ -70,19 +76,26 @@ def run_all(settings: Settings) -> float:
     """Every stage in order; download and split only when this process has not prepared that data yet.
     Returns the validation ROC AUC (NaN when the validation set holds no tumors)."""
     global _prepared_data
-    data_key = json.dumps([settings.seed, settings.split.model_dump(mode="json"),
-                           settings.data.model_dump(mode="json"),
-                           settings.preprocess.dicom_window.model_dump(), str(settings.paths.raw)])
+    data_key = json.dumps(
+        [
+            settings.seed,
+            settings.split.model_dump(mode="json"),
+            settings.data.model_dump(mode="json"),
+            settings.preprocess.dicom_window.model_dump(),
+            str(settings.paths.raw),
+        ]
+    )
     if data_key != _prepared_data:
         _prepared_data = None
-        download.run(settings)
-        split.run(settings)
+        for stage in DATA_STAGES:
+            runner(stage)(settings)
         _prepared_data = data_key
     keras.backend.clear_session()  # the previous job's model is not needed any more
-    for stage in (train, calibrate, evaluate):
-        stage.run(settings)
-    return float(read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
-                 .get("val_roc_auc", math.nan))
+    for stage in MODEL_STAGES:
+        runner(stage)(settings)
+    return float(
+        read_json(settings.paths.stage_reports("calibrate") / "threshold.json").get("val_roc_auc", math.nan)
+    )
 
 
 def _record(cfg: DictConfig, settings: Settings | None, tags: dict[str, str], error: BaseException) -> None:

@@ -11,68 +11,99 @@ import numpy as np
 import pandas as pd
 
 from pipeline import tracking
-from pipeline.config import Settings, stage
+from pipeline.config import Settings
 from pipeline.data.datasets import load_split
+from pipeline.detector import Detector
+from pipeline.entrypoint import stage
 from pipeline.errors import PipelineError
 from pipeline.io import write_csv, write_json
 from pipeline.metrics import bootstrap_intervals, ranking_metrics
 from pipeline.models import load_model
 from pipeline.plots import error_histogram, save_figure
-from pipeline.scoring import SCORE_KINDS, reconstruct, residual_maps, score_all
-from pipeline.thresholds import LABEL_FREE, calibrate_thresholds
+from pipeline.thresholds import calibrate_thresholds, label_free
 
 log = logging.getLogger(__name__)
 PIXEL_PERCENTILE = 99.5  # of healthy validation residuals inside the head: a pixel above it is anomalous
 
 
 def run(settings: Settings) -> None:
-    model = load_model(settings.paths.model_file)
+    detector = Detector.uncalibrated(
+        load_model(settings.paths.model_file), settings.preprocess, settings.score
+    )
     val = load_split(settings, "val")
-    head_threshold = settings.preprocess.head.threshold
-    reconstructions = reconstruct(model, val.images)
-    scores = score_all(val.images, reconstructions, settings.score, head_threshold)
+    reconstructions = detector.reconstruct(val.images)
+    scores = detector.all_scores(val.images, reconstructions)
     applied = scores[settings.score.kind]
     is_tumor = val.labels == 1
     healthy, tumor = applied[~is_tumor], applied[is_tumor]
-    thresholds = calibrate_thresholds(healthy, tumor, settings.threshold.k, settings.threshold.percentile)
+    thresholds = calibrate_thresholds(healthy, tumor, settings.threshold)
     method = settings.threshold.method
     if method not in thresholds:
-        raise PipelineError(f"threshold={method} needs tumor slices in the validation split, and it has none: "
-                            f"use a label-free rule ({' or '.join(f'threshold={m}' for m in sorted(LABEL_FREE))})")
-    healthy_maps = residual_maps(val.images[~is_tumor], reconstructions[~is_tumor], settings.score,
-                                 head_threshold)
-    summary = {"threshold": thresholds[method], "method": method, "score": settings.score.kind,
-               "thresholds": thresholds,
-               "pixel_threshold": float(np.percentile(healthy_maps[healthy_maps > 0], PIXEL_PERCENTILE)),
-               "val_score_mean": float(np.mean(healthy)), "val_score_std": float(np.std(healthy)),
-               "val_images": int(np.sum(~is_tumor)), "val_tumor_images": int(np.sum(is_tumor))}
+        raise PipelineError(
+            f"threshold={method} needs tumor slices in the validation split, and it has none: "
+            f"use a label-free rule ({' or '.join(f'threshold={m}' for m in label_free())})"
+        )
+    healthy_maps = detector.residual_maps(val.images[~is_tumor], reconstructions[~is_tumor])
+    summary = {
+        "threshold": thresholds[method],
+        "method": method,
+        "score": settings.score.kind,
+        "thresholds": thresholds,
+        "pixel_threshold": float(np.percentile(healthy_maps[healthy_maps > 0], PIXEL_PERCENTILE)),
+        "val_score_mean": float(np.mean(healthy)),
+        "val_score_std": float(np.std(healthy)),
+        "val_images": int(np.sum(~is_tumor)),
+        "val_tumor_images": int(np.sum(is_tumor)),
+    }
     if len(tumor):  # the objective of hyperparameter searches, and how score kinds compare
         summary.update({f"val_{k}": v for k, v in ranking_metrics(val.labels, applied).items()})
-        low, high = bootstrap_intervals(val.labels, applied, summary["threshold"], seed=settings.seed,
-                                        n_resamples=settings.evaluate.bootstrap)["roc_auc"]
+        low, high = bootstrap_intervals(
+            val.labels,
+            applied,
+            summary["threshold"],
+            seed=settings.seed,
+            n_resamples=settings.evaluate.bootstrap,
+        )["roc_auc"]
         summary.update(val_roc_auc_ci_low=low, val_roc_auc_ci_high=high)  # is a change beyond sampling?
-        summary["val_roc_auc_by_score"] = {kind: ranking_metrics(val.labels, values)["roc_auc"]
-                                           for kind, values in scores.items()}
+        summary["val_roc_auc_by_score"] = {
+            kind: ranking_metrics(val.labels, values)["roc_auc"] for kind, values in scores.items()
+        }
 
     out = settings.paths.stage_reports("calibrate")
     write_json(out / "threshold.json", summary)
-    write_csv(out / "val_errors.csv", pd.DataFrame({"path": val.frame["path"], "class": val.frame["class"],
-                                                    "score": applied} | scores))
+    write_csv(
+        out / "val_errors.csv",
+        pd.DataFrame({"path": val.frame["path"], "class": val.frame["class"], "score": applied} | scores),
+    )
     histogram = {"healthy validation": healthy} | ({"tumor validation": tumor} if len(tumor) else {})
-    save_figure(error_histogram(histogram, summary["threshold"], f"{settings.score.kind} scores of the "
-                                "validation slices"), out / "error_histogram.png")
+    save_figure(
+        error_histogram(
+            histogram, summary["threshold"], f"{settings.score.kind} scores of the validation slices"
+        ),
+        out / "error_histogram.png",
+    )
 
-    with tracking.model_run(settings, "calibrate", settings.paths.run_file("train"),
-                            settings.paths.run_file("calibrate"), model):
-        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)}
-                           | {f"threshold_{k}": v for k, v in thresholds.items()}
-                           | {f"val_roc_auc_{k}": v for k, v in summary.get("val_roc_auc_by_score", {}).items()})
+    with tracking.model_run(settings, "calibrate", detector.model):
+        mlflow.log_metrics(
+            {k: v for k, v in summary.items() if isinstance(v, int | float)}
+            | {f"threshold_{k}": v for k, v in thresholds.items()}
+            | {f"val_roc_auc_{k}": v for k, v in summary.get("val_roc_auc_by_score", {}).items()}
+        )
         for name in ("threshold.json", "val_errors.csv", "error_histogram.png"):
             mlflow.log_artifact(str(out / name), "calibrate")
-    ranked = ", ".join(f"{kind} {summary['val_roc_auc_by_score'][kind]:.3f}" for kind in SCORE_KINDS
-                       ) if len(tumor) else "no validation tumors"
-    log.info("threshold %.6g (%s on %s scores of %d healthy validation slices); validation ROC AUC by "
-             "score: %s", summary["threshold"], method, settings.score.kind, len(healthy), ranked)
+    ranked = (
+        ", ".join(f"{kind} {auc:.3f}" for kind, auc in summary["val_roc_auc_by_score"].items())
+        if len(tumor)
+        else "no validation tumors"
+    )
+    log.info(
+        "threshold %.6g (%s on %s scores of %d healthy validation slices); validation ROC AUC by score: %s",
+        summary["threshold"],
+        method,
+        settings.score.kind,
+        len(healthy),
+        ranked,
+    )
 
 
 main = stage(run)

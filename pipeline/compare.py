@@ -29,9 +29,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
-from pipeline.config import MlflowConfig, params_section
+from pipeline.config import MlflowConfig
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path
+from pipeline.params import params_section
 from pipeline.plots import histogram_panels, roc_overlay, save_figure
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,15 @@ METRICS = {
     "train s": ("train_seconds", "{:.0f}"),
     "parameters": ("parameters", "{:,.0f}"),
 }
-PARAMS = {"learning rate": "train.learning_rate", "image size": "preprocess.image_size",
-          "head mask": "preprocess.head.mask", "score": "score.kind",
-          "smoothing": "score.smoothing", "threshold rule": "threshold.method",
-          "precision": "precision"}  # what train.precision resolved to on the machine that trained
+PARAMS = {
+    "learning rate": "train.learning_rate",
+    "image size": "preprocess.image_size",
+    "head mask": "preprocess.head.mask",
+    "score": "score.kind",
+    "smoothing": "score.smoothing",
+    "threshold rule": "threshold.method",
+    "precision": "precision",
+}  # what train.precision resolved to on the machine that trained
 FORMATS = ("markdown", "html")
 
 
@@ -88,32 +94,48 @@ def find_runs(client: MlflowClient, targets: list[str], sweep: str | None) -> li
         if experiment is None:
             raise PipelineError(f"'{target}' is neither a run id nor an MLflow experiment")
         query = "tags.stage != 'compare'" + (f" and tags.sweep = '{sweep}'" if sweep else "")
-        runs.extend(client.search_runs([experiment.experiment_id], filter_string=query,
-                                       order_by=["attributes.start_time ASC"]))
+        runs.extend(
+            client.search_runs(
+                [experiment.experiment_id], filter_string=query, order_by=["attributes.start_time ASC"]
+            )
+        )
     if not runs:
-        raise PipelineError(f"no runs to compare in {', '.join(targets)}"
-                            + (f" for sweep '{sweep}'" if sweep else ""))
+        raise PipelineError(
+            f"no runs to compare in {', '.join(targets)}" + (f" for sweep '{sweep}'" if sweep else "")
+        )
     return runs
 
 
 def _artifact(run: Run, path: str, folder: Path) -> pd.DataFrame | None:
     try:
-        return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path,
-                                                               dst_path=str(folder)))
+        return pd.read_csv(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path=path, dst_path=str(folder)
+            )
+        )
     except (MlflowException, OSError):
         return None  # a failed run, or one that never reached evaluate
 
 
 def collect(runs: list[Run]) -> list[Compared]:
     with tempfile.TemporaryDirectory() as tmp:
-        return [Compared(run, _artifact(run, "evaluate/roc.csv", Path(tmp) / run.info.run_id),
-                         _artifact(run, "evaluate/scores.csv", Path(tmp) / run.info.run_id)) for run in runs]
+        return [
+            Compared(
+                run,
+                _artifact(run, "evaluate/roc.csv", Path(tmp) / run.info.run_id),
+                _artifact(run, "evaluate/scores.csv", Path(tmp) / run.info.run_id),
+            )
+            for run in runs
+        ]
 
 
 def _model_params(run: Run) -> str:
     params = run.data.params
-    return " ".join(f"{key.removeprefix('model.')}={value}" for key, value in sorted(params.items())
-                    if key.startswith("model.") and key != "model.name")
+    return " ".join(
+        f"{key.removeprefix('model.')}={value}"
+        for key, value in sorted(params.items())
+        if key.startswith("model.") and key != "model.name"
+    )
 
 
 def _with_interval(metrics: dict[str, float], key: str, fmt: str) -> str:
@@ -130,8 +152,12 @@ def table(compared: list[Compared]) -> pd.DataFrame:
     rows = []
     for item in compared:
         run, metrics = item.run, item.run.data.metrics
-        row = {"run": run.info.run_id[:8], "variant": run.data.tags.get("model", ""),
-               "status": run.info.status, "model parameters": _model_params(run)}
+        row = {
+            "run": run.info.run_id[:8],
+            "variant": run.data.tags.get("model", ""),
+            "status": run.info.status,
+            "model parameters": _model_params(run),
+        }
         row.update({column: run.data.params.get(key, "") for column, key in PARAMS.items()})
         row.update({column: _with_interval(metrics, key, fmt) for column, (key, fmt) in METRICS.items()})
         if "error" in run.data.tags:
@@ -145,12 +171,15 @@ def _figures(compared: list[Compared], out: Path) -> dict[str, Path]:
     evaluated = [item for item in compared if item.roc is not None and item.scores is not None]
     if not evaluated:
         return {}
-    figures = {"ROC curves (test set)": out / "roc.png",
-               "Reconstruction errors (test set)": out / "histograms.png"}
+    figures = {
+        "ROC curves (test set)": out / "roc.png",
+        "Reconstruction errors (test set)": out / "histograms.png",
+    }
     curves = {f"{item.label} AUC {item.run.data.metrics['test_roc_auc']:.3f}": item.roc for item in evaluated}
     save_figure(roc_overlay(curves), figures["ROC curves (test set)"])
-    panels = {item.label: (_test_errors(item.scores), item.run.data.metrics["threshold"])
-              for item in evaluated}
+    panels = {
+        item.label: (_test_errors(item.scores), item.run.data.metrics["threshold"]) for item in evaluated
+    }
     save_figure(histogram_panels(panels), figures["Reconstruction errors (test set)"])
     return figures
 
@@ -162,12 +191,19 @@ def _test_errors(scores: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def _html(title: str, rows: pd.DataFrame, figures: dict[str, Path]) -> str:
     """One self-contained page: the table and the figures embedded as data URIs."""
-    images = "".join(f"<h2>{caption}</h2><img alt='{caption}' src='data:image/png;base64,"
-                     f"{base64.b64encode(path.read_bytes()).decode()}'>" for caption, path in figures.items())
-    style = ("body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-             "padding:4px 8px}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
-            f"</head><body><h1>{title}</h1>{rows.to_html(index=False)}{images}</body></html>\n")
+    images = "".join(
+        f"<h2>{caption}</h2><img alt='{caption}' src='data:image/png;base64,"
+        f"{base64.b64encode(path.read_bytes()).decode()}'>"
+        for caption, path in figures.items()
+    )
+    style = (
+        "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:4px 8px}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+        f"</head><body><h1>{title}</h1>{rows.to_html(index=False)}{images}</body></html>\n"
+    )
 
 
 def write_report(compared: list[Compared], out: Path, fmt: str) -> list[Path]:
@@ -178,8 +214,16 @@ def write_report(compared: list[Compared], out: Path, fmt: str) -> list[Path]:
     figures = _figures(compared, out)
     if fmt == "markdown":
         report = out / "comparison.md"
-        text = "\n\n".join([f"# {title}", rows.to_markdown(index=False, disable_numparse=True),
-                             *(f"![{caption}]({path.name})" for caption, path in figures.items())]) + "\n"
+        text = (
+            "\n\n".join(
+                [
+                    f"# {title}",
+                    rows.to_markdown(index=False, disable_numparse=True),
+                    *(f"![{caption}]({path.name})" for caption, path in figures.items()),
+                ]
+            )
+            + "\n"
+        )
         written = [report, *figures.values()]
     else:
         report = out / "comparison.html"
@@ -195,9 +239,15 @@ def write_report(compared: list[Compared], out: Path, fmt: str) -> list[Path]:
 def log_report(compared: list[Compared], files: list[Path], config: MlflowConfig) -> str:
     """Log the report as a run of its own next to the first compared run; returns its id."""
     first = compared[0].run
-    with mlflow.start_run(experiment_id=first.info.experiment_id, run_name=f"compare-{len(compared)}-runs",
-                          tags={"stage": "compare", "git_commit": tracking.git_commit(),
-                                "compared_runs": ",".join(item.run.info.run_id for item in compared)}) as run:
+    with mlflow.start_run(
+        experiment_id=first.info.experiment_id,
+        run_name=f"compare-{len(compared)}-runs",
+        tags={
+            "stage": "compare",
+            "git_commit": tracking.git_commit(),
+            "compared_runs": ",".join(item.run.info.run_id for item in compared),
+        },
+    ) as run:
         for path in files:
             mlflow.log_artifact(str(path), "compare")
     return run.info.run_id
@@ -205,8 +255,9 @@ def log_report(compared: list[Compared], files: list[Path], config: MlflowConfig
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", help="run ids or experiment names (default: params.yaml's "
-                        "mlflow.experiment)")
+    parser.add_argument(
+        "targets", nargs="*", help="run ids or experiment names (default: params.yaml's mlflow.experiment)"
+    )
     parser.add_argument("--sweep", help="only this sweep's runs (its folder, as in the runs' `sweep` tag)")
     parser.add_argument("--out", type=Path, default=Path("reports/compare"), help="report folder")
     parser.add_argument("--format", choices=FORMATS, default="markdown")

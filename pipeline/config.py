@@ -1,44 +1,32 @@
-"""Typed, validated view of the Hydra config, and the decorator that makes a stage entry point.
+"""The typed, validated config: what every stage, the packaged detector and the CLIs agree on.
 
-`conf/` is the single source of truth. Run alone, a stage composes `conf/` (plus any Hydra
-overrides on its command line); under DVC it reads `params.yaml` (`--config-dir . --config-name params`),
-the composition that `dvc exp run -S ...` writes. Either way the config is checked here, before any
-long work starts, and every stage gets the same `Settings` object.
+Pure pydantic, no Hydra: the served detector validates its preprocessing and score sections with these
+classes. `pipeline.entrypoint` composes `conf/` with Hydra and validates it here; `pipeline.params`
+reads sections of `params.yaml` for the commands that run outside the pipeline. Names that pick a
+component (`model.name`, `score.kind`, `threshold.method`, `data.source`) are checked against the
+registries those components register in, and model parameters against the model, so a bad value fails
+before any stage does work.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import re
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, get_args
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from pipeline.errors import ConfigError, PipelineError
-
-ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = ROOT / "conf"
-PARAMS_FILE = ROOT / "params.yaml"
-
-log = logging.getLogger(__name__)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys and changes after validation are errors."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-SectionT = TypeVar("SectionT", bound=_Section)
 ImageSize = Annotated[int, Field(ge=16, le=1024)]
 
 
-class SyntheticData(_Section):
+class SyntheticData(Section):
     source: Literal["synthetic"]
     n_healthy: int = Field(ge=10)
     n_tumor: int = Field(ge=4)
@@ -52,7 +40,7 @@ class SyntheticData(_Section):
         return self
 
 
-class LocalData(_Section):
+class LocalData(Section):
     source: Literal["local"]
     path: Path
 
@@ -65,22 +53,26 @@ class LocalData(_Section):
         return path.resolve()
 
 
-class KaggleData(_Section):
+class KaggleData(Section):
     source: Literal["kaggle"]
     handle: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
 
 
 DataConfig = Annotated[SyntheticData | LocalData | KaggleData, Field(discriminator="source")]
+# The `source` tag of each data config; `pipeline.data.sources` registers one fetcher per tag.
+DATA_SOURCES: tuple[str, ...] = tuple(
+    get_args(cls.model_fields["source"].annotation)[0] for cls in get_args(get_args(DataConfig)[0])
+)
 
 
-class DicomWindow(_Section):
+class DicomWindow(Section):
     """The Hounsfield-unit window that maps a DICOM slice to [0, 1] (PNG and JPEG come windowed)."""
 
     level: float = Field(ge=-1024, le=3071)
     width: float = Field(gt=0, le=4096)
 
 
-class HeadConfig(_Section):
+class HeadConfig(Section):
     """How the head is found (`pipeline.data.head`) and what is done with it."""
 
     mask: bool  # blank everything outside the head
@@ -89,7 +81,7 @@ class HeadConfig(_Section):
     margin: float = Field(ge=0, le=0.5)  # of the head's longer side, kept around it when cropping
 
 
-class PreprocessConfig(_Section):
+class PreprocessConfig(Section):
     """Everything that turns a file into the model's input; the packaged detector carries it."""
 
     image_size: ImageSize
@@ -109,24 +101,24 @@ class ModelConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class HealthySplit(_Section):
+class HealthySplit(Section):
     train: int = Field(ge=1)
     val: int = Field(ge=1)
     test: int = Field(ge=1)
 
 
-class TumorSplit(_Section):
+class TumorSplit(Section):
     val: int = Field(ge=1)
     test: int = Field(ge=1)
 
 
-class SplitConfig(_Section):
+class SplitConfig(Section):
     healthy: HealthySplit
     tumor: TumorSplit
     near_duplicate_distance: int = Field(ge=0, le=32)
 
 
-class AugmentConfig(_Section):
+class AugmentConfig(Section):
     """Random changes a healthy head could show on another day or scanner (0 switches one off)."""
 
     rotation: float = Field(ge=0, le=45)  # degrees, either way
@@ -135,7 +127,7 @@ class AugmentConfig(_Section):
     intensity: float = Field(ge=0, le=0.5)  # intensity gain: every pixel times 1 ± this, per slice
 
 
-class NoiseConfig(_Section):
+class NoiseConfig(Section):
     """Denoising training: the model sees a slice with coarse Gaussian noise added inside the head and
     learns to give back the clean one, so it cannot simply copy anomalies through (std 0: off)."""
 
@@ -146,11 +138,13 @@ class NoiseConfig(_Section):
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=4096)
     learning_rate: float = Field(gt=0, le=1)
-    schedule: Literal["constant", "cosine"]  # of the learning rate; cosine: from learning_rate to 0 over all epochs
+    schedule: Literal[
+        "constant", "cosine"
+    ]  # of the learning rate; cosine: from learning_rate to 0 over all epochs
     early_stopping_patience: int = Field(ge=0)
     augment: AugmentConfig
     noise: NoiseConfig
@@ -158,35 +152,49 @@ class TrainConfig(_Section):
     precision: Precision  # auto: bfloat16 where the CPU or GPU computes it natively (pipeline.hardware)
 
 
-class RuntimeConfig(_Section):
+class RuntimeConfig(Section):
     """How a stage uses the machine; changes no result, so no stage reruns for it."""
 
     threads: int = Field(ge=0, le=1024)  # TensorFlow's thread pools; 0: the cores this process may use
 
 
-class ScoreConfig(_Section):
+class ScoreConfig(Section):
     """Which anomaly score (`pipeline.scoring`) a slice gets, and where it is read."""
 
-    kind: Literal["mse", "l1", "ssim", "residual_percentile", "symmetry"]
+    kind: str  # a name registered in pipeline.scoring.SCORES
     region: Literal["head", "image"]
     percentile: float = Field(gt=0, le=100)  # residual_percentile and symmetry; 100 = the maximum
     smoothing: float = Field(ge=0, le=16)  # Gaussian sigma (pixels) of the residual before the percentile
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, kind: str) -> str:
+        from pipeline.scoring import SCORES  # here: scoring imports this module
 
-class ThresholdConfig(_Section):
+        return SCORES.check(kind)
+
+
+class ThresholdConfig(Section):
     """Which threshold (`pipeline.thresholds`) is applied; calibrate computes and logs all of them."""
 
-    method: Literal["mean_std", "percentile", "f1_optimal", "youden"]
+    method: str  # a name registered in pipeline.thresholds.THRESHOLD_RULES
     k: float = Field(ge=0, le=10)  # mean_std: mean + k * std of healthy validation scores
     percentile: float = Field(gt=0, le=100)  # percentile: of healthy validation scores
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        from pipeline.thresholds import THRESHOLD_RULES  # here: thresholds imports this module
 
-class EvaluateConfig(_Section):
+        return THRESHOLD_RULES.check(method)
+
+
+class EvaluateConfig(Section):
     n_examples: int = Field(ge=0, le=32)
     bootstrap: int = Field(ge=100, le=100_000)  # resamples behind each 95% confidence interval
 
 
-class MlflowConfig(_Section):
+class MlflowConfig(Section):
     tracking_uri: str = Field(min_length=1)
     artifact_root: Path
     experiment: str = Field(min_length=1)
@@ -203,7 +211,7 @@ class MlflowConfig(_Section):
         return alias
 
 
-class Paths(_Section):
+class Paths(Section):
     raw: Path
     manifests: Path
     splits: Path
@@ -223,12 +231,17 @@ class Paths(_Section):
     def stage_reports(self, stage: str) -> Path:
         return self.reports / stage
 
+    @property
+    def registration(self) -> Path:
+        """What `package` registered (version, run): the version `publish` points the alias at."""
+        return self.stage_reports("package") / "registered.json"
+
     def run_file(self, stage: str) -> Path:
         """Where a model stage leaves the id of the MLflow run it logged to (a DVC output)."""
         return self.model / "run.json" if stage == "train" else self.stage_reports(stage) / "run.json"
 
 
-class Settings(_Section):
+class Settings(Section):
     seed: int = Field(ge=0, lt=2**32)
     data: DataConfig
     preprocess: PreprocessConfig
@@ -241,6 +254,14 @@ class Settings(_Section):
     mlflow: MlflowConfig
     paths: Paths
     runtime: RuntimeConfig
+
+    @model_validator(mode="after")
+    def _model_fits(self) -> Settings:
+        """The model's parameters, and the image size against its downsampling, before any stage runs."""
+        from pipeline.models import check_params  # here: Keras loads only where a config is validated
+
+        check_params(self.model.name, self.model.params, self.preprocess.image_size)
+        return self
 
     def flat_params(self) -> dict[str, str]:
         """Every config value as `section.key` -> string, the shape MLflow params take."""
@@ -260,78 +281,3 @@ def flatten(config: dict[str, Any]) -> dict[str, str]:
 
     walk("", config)
     return flat
-
-
-def params_section(name: str, section: type[SectionT]) -> SectionT:
-    """One validated section of params.yaml: what the last `dvc repro` / `dvc exp run` used, for the
-    commands that run outside the pipeline (predict, compare)."""
-    return section.model_validate(OmegaConf.to_container(OmegaConf.load(PARAMS_FILE)[name]))
-
-
-def _describe(error: ValidationError) -> str:
-    sources = {"synthetic", "local", "kaggle"}
-    lines = []
-    for item in error.errors():
-        loc = [str(part) for part in item["loc"]]
-        if len(loc) > 1 and loc[0] == "data" and loc[1] in sources:
-            del loc[1]  # the discriminator tag pydantic inserts, not a config key
-        got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
-        lines.append(f"  {'.'.join(loc)}: {item['msg']}{got}")
-    return "invalid config:\n" + "\n".join(lines)
-
-
-def load_settings(cfg: DictConfig | dict[str, Any]) -> Settings:
-    """Validate a composed config; raise ConfigError naming every offending key."""
-    if isinstance(cfg, DictConfig):
-        try:
-            cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-        except MissingMandatoryValue as err:
-            key = err.full_key
-            raise ConfigError(f"config value '{key}' is required: add `{key}=...` to the command "
-                              f"(with DVC: `dvc exp run -S {key}=...`)") from None
-    try:
-        return Settings.model_validate(cfg)
-    except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
-
-
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """Compose `conf/` exactly as DVC's Hydra integration does."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=overrides or [])
-    OmegaConf.resolve(cfg)
-    return cfg
-
-
-def write_params(path: Path = PARAMS_FILE, overrides: list[str] | None = None) -> None:
-    """Write `params.yaml` as DVC writes it, so `dvc repro` and `dvc exp run` see the same file."""
-    from dvc.utils.hydra import compose_and_dump
-
-    compose_and_dump(path, str(CONF_DIR), None, "config", str(ROOT), overrides or [])
-
-
-def stage(fn: Callable[[Settings], None]) -> Callable[[], None]:
-    """Turn `fn(settings)` into a Hydra entry point that reports user errors without a traceback."""
-
-    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-    @functools.wraps(fn)
-    def main(cfg: DictConfig) -> None:
-        from pipeline import hardware  # here, not at the top: `python -m pipeline.config` needs no Keras
-
-        try:
-            settings = load_settings(cfg)
-            hardware.configure(settings.runtime.threads)
-            fn(settings)
-        except PipelineError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(1)
-
-    return main
-
-
-if __name__ == "__main__":
-    write_params(overrides=sys.argv[1:])
-    print(f"wrote {PARAMS_FILE.relative_to(ROOT)}")

@@ -1,16 +1,18 @@
-"""The product of the pipeline: preprocessing, the autoencoder and the threshold as one object.
+"""The product of the pipeline: preprocessing, the autoencoder, the score and the threshold as one object.
 
-Evaluation, the predict command and the served MLflow model all score through a `Detector`, so an
-image gets the same score wherever it is scored. On disk it is a folder with the Keras model and
+Calibration, evaluation, the predict command and the served MLflow model all score through a
+`Detector` (calibration through one whose threshold it is about to set), so an image gets the same
+score wherever it is scored. On disk it is a folder with the Keras model and
 `detector.json` (threshold, preprocessing config, where it came from); `pipeline.serving` wraps that
 folder as an MLflow pyfunc model.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +43,18 @@ class DecodedBatch:
 @dataclass
 class Detector:
     model: keras.Model
-    threshold: float
+    threshold: float  # NaN until calibrated
     preprocess: PreprocessConfig
     scoring: ScoreConfig
     info: dict[str, Any] = field(default_factory=dict)  # provenance: run id, model name, ...
+
+    @classmethod
+    def uncalibrated(cls, model: keras.Model, preprocess: PreprocessConfig, scoring: ScoreConfig) -> Detector:
+        """A detector that scores but has no threshold yet: what calibration sets one from."""
+        return cls(model, math.nan, preprocess, scoring)
+
+    def calibrated(self, threshold: float, **info: Any) -> Detector:
+        return replace(self, threshold=float(threshold), info={**self.info, **info})
 
     def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:
         """Decode and preprocess files (or their bytes) in parallel; unreadable ones are reported."""
@@ -67,6 +77,14 @@ class Detector:
         """Reconstructions and scores of a preprocessed batch (from `decode`, or a cached split)."""
         return scoring.reconstruct_and_score(self.model, images, self.scoring, self.preprocess.head.threshold)
 
+    def reconstruct(self, images: np.ndarray) -> np.ndarray:
+        return scoring.reconstruct(self.model, images)
+
+    def all_scores(self, images: np.ndarray, reconstructions: np.ndarray) -> dict[str, np.ndarray]:
+        """Every registered kind of score, read in this detector's region: how calibration compares
+        the kinds on validation slices (its own kind is `self.scoring.kind`)."""
+        return scoring.score_all(images, reconstructions, self.scoring, self.preprocess.head.threshold)
+
     def score(self, images: np.ndarray) -> np.ndarray:
         return self.reconstruct_and_score(images)[1]
 
@@ -75,15 +93,22 @@ class Detector:
         return scoring.residual_maps(images, reconstructions, self.scoring, self.preprocess.head.threshold)
 
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
+        if math.isnan(self.threshold):
+            raise ValueError("the detector has no threshold yet (calibrate sets one)")
         return np.asarray(scores) > self.threshold
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save(directory / MODEL_FILE)
-        write_json(directory / SETTINGS_FILE, {"threshold": self.threshold,
-                                               "preprocess": self.preprocess.model_dump(mode="json"),
-                                               "score": self.scoring.model_dump(mode="json"),
-                                               "info": self.info})
+        write_json(
+            directory / SETTINGS_FILE,
+            {
+                "threshold": self.threshold,
+                "preprocess": self.preprocess.model_dump(mode="json"),
+                "score": self.scoring.model_dump(mode="json"),
+                "info": self.info,
+            },
+        )
 
     @classmethod
     def load(cls, directory: Path) -> Detector:
@@ -101,5 +126,6 @@ class Detector:
             except ValidationError as err:
                 raise PipelineError(f"{settings_file}: invalid '{key}': {err}") from None
         model = load_model(Path(directory) / MODEL_FILE)
-        return cls(model, float(saved["threshold"]), sections["preprocess"], sections["score"],
-                   saved.get("info", {}))
+        return cls(
+            model, float(saved["threshold"]), sections["preprocess"], sections["score"], saved.get("info", {})
+        )

@@ -7,9 +7,11 @@ import logging
 import mlflow
 
 from pipeline import tracking
-from pipeline.config import Settings, stage
+from pipeline.config import Settings
 from pipeline.data import sources
+from pipeline.data.classes import CLASSES, HEALTHY, TUMOR
 from pipeline.data.manifest import build_manifest, content_hash
+from pipeline.entrypoint import stage
 from pipeline.errors import DataError
 from pipeline.io import atomic_dir, write_csv, write_json
 
@@ -24,20 +26,34 @@ def run(settings: Settings) -> None:
     write_csv(paths.manifests / "raw.csv", manifest)
     write_csv(paths.manifests / "rejects.csv", rejects)
     counts = manifest["class"].value_counts()
-    summary = {"data_hash": content_hash(manifest), "healthy": int(counts.get("healthy", 0)),
-               "tumor": int(counts.get("tumor", 0)), "rejected": len(rejects)}
+    summary = {
+        "data_hash": content_hash(manifest),
+        **{cls: int(counts.get(cls, 0)) for cls in CLASSES},
+        "rejected": len(rejects),
+    }
     write_json(paths.reports / "data" / "download.json", summary)
-    log.info("%d healthy, %d tumor images; %d files rejected (%s)", summary["healthy"], summary["tumor"],
-             summary["rejected"], paths.manifests / "rejects.csv")
+    log.info(
+        "%d healthy, %d tumor images; %d files rejected (%s)",
+        summary[HEALTHY],
+        summary[TUMOR],
+        summary["rejected"],
+        paths.manifests / "rejects.csv",
+    )
 
-    with tracking.data_run(settings, "download", summary["data_hash"],
-                           {k: v for k, v in settings.flat_params().items() if k.startswith(("data.", "preprocess.dicom"))}):
+    with tracking.data_run(
+        settings,
+        "download",
+        summary["data_hash"],
+        {k: v for k, v in settings.flat_params().items() if k.startswith(("data.", "preprocess.dicom"))},
+    ):
         mlflow.log_metrics({k: v for k, v in summary.items() if k != "data_hash"})
         mlflow.log_artifact(str(paths.manifests / "raw.csv"), "manifests")
         mlflow.log_artifact(str(paths.manifests / "rejects.csv"), "manifests")
-    for cls in ("healthy", "tumor"):
+    for cls in CLASSES:
         if not summary[cls]:
-            raise DataError(f"no decodable {cls} images in {paths.raw}: see {paths.manifests / 'rejects.csv'}")
+            raise DataError(
+                f"no decodable {cls} images in {paths.raw}: see {paths.manifests / 'rejects.csv'}"
+            )
 
 
 main = stage(run)

@@ -55,8 +55,10 @@ class Hardware:
     def describe(self) -> str:
         """One line for the MLflow tag: the device that trains, and what it offers."""
         if self.gpus:
-            return ", ".join(f"{gpu.name} (compute capability {gpu.compute_capability[0]}."
-                             f"{gpu.compute_capability[1]})" for gpu in self.gpus)
+            return ", ".join(
+                f"{gpu.name} (compute capability {gpu.compute_capability[0]}.{gpu.compute_capability[1]})"
+                for gpu in self.gpus
+            )
         flags = f" ({', '.join(sorted(self.cpu_flags))})" if self.cpu_flags else ""
         return f"{self.cpu}{flags}, {threads()} threads"
 
@@ -72,7 +74,8 @@ def read_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, frozenset[str]
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
     return fields.get("model name", platform.machine()), frozenset(fields.get("flags", "").split()) & set(
-        CPU_BF16_FLAGS)
+        CPU_BF16_FLAGS
+    )
 
 
 def read_gpus() -> tuple[Gpu, ...]:
@@ -81,8 +84,9 @@ def read_gpus() -> tuple[Gpu, ...]:
     gpus = []
     for device in tf.config.list_physical_devices("GPU"):
         details = tf.config.experimental.get_device_details(device)
-        gpus.append(Gpu(details.get("device_name", device.name),
-                        tuple(details.get("compute_capability", (0, 0)))))
+        gpus.append(
+            Gpu(details.get("device_name", device.name), tuple(details.get("compute_capability", (0, 0))))
+        )
     return tuple(gpus)
 
 
@@ -98,11 +102,16 @@ def resolve_precision(requested: str, hardware: Hardware) -> str:
     if requested == "auto":
         return "mixed_bfloat16" if native_bf16 else "float32"
     if requested == "mixed_bfloat16" and not native_bf16:
-        log.warning("train.precision=mixed_bfloat16 on %s, which has no native bfloat16: expect it to be "
-                    "slower than float32", hardware.describe())
+        log.warning(
+            "train.precision=mixed_bfloat16 on %s, which has no native bfloat16: expect it to be "
+            "slower than float32",
+            hardware.describe(),
+        )
     if requested == "mixed_float16" and not hardware.gpus:
-        log.warning("train.precision=mixed_float16 on a CPU: float16 is emulated there, expect it to be "
-                    "slower than float32")
+        log.warning(
+            "train.precision=mixed_float16 on a CPU: float16 is emulated there, expect it to be "
+            "slower than float32"
+        )
     return requested
 
 
@@ -121,8 +130,10 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, own_cgroup: Path = Path("/proc/se
     """The CPU quota of this process's cgroup in cores (v2 `cpu.max`, or v1 `cpu.cfs_quota_us`), None
     when there is none."""
     try:
-        relative = next((line.split(":", 2)[2] for line in own_cgroup.read_text().splitlines()
-                         if line.startswith("0::")), "/")
+        relative = next(
+            (line.split(":", 2)[2] for line in own_cgroup.read_text().splitlines() if line.startswith("0::")),
+            "/",
+        )
     except OSError:
         relative = "/"
     for folder in (root / relative.lstrip("/"), root):  # its own cgroup first (v2 nests them)
@@ -168,6 +179,10 @@ def configure(requested_threads: int) -> int:
         current = tf.config.threading.get_intra_op_parallelism_threads()
         _threads = current or _threads or count
         if current and current != count:
-            log.warning("TensorFlow already runs with %d threads in this process; runtime.threads=%d "
-                        "applies from the next process on", current, count)
+            log.warning(
+                "TensorFlow already runs with %d threads in this process; runtime.threads=%d "
+                "applies from the next process on",
+                current,
+                count,
+            )
     return _threads

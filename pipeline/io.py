@@ -13,6 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+_UMASK = os.umask(0)  # read once, at import (setting it back at once): a temp file gets the user's mode
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
@@ -23,6 +26,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{target.name}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o666 & ~_UMASK)  # mkstemp makes it private; the output should not be
     try:
         yield tmp
         os.replace(tmp, target)

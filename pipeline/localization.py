@@ -40,5 +40,7 @@ def pixel_metrics(maps: np.ndarray, outlines: np.ndarray, pixel_threshold: float
     truth, values = outlines[scored], maps[scored]
     flagged = maps > pixel_threshold
     overlap = 2 * np.sum(flagged & outlines)
-    return {"pixel_roc_auc": float(roc_auc_score(truth, values)) if 0 < truth.sum() < truth.size else np.nan,
-            "dice": float(overlap / max(int(flagged.sum() + outlines.sum()), 1))}
+    return {
+        "pixel_roc_auc": float(roc_auc_score(truth, values)) if 0 < truth.sum() < truth.size else np.nan,
+        "dice": float(overlap / max(int(flagged.sum() + outlines.sum()), 1)),
+    }

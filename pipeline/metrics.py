@@ -20,6 +20,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from pipeline.arrays import finite_1d, finite_number, labels_and_scores, require_both_classes
+
 
 @dataclass(frozen=True)
 class DetectionMetrics:
@@ -42,48 +44,7 @@ class DetectionMetrics:
         return asdict(self)
 
 
-def _validated_labels_and_scores(
-    labels: np.ndarray, scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return labels as int64 0/1 and scores as float64, rejecting inputs sklearn would misread."""
-    label_array = np.asarray(labels)
-    score_array = np.asarray(scores, dtype=np.float64)
-    if label_array.ndim != 1 or score_array.ndim != 1:
-        raise ValueError(
-            f"labels and scores must be 1-D, got shapes {label_array.shape} and {score_array.shape}"
-        )
-    if label_array.shape != score_array.shape:
-        raise ValueError(
-            f"labels and scores must have the same length, got {label_array.size} and {score_array.size}"
-        )
-    if label_array.size == 0:
-        raise ValueError("labels and scores are empty")
-    if not np.all(np.isin(label_array, (0, 1))):
-        raise ValueError(
-            f"labels must be 0 (healthy) or 1 (tumor), got values {np.unique(label_array).tolist()}"
-        )
-    if not np.all(np.isfinite(score_array)):
-        raise ValueError("scores must be finite (no NaN or infinite reconstruction errors)")
-    return label_array.astype(np.int64), score_array
-
-
-def _require_both_classes(labels: np.ndarray, what: str) -> None:
-    """ROC and precision-recall summaries are undefined unless both classes are present."""
-    present = np.unique(labels).tolist()
-    if present != [0, 1]:
-        raise ValueError(
-            f"{what} needs both healthy (0) and tumor (1) labels, but only {present} present"
-        )
-
-
-def _validated_threshold(threshold: float) -> float:
-    """A NaN threshold would silently flag nothing, so refuse any non-finite one."""
-    if not np.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold}")
-    return float(threshold)
-
-
-def _strict_thresholds(inclusive_thresholds: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def strict_thresholds(inclusive_thresholds: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Convert sklearn's 'score >= t' thresholds to the project's 'score > t' rule.
 
     The next float below t flags exactly the same scores under '>' as t does under '>=';
@@ -96,10 +57,12 @@ def _strict_thresholds(inclusive_thresholds: np.ndarray, scores: np.ndarray) -> 
 
 def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Threshold-free quality of the scores' ranking: ROC AUC and average precision (PR AUC)."""
-    labels, scores = _validated_labels_and_scores(labels, scores)
-    _require_both_classes(labels, "ROC AUC and average precision")
-    return {"roc_auc": float(roc_auc_score(labels, scores)),
-            "pr_auc": float(average_precision_score(labels, scores))}
+    labels, scores = labels_and_scores(labels, scores)
+    require_both_classes(labels, "ROC AUC and average precision")
+    return {
+        "roc_auc": float(roc_auc_score(labels, scores)),
+        "pr_auc": float(average_precision_score(labels, scores)),
+    }
 
 
 def detection_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> DetectionMetrics:
@@ -108,8 +71,8 @@ def detection_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) 
     Precision and F1 are 0 where undefined (nothing flagged) instead of warning.
     """
     ranking = ranking_metrics(labels, scores)
-    labels, scores = _validated_labels_and_scores(labels, scores)
-    predictions = (scores > _validated_threshold(threshold)).astype(np.int64)
+    labels, scores = labels_and_scores(labels, scores)
+    predictions = (scores > finite_number(threshold)).astype(np.int64)
     tn, fp, fn, tp = confusion_matrix(labels, predictions, labels=[0, 1]).ravel()
     return DetectionMetrics(
         accuracy=float(accuracy_score(labels, predictions)),
@@ -132,14 +95,14 @@ def roc_curve_table(labels: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     reproduces that row's fpr and tpr. sklearn's leading +inf is replaced by the highest
     score (nothing is greater, so nothing is flagged), not dropped, so the curve starts at (0, 0).
     """
-    labels, scores = _validated_labels_and_scores(labels, scores)
-    _require_both_classes(labels, "ROC curve")
+    labels, scores = labels_and_scores(labels, scores)
+    require_both_classes(labels, "ROC curve")
     false_positive_rate, true_positive_rate, inclusive_thresholds = roc_curve(labels, scores)
     return pd.DataFrame(
         {
             "fpr": false_positive_rate,
             "tpr": true_positive_rate,
-            "threshold": _strict_thresholds(inclusive_thresholds, scores),
+            "threshold": strict_thresholds(inclusive_thresholds, scores),
         }
     )
 
@@ -151,23 +114,16 @@ def pr_curve_table(labels: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     is sklearn's conventional end point (recall 0, precision 1), given the highest score as
     threshold (nothing flagged); detection_metrics reports precision 0 there (zero_division=0).
     """
-    labels, scores = _validated_labels_and_scores(labels, scores)
-    _require_both_classes(labels, "precision-recall curve")
+    labels, scores = labels_and_scores(labels, scores)
+    require_both_classes(labels, "precision-recall curve")
     precision, recall, inclusive_thresholds = precision_recall_curve(labels, scores)
-    thresholds = np.append(_strict_thresholds(inclusive_thresholds, scores), scores.max())
-    return pd.DataFrame(
-        {"recall": recall[::-1], "precision": precision[::-1], "threshold": thresholds[::-1]}
-    )
+    thresholds = np.append(strict_thresholds(inclusive_thresholds, scores), scores.max())
+    return pd.DataFrame({"recall": recall[::-1], "precision": precision[::-1], "threshold": thresholds[::-1]})
 
 
 def detection_rate(scores: np.ndarray, threshold: float) -> float:
     """Share of scores flagged (score > threshold): the recall on a tumor-only set."""
-    score_array = np.asarray(scores, dtype=np.float64)
-    if score_array.ndim != 1 or score_array.size == 0:
-        raise ValueError(f"scores must be a non-empty 1-D array, got shape {score_array.shape}")
-    if not np.all(np.isfinite(score_array)):
-        raise ValueError("scores must be finite (no NaN or infinite reconstruction errors)")
-    return float(np.mean(score_array > _validated_threshold(threshold)))
+    return float(np.mean(finite_1d(scores, "scores") > finite_number(threshold)))
 
 
 def _metrics_from_counts(
@@ -195,6 +151,7 @@ def _metrics_from_counts(
         cumulative_tp, cumulative_flagged, out=np.zeros(cumulative_tp.shape), where=cumulative_flagged > 0
     )
     healthy_below = negatives[:, np.newaxis] - cumulative_fp
+    pairs_ranked_right = (tumor_counts * (healthy_below + 0.5 * healthy_counts)).sum(axis=1)
     return {
         "accuracy": (true_positives + negatives - false_positives) / (positives + negatives),
         "precision": np.divide(
@@ -203,7 +160,7 @@ def _metrics_from_counts(
         "recall": true_positives / positives,
         "specificity": (negatives - false_positives) / negatives,
         "f1": 2 * true_positives / (predicted + positives),
-        "roc_auc": (tumor_counts * (healthy_below + 0.5 * healthy_counts)).sum(axis=1) / (positives * negatives),
+        "roc_auc": pairs_ranked_right / (positives * negatives),
         "pr_auc": (tumor_counts * precision_at).sum(axis=1) / positives,
     }
 
@@ -238,9 +195,9 @@ def bootstrap_intervals(
     each distinct score per resample are needed, so all resamples are scored at once.
     The threshold stays fixed: the interval reflects test-set sampling, not calibration.
     """
-    labels, scores = _validated_labels_and_scores(labels, scores)
-    _require_both_classes(labels, "bootstrap intervals")
-    threshold = _validated_threshold(threshold)
+    labels, scores = labels_and_scores(labels, scores)
+    require_both_classes(labels, "bootstrap intervals")
+    threshold = finite_number(threshold)
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
     if not 0 < confidence < 1:
@@ -269,17 +226,21 @@ def group_metrics(
     flagged_healthy is the false-positive rate, flagged_tumor the sensitivity; roc_auc is
     NaN for a one-class group, and a class mean or rate is NaN where the class is absent.
     """
-    labels, scores = _validated_labels_and_scores(labels, scores)
-    threshold = _validated_threshold(threshold)
+    labels, scores = labels_and_scores(labels, scores)
+    threshold = finite_number(threshold)
     group_array = np.asarray(groups)
     if group_array.shape != labels.shape:
         raise ValueError(
-            f"groups must be 1-D with one value per score, got shape {group_array.shape} for {labels.size} scores"
+            f"groups must be 1-D with one value per score, got shape {group_array.shape} "
+            f"for {labels.size} scores"
         )
     group_values = pd.Series(group_array)
     if group_values.isna().any():
-        raise ValueError(f"groups has {int(group_values.isna().sum())} missing value(s); name them explicitly")
-    frame = pd.DataFrame({"group": group_values, "label": labels, "score": scores, "flagged": scores > threshold})
+        missing = int(group_values.isna().sum())
+        raise ValueError(f"groups has {missing} missing value(s); name them explicitly")
+    frame = pd.DataFrame(
+        {"group": group_values, "label": labels, "score": scores, "flagged": scores > threshold}
+    )
     rows = []
     for group, part in frame.groupby("group", sort=True):
         healthy = part[part["label"] == 0]
@@ -308,9 +269,12 @@ def size_groups(widths: pd.Series, heights: pd.Series, min_count: int = 20) -> p
     if min_count < 1:
         raise ValueError(f"min_count must be at least 1, got {min_count}")
     if len(widths) != len(heights):
-        raise ValueError(f"widths and heights must have the same length, got {len(widths)} and {len(heights)}")
+        raise ValueError(
+            f"widths and heights must have the same length, got {len(widths)} and {len(heights)}"
+        )
     if widths.isna().any() or heights.isna().any():
         raise ValueError("widths and heights must not contain missing values")
-    sizes = widths.astype(np.int64).astype(str).str.cat(heights.astype(np.int64).astype(str).to_numpy(), sep="x")
+    heights_text = heights.astype(np.int64).astype(str).to_numpy()
+    sizes = widths.astype(np.int64).astype(str).str.cat(heights_text, sep="x")
     frequent = sizes.map(sizes.value_counts()) >= min_count
     return sizes.where(frequent, "other").rename("size_group")

@@ -7,8 +7,6 @@ through Agg), nothing is registered in pyplot's global figure list, so nothing l
 closing, and importing this module never switches the backend of a caller that uses pyplot.
 """
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +15,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from pipeline.arrays import finite_1d, finite_number
+from pipeline.data.classes import CLASSES
+from pipeline.io import atomic_path
 from pipeline.metrics import pr_curve_table, roc_curve_table
 
-CLASS_NAMES = ("healthy", "tumor")
 HISTOGRAM_BINS = 30
 SAVE_DPI = 150
-
-
-def _finite_1d(values: np.ndarray, name: str) -> np.ndarray:
-    """Flatten to float64 and refuse empty or non-finite arrays, which would draw nothing."""
-    array = np.asarray(values, dtype=np.float64).ravel()
-    if array.size == 0:
-        raise ValueError(f"{name} is empty")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
 
 
 def error_histogram(errors: dict[str, np.ndarray], threshold: float, title: str) -> Figure:
@@ -49,9 +39,8 @@ def draw_error_histogram(ax: Axes, errors: dict[str, np.ndarray], threshold: flo
     """
     if not errors:
         raise ValueError("errors needs at least one named group, e.g. {'healthy': ..., 'tumor': ...}")
-    if not np.isfinite(threshold):
-        raise ValueError(f"threshold must be finite, got {threshold}")
-    groups = {name: _finite_1d(values, f"errors[{name!r}]") for name, values in errors.items()}
+    threshold = finite_number(threshold)
+    groups = {name: finite_1d(np.ravel(values), f"errors[{name!r}]") for name, values in errors.items()}
     all_values = np.concatenate(list(groups.values()))
     bin_edges = np.histogram_bin_edges(
         all_values,
@@ -75,9 +64,9 @@ def histogram_panels(panels: dict[str, tuple[dict[str, np.ndarray], float]], col
     rows = -(-len(panels) // columns)
     fig = Figure(figsize=(5 * columns, 3.6 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for ax, (title, (errors, threshold)) in zip(axes, panels.items()):
+    for ax, (title, (errors, threshold)) in zip(axes, panels.items(), strict=False):
         draw_error_histogram(ax, errors, threshold, title)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig
 
@@ -91,8 +80,14 @@ def roc_overlay(curves: dict[str, pd.DataFrame]) -> Figure:
     for label, curve in curves.items():
         ax.plot(curve["fpr"], curve["tpr"], label=label)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
-           title="ROC curves on the test set", aspect="equal")
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+        title="ROC curves on the test set",
+        aspect="equal",
+    )
     ax.legend(loc="lower right", fontsize="small")
     return fig
 
@@ -126,9 +121,7 @@ def roc_pr_figure(labels: np.ndarray, scores: np.ndarray) -> Figure:
         drawstyle="steps-pre",
         label=f"precision-recall (AP = {average_precision:.3f})",
     )
-    pr_axis.axhline(
-        prevalence, linestyle="--", color="grey", label=f"chance (prevalence = {prevalence:.2f})"
-    )
+    pr_axis.axhline(prevalence, linestyle="--", color="grey", label=f"chance (prevalence = {prevalence:.2f})")
     pr_axis.set_xlabel("recall (tumor detection rate)")
     pr_axis.set_ylabel("precision")
     pr_axis.set_title("Precision-recall curve")
@@ -168,8 +161,8 @@ def confusion_figure(tn: int, fp: int, fn: int, tp: int) -> Figure:
                 fontsize=13,
                 color="white" if is_dark_cell else "black",
             )
-    ax.set_xticks([0, 1], labels=CLASS_NAMES)
-    ax.set_yticks([0, 1], labels=CLASS_NAMES)
+    ax.set_xticks([0, 1], labels=CLASSES)
+    ax.set_yticks([0, 1], labels=CLASSES)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title("Confusion matrix")
@@ -188,8 +181,9 @@ def _image_stack(array: np.ndarray, name: str) -> np.ndarray:
     return stack
 
 
-def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, residual_maps: np.ndarray,
-                        labels: list[str]) -> Figure:
+def reconstruction_grid(
+    images: np.ndarray, reconstructions: np.ndarray, residual_maps: np.ndarray, labels: list[str]
+) -> Figure:
     """One row per slice: input, reconstruction and its residual heat map (the detector's: smoothed,
     zero outside the head) laid over the slice, opaque where the error is high, so where the model
     fails is seen on the anatomy.
@@ -200,8 +194,10 @@ def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, residua
     reconstruction_stack = _image_stack(reconstructions, "reconstructions")
     residuals = _image_stack(residual_maps, "residual_maps")
     if not input_stack.shape == reconstruction_stack.shape == residuals.shape:
-        raise ValueError(f"images, reconstructions and residual maps differ in shape: {input_stack.shape}, "
-                         f"{reconstruction_stack.shape}, {residuals.shape}")
+        raise ValueError(
+            f"images, reconstructions and residual maps differ in shape: {input_stack.shape}, "
+            f"{reconstruction_stack.shape}, {residuals.shape}"
+        )
     if len(labels) != input_stack.shape[0]:
         raise ValueError(f"got {len(labels)} labels for {input_stack.shape[0]} images")
     residual_max = max(float(residuals.max()), np.finfo(np.float64).eps)
@@ -210,35 +206,26 @@ def reconstruction_grid(images: np.ndarray, reconstructions: np.ndarray, residua
     fig = Figure(figsize=(9, 3 * row_count), layout="constrained")
     axes = fig.subplots(row_count, 3, squeeze=False)
     for row, (image, reconstruction, residual, label) in enumerate(
-        zip(input_stack, reconstruction_stack, residuals, labels)
+        zip(input_stack, reconstruction_stack, residuals, labels, strict=True)
     ):
         input_axis, reconstruction_axis, residual_axis = axes[row]
         input_axis.imshow(image, cmap="gray", vmin=0, vmax=1)
         reconstruction_axis.imshow(reconstruction, cmap="gray", vmin=0, vmax=1)
         residual_axis.imshow(image, cmap="gray", vmin=0, vmax=1)
-        residual_image = residual_axis.imshow(residual, cmap="inferno", vmin=0, vmax=residual_max,
-                                              alpha=np.clip(residual / residual_max, 0, 1))
+        residual_image = residual_axis.imshow(
+            residual, cmap="inferno", vmin=0, vmax=residual_max, alpha=np.clip(residual / residual_max, 0, 1)
+        )
         fig.colorbar(residual_image, ax=residual_axis, label="|error|")
         input_axis.set_ylabel(label)
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-    for ax, column_title in zip(axes[0], ("input", "reconstruction", "residual on input")):
+    for ax, column_title in zip(axes[0], ("input", "reconstruction", "residual on input"), strict=True):
         ax.set_title(column_title)
     return fig
 
 
 def save_figure(fig: Figure, path: Path) -> None:
-    """Write fig as a PNG atomically, so DVC or MLflow never pick up a half-written file.
-
-    The temporary file sits in the target directory (os.replace is atomic only within one
-    filesystem) and is opened normally, so the PNG gets the usual umask permissions.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    """Write fig as a PNG atomically, so DVC or MLflow never pick up a half-written file."""
+    with atomic_path(path) as temporary_path:
         fig.savefig(temporary_path, format="png", dpi=SAVE_DPI)
-        os.replace(temporary_path, path)
-    finally:
-        temporary_path.unlink(missing_ok=True)

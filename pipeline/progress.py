@@ -10,7 +10,8 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], *, desc: str, unit: str = "img", total: int | None = None,
-             enabled: bool = True) -> Iterator[T]:
+def progress(
+    items: Iterable[T], *, desc: str, unit: str = "img", total: int | None = None, enabled: bool = True
+) -> Iterator[T]:
     # disable=None is tqdm's "only on a TTY": a bar redrawn with \r is noise in a log file.
     return iter(tqdm(items, desc=desc, unit=unit, total=total, disable=None if enabled else True))

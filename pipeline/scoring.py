@@ -8,11 +8,13 @@ background outside it cannot make a slice look anomalous. The kinds:
   which a small lesion moves while it barely moves a mean over the whole head;
 - `symmetry`: the same percentile of the smoothed difference between the slice and its mirror image
   (no model needed): brain CT is nearly left-right symmetric and most tumors are one-sided.
+Each kind is a function registered in `SCORES`; the config accepts exactly the registered names, so a
+new kind is one registered function.
 """
 
 from __future__ import annotations
 
-from typing import get_args
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -21,8 +23,11 @@ from skimage.metrics import structural_similarity
 
 from pipeline.config import ScoreConfig
 from pipeline.data.head import head_mask
+from pipeline.registry import Registry
 
-SCORE_KINDS: tuple[str, ...] = get_args(ScoreConfig.model_fields["kind"].annotation)  # the config's names
+# (x, r, masks, config) -> one score per slice; x, r are (n, h, w) float64 with r == x outside the masks.
+ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray, ScoreConfig], np.ndarray]
+SCORES: Registry[ScoreFn] = Registry("score", "score.kind")
 
 
 def reconstruct(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -49,12 +54,14 @@ def _smoothed_residual(x: np.ndarray, r: np.ndarray, masks: np.ndarray, sigma: f
     return np.where(masks, _smooth(np.where(masks, np.abs(x - r), 0.0), sigma), 0.0)
 
 
-def residual_maps(images: np.ndarray, reconstructions: np.ndarray, config: ScoreConfig,
-                  head_threshold: float) -> np.ndarray:
+def residual_maps(
+    images: np.ndarray, reconstructions: np.ndarray, config: ScoreConfig, head_threshold: float
+) -> np.ndarray:
     """(n, h, w) smoothed absolute residuals, zero outside the scored region: the heat maps that show
     where a slice is anomalous, and the localisation output."""
     masks = regions(images, config, head_threshold)
-    return _smoothed_residual(images[..., 0], reconstructions[..., 0], masks, config.smoothing).astype(np.float32)
+    maps = _smoothed_residual(images[..., 0], reconstructions[..., 0], masks, config.smoothing)
+    return maps.astype(np.float32)
 
 
 def _region_mean(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -65,46 +72,65 @@ def _region_percentile(values: np.ndarray, masks: np.ndarray, q: float) -> np.nd
     return np.array([np.percentile(value[mask], q) for value, mask in zip(values, masks, strict=True)])
 
 
-def score_all(images: np.ndarray, reconstructions: np.ndarray, config: ScoreConfig,
-              head_threshold: float, kinds: tuple[str, ...] = SCORE_KINDS) -> dict[str, np.ndarray]:
-    """Every requested kind of score for a batch, sharing the head masks: calibration compares them on
-    the validation slices, so a kind is chosen on validation, never on test."""
+@SCORES.register("mse")
+def _mse(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config: ScoreConfig) -> np.ndarray:
+    return _region_mean(np.square(x - r), masks)
+
+
+@SCORES.register("l1")
+def _l1(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config: ScoreConfig) -> np.ndarray:
+    return _region_mean(np.abs(x - r), masks)
+
+
+@SCORES.register("ssim")
+def _ssim(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config: ScoreConfig) -> np.ndarray:
+    similarity = np.stack(
+        [structural_similarity(a, b, data_range=1.0, full=True)[1] for a, b in zip(x, r, strict=True)]
+    )
+    return 1.0 - _region_mean(similarity, masks)
+
+
+@SCORES.register("residual_percentile")
+def _residual_percentile(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config: ScoreConfig) -> np.ndarray:
+    return _region_percentile(_smoothed_residual(x, r, masks, config.smoothing), masks, config.percentile)
+
+
+@SCORES.register("symmetry")
+def _symmetry(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config: ScoreConfig) -> np.ndarray:
+    both_sides = masks & masks[:, :, ::-1]
+    both_sides[~both_sides.any(axis=(1, 2))] = True
+    asymmetry = np.where(both_sides, np.abs(x - x[:, :, ::-1]), 0.0)
+    return _region_percentile(_smooth(asymmetry, config.smoothing), both_sides, config.percentile)
+
+
+def score_all(
+    images: np.ndarray,
+    reconstructions: np.ndarray,
+    config: ScoreConfig,
+    head_threshold: float,
+    kinds: Sequence[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """The requested kinds of score (None: every registered kind) for a batch, sharing the head masks:
+    calibration compares them on the validation slices, so a kind is chosen on validation, never on test.
+    An unknown kind is a ConfigError that lists the registered ones."""
+    functions = {kind: SCORES.get(kind) for kind in (SCORES.names() if kinds is None else kinds)}
     if not len(images):
-        return {kind: np.empty(0) for kind in kinds}
+        return {kind: np.empty(0) for kind in functions}
     masks = regions(images, config, head_threshold)
     x = images[..., 0].astype(np.float64)
     # Outside the region the reconstruction counts as perfect, so that no smoothing or SSIM window
     # carries a residual from outside the head into it.
     r = np.where(masks, reconstructions[..., 0], x)
-    scores: dict[str, np.ndarray] = {}
-    for kind in kinds:
-        if kind == "mse":
-            scores[kind] = _region_mean(np.square(x - r), masks)
-        elif kind == "l1":
-            scores[kind] = _region_mean(np.abs(x - r), masks)
-        elif kind == "ssim":
-            similarity = np.stack([structural_similarity(a, b, data_range=1.0, full=True)[1]
-                                   for a, b in zip(x, r, strict=True)])
-            scores[kind] = 1.0 - _region_mean(similarity, masks)
-        elif kind == "residual_percentile":
-            scores[kind] = _region_percentile(_smoothed_residual(x, r, masks, config.smoothing), masks,
-                                              config.percentile)
-        elif kind == "symmetry":
-            both_sides = masks & masks[:, :, ::-1]
-            both_sides[~both_sides.any(axis=(1, 2))] = True
-            asymmetry = np.where(both_sides, np.abs(x - x[:, :, ::-1]), 0.0)
-            scores[kind] = _region_percentile(_smooth(asymmetry, config.smoothing), both_sides,
-                                              config.percentile)
-        else:
-            raise ValueError(f"unknown score kind '{kind}' (known: {', '.join(SCORE_KINDS)})")
-    return scores
+    return {kind: function(x, r, masks, config) for kind, function in functions.items()}
 
 
-def reconstruct_and_score(model: keras.Model, images: np.ndarray, config: ScoreConfig,
-                          head_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+def reconstruct_and_score(
+    model: keras.Model, images: np.ndarray, config: ScoreConfig, head_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Reconstructions and the configured anomaly score of a preprocessed batch (an empty batch gives
     empty arrays)."""
     if not len(images):
         return images, np.empty(0, dtype=np.float64)
     reconstructions = reconstruct(model, images)
-    return reconstructions, score_all(images, reconstructions, config, head_threshold, (config.kind,))[config.kind]
+    scores = score_all(images, reconstructions, config, head_threshold, (config.kind,))
+    return reconstructions, scores[config.kind]

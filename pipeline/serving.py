@@ -3,12 +3,13 @@
 Input: a DataFrame with one column `image`, the bytes of an image file (PNG, JPEG, DICOM, ...); over
 REST each is a base64 string (`{"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}`).
 Output: `score` and `is_anomaly` per row. The model folder carries the Keras model, the threshold,
-the preprocessing config and a copy of this package, so a fresh process scores exactly as the
-pipeline did.
+the preprocessing config and a copy of the modules inference imports (`pipeline.codebase`), pinned to
+the distributions those import, so a fresh process scores exactly as the pipeline did.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,51 +22,82 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from pipeline import tracking
-from pipeline.config import ROOT, MlflowConfig, Paths, params_section
+from pipeline import codebase, tracking
+from pipeline.config import MlflowConfig, Paths
 from pipeline.detector import Detector
 from pipeline.errors import PipelineError
+from pipeline.params import ROOT, params_section
 
 ARTIFACT = "detector"  # the Detector folder inside the MLflow model, and the model's name in a run
 INPUT_COLUMN = "image"
-SIGNATURE = ModelSignature(inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
-                           outputs=Schema([ColSpec("double", "score"), ColSpec("boolean", "is_anomaly")]))
-# What loading and calling the model imports; pinned to the versions that made it.
-REQUIREMENTS = ("mlflow", "tensorflow", "keras", "numpy", "pandas", "pillow", "pydicom", "pydantic",
-                "hydra-core", "omegaconf", "tqdm")
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
+    outputs=Schema([ColSpec("double", "score"), ColSpec("boolean", "is_anomaly")]),
+)
+ENTRY_MODULE = "pipeline.serving_model"  # what MLflow loads; inference imports what it imports
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.detector = Detector.load(Path(context.artifacts[ARTIFACT]))
 
-    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
         """Score every row; a row that is not a decodable image fails the request with a client
         error naming the row and the reason (HTTP 400 from the scoring server)."""
         if INPUT_COLUMN not in model_input.columns:
-            raise MlflowException(f"the input needs a column '{INPUT_COLUMN}' with the bytes of an image file "
-                                  f"(got columns {list(model_input.columns)})", INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"the input needs a column '{INPUT_COLUMN}' with the bytes of an image file "
+                f"(got columns {list(model_input.columns)})",
+                INVALID_PARAMETER_VALUE,
+            )
         values = model_input[INPUT_COLUMN].tolist()
         wrong = [i for i, value in enumerate(values) if not isinstance(value, bytes | bytearray)]
         if wrong:
-            raise MlflowException(f"row {wrong[0]}: '{INPUT_COLUMN}' must be the bytes of an image file "
-                                  f"(base64 in JSON), got {type(values[wrong[0]]).__name__}",
-                                  INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                f"row {wrong[0]}: '{INPUT_COLUMN}' must be the bytes of an image file "
+                f"(base64 in JSON), got {type(values[wrong[0]]).__name__}",
+                INVALID_PARAMETER_VALUE,
+            )
         batch = self.detector.decode([bytes(v) for v in values], [f"row {i}" for i in range(len(values))])
         if batch.errors:
-            raise MlflowException("; ".join(f"row {i}: {reason}" for i, reason in batch.errors.items()),
-                                  INVALID_PARAMETER_VALUE)
+            raise MlflowException(
+                "; ".join(f"row {i}: {reason}" for i, reason in batch.errors.items()), INVALID_PARAMETER_VALUE
+            )
         scores = self.detector.score(batch.images).astype("float64")
         return pd.DataFrame({"score": scores, "is_anomaly": self.detector.is_anomaly(scores)})
 
 
-def _model_spec(detector_dir: Path, example: bytes) -> dict[str, Any]:
+def inference_code(target: Path) -> Path:
+    """Copy the modules inference imports into `target/pipeline` (the package MLflow ships)."""
+    modules, _ = codebase.closure(ENTRY_MODULE)
+    for file in codebase.files(modules):
+        destination = target / codebase.PACKAGE / file.relative_to(codebase.SOURCE)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, destination)
+    return target / codebase.PACKAGE
+
+
+def requirements() -> list[str]:
+    """The distributions inference imports, pinned to the installed versions."""
+    _, imported = codebase.closure(ENTRY_MODULE)
+    return tracking.pinned(tuple(codebase.distributions(imported)))
+
+
+def _model_spec(detector_dir: Path, code_dir: Path, example: bytes) -> dict[str, Any]:
     """What `save_model` and `log_model` both take: one definition of the packaged model."""
-    return {"python_model": str(Path(__file__).with_name("serving_model.py")), "artifacts": {ARTIFACT: str(detector_dir)},
-            "code_paths": [str(Path(__file__).parent)], "signature": SIGNATURE,
-            "input_example": pd.DataFrame({INPUT_COLUMN: [example]}),
-            "pip_requirements": tracking.pinned(REQUIREMENTS)}
+    return {
+        "python_model": str(code_dir / "serving_model.py"),
+        "artifacts": {ARTIFACT: str(detector_dir)},
+        "code_paths": [str(code_dir)],
+        "signature": SIGNATURE,
+        "input_example": pd.DataFrame({INPUT_COLUMN: [example]}),
+        "pip_requirements": requirements(),
+    }
 
 
 def save(detector: Detector, path: Path, example: bytes) -> None:
@@ -73,19 +105,44 @@ def save(detector: Detector, path: Path, example: bytes) -> None:
     of one image file, stored as the model's input example."""
     with tempfile.TemporaryDirectory() as tmp:
         detector.save(Path(tmp) / ARTIFACT)
-        mlflow.pyfunc.save_model(str(path), **_model_spec(Path(tmp) / ARTIFACT, example))
+        code = inference_code(Path(tmp) / "code")
+        mlflow.pyfunc.save_model(str(path), **_model_spec(Path(tmp) / ARTIFACT, code, example))
 
 
 def log_and_register(saved: Path, example: bytes, config: MlflowConfig) -> int | None:
-    """Log a folder written by `save` into the active run; if `config.register_detector`, register it as a new
-    version of `config.registered_model` and point `config.model_alias` at that version."""
+    """Log a folder written by `save` into the active run and, if `config.register_detector`, register
+    it as a new version of `config.registered_model` (`publish` moves the alias); return the version."""
     name = config.registered_model if config.register_detector else None
-    info = mlflow.pyfunc.log_model(name=ARTIFACT, registered_model_name=name,
-                                   **_model_spec(saved / "artifacts" / ARTIFACT, example))
-    if not config.register_detector:
-        return None
-    version = int(info.registered_model_version)
-    MlflowClient().set_registered_model_alias(config.registered_model, config.model_alias, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        code = inference_code(Path(tmp))
+        info = mlflow.pyfunc.log_model(
+            name=ARTIFACT,
+            registered_model_name=name,
+            **_model_spec(saved / "artifacts" / ARTIFACT, code, example),
+        )
+    return int(info.registered_model_version) if name else None
+
+
+def point_alias(config: MlflowConfig, version: int, run_id: str) -> int:
+    """Point `config.model_alias` at `version` of the registered model, which must be the detector
+    logged in run `run_id`; where the registry lacks it (a new tracking store, a deleted version),
+    register that run's detector again. Returns the version the alias now names."""
+    client = MlflowClient()
+    try:
+        found = client.get_model_version(config.registered_model, str(version))
+        same = found.run_id == run_id
+    except MlflowException:
+        same = False
+    if not same:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            raise PipelineError(
+                f"run {run_id}, which logged the workspace's detector, is not in the tracking "
+                f"store {mlflow.get_tracking_uri()}: rebuild it with `dvc repro --force package`"
+            ) from None
+        version = int(mlflow.register_model(f"runs:/{run_id}/{ARTIFACT}", config.registered_model).version)
+    client.set_registered_model_alias(config.registered_model, config.model_alias, str(version))
     return version
 
 
@@ -100,8 +157,9 @@ def load_detector(model: str) -> Detector:
     if ":/" not in model:
         folder = Path(model)
         if not folder.exists():
-            raise PipelineError(f"model '{model}' does not exist (run `dvc repro` to build the default one, "
-                                "or pass --model)")
+            raise PipelineError(
+                f"model '{model}' does not exist (run `dvc repro` to build the default one, or pass --model)"
+            )
         if not (folder / "MLmodel").is_file():
             return Detector.load(folder)
     else:
@@ -115,7 +173,9 @@ def load_detector(model: str) -> Detector:
     except MlflowException:
         python_model = None
     if not isinstance(python_model, DetectorModel):
-        raise PipelineError(f"model '{model}' is not a detector (a bare autoencoder has no threshold): use "
-                            f"the one evaluate packages, e.g. runs:/<run id>/{ARTIFACT} or "
-                            "models:/<registered name>@<alias>")
+        raise PipelineError(
+            f"model '{model}' is not a detector (a bare autoencoder has no threshold): use "
+            f"the one evaluate packages, e.g. runs:/<run id>/{ARTIFACT} or "
+            "models:/<registered name>@<alias>"
+        )
     return python_model.detector

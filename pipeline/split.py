@@ -7,10 +7,10 @@ import logging
 import mlflow
 
 from pipeline import tracking
-from pipeline.config import Settings, stage
-from pipeline.data.datasets import SPLIT_NAMES
+from pipeline.config import Settings
 from pipeline.data.manifest import content_hash, read_manifest
-from pipeline.data.splitting import split, split_counts
+from pipeline.data.splitting import SPLITS, split, split_counts
+from pipeline.entrypoint import stage
 from pipeline.io import atomic_dir, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -20,14 +20,18 @@ def run(settings: Settings) -> None:
     manifest = read_manifest(settings.paths.manifests / "raw.csv")
     result = split(manifest, settings.split, settings.seed)
     with atomic_dir(settings.paths.splits) as out:
-        for name in SPLIT_NAMES:
+        for name in SPLITS:
             write_csv(out / f"{name}.csv", result.assigned[result.assigned["split"] == name])
         write_csv(out / "excluded.csv", result.excluded)
 
     summary = {**split_counts(result.assigned), "excluded": len(result.excluded)}
     write_json(settings.paths.reports / "data" / "split.json", summary)
-    log.info("split sizes %s; %d images excluded (%s)", summary, len(result.excluded),
-             settings.paths.splits / "excluded.csv")
+    log.info(
+        "split sizes %s; %d images excluded (%s)",
+        summary,
+        len(result.excluded),
+        settings.paths.splits / "excluded.csv",
+    )
 
     params = {k: v for k, v in settings.flat_params().items() if k.startswith("split.") or k == "seed"}
     with tracking.data_run(settings, "split", content_hash(manifest), params):

@@ -7,29 +7,36 @@ rules are from the best a threshold on these scores can do. Every threshold foll
 strict rule: a slice is flagged when its error is strictly greater than the threshold.
 """
 
-from typing import get_args
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import roc_curve
 
+from pipeline.arrays import finite_1d, finite_number, labels_and_scores, require_both_classes
 from pipeline.config import ThresholdConfig
-from pipeline.metrics import _require_both_classes, _strict_thresholds, _validated_labels_and_scores
-
-THRESHOLD_METHODS: tuple[str, ...] = get_args(ThresholdConfig.model_fields["method"].annotation)
-LABEL_FREE = {"mean_std", "percentile"}
+from pipeline.metrics import strict_thresholds
+from pipeline.registry import Registry
 
 
-def _validated_errors(errors: np.ndarray) -> np.ndarray:
-    """Healthy errors as flat float64; an empty or non-finite array has no meaningful spread."""
-    values = np.asarray(errors, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("cannot calibrate a threshold from an empty array of errors")
-    if not np.all(np.isfinite(values)):
-        raise ValueError(
-            f"errors must be finite; got {np.count_nonzero(~np.isfinite(values))} "
-            "NaN or infinite value(s)"
-        )
-    return values
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How a `threshold.method` sets its threshold from (healthy, tumor, config); a rule that
+    `needs_tumors` is label-based and is skipped when the validation set has no tumor slices."""
+
+    compute: Callable[[np.ndarray, np.ndarray, ThresholdConfig], float]
+    needs_tumors: bool
+
+
+THRESHOLD_RULES: Registry[ThresholdRule] = Registry("threshold rule", "threshold.method")
+
+
+def _flat_errors(errors: ArrayLike) -> np.ndarray:
+    """Healthy errors of any shape, flattened; an empty or non-finite array has no meaningful spread."""
+    return finite_1d(np.ravel(errors), "errors")
 
 
 def mean_std_threshold(errors: np.ndarray, k: float = 1.0) -> float:
@@ -38,9 +45,8 @@ def mean_std_threshold(errors: np.ndarray, k: float = 1.0) -> float:
     ddof=0 (numpy's default) matches the original method, so thresholds stay
     comparable with its published numbers.
     """
-    values = _validated_errors(errors)
-    if not np.isfinite(k):
-        raise ValueError(f"k must be finite, got {k}")
+    values = _flat_errors(errors)
+    k = finite_number(k, "k")
     return float(values.mean() + k * values.std())
 
 
@@ -50,7 +56,7 @@ def percentile_threshold(healthy_errors: np.ndarray, q: float) -> float:
     Unlike mean + k * std it assumes no shape for the skewed error distribution: with
     q = 95 about 5 % of healthy validation slices are flagged (fewer where errors tie).
     """
-    values = _validated_errors(healthy_errors)
+    values = _flat_errors(healthy_errors)
     if not 0 < q <= 100:
         raise ValueError(f"percentile q must be in (0, 100], got {q}")
     return float(np.percentile(values, q))
@@ -64,10 +70,10 @@ def _candidate_counts(
     Counts are exact integers from the strict rule itself, so equal F1 or J values tie
     exactly and the tie-break towards the highest threshold is reliable.
     """
-    labels, scores = _validated_labels_and_scores(labels, scores)
-    _require_both_classes(labels, what)
+    labels, scores = labels_and_scores(labels, scores)
+    require_both_classes(labels, what)
     _, _, inclusive_thresholds = roc_curve(labels, scores, drop_intermediate=False)
-    thresholds = _strict_thresholds(inclusive_thresholds, scores)
+    thresholds = strict_thresholds(inclusive_thresholds, scores)
     tumor_scores = np.sort(scores[labels == 1])
     healthy_scores = np.sort(scores[labels == 0])
     true_positives = tumor_scores.size - np.searchsorted(tumor_scores, thresholds, side="right")
@@ -100,23 +106,48 @@ def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(thresholds[np.argmax(scaled_j)])
 
 
-def calibrate_thresholds(
-    healthy: np.ndarray, tumor: np.ndarray, k: float, percentile: float
-) -> dict[str, float]:
-    """Every method's threshold from validation errors, keyed in THRESHOLD_METHODS order.
-
-    The label-based methods score healthy (label 0) and tumor (label 1) errors together and
-    are left out when `tumor` is empty, since there is nothing to trade sensitivity against.
-    """
-    thresholds = {
-        "mean_std": mean_std_threshold(healthy, k=k),
-        "percentile": percentile_threshold(healthy, percentile),
-    }
+def _labelled(healthy: np.ndarray, tumor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Healthy (label 0) and tumor (label 1) errors as one labelled set, for the label-based rules."""
     healthy_values = np.asarray(healthy, dtype=np.float64).ravel()
     tumor_values = np.asarray(tumor, dtype=np.float64).ravel()
-    if tumor_values.size:
-        labels = np.concatenate([np.zeros(healthy_values.size), np.ones(tumor_values.size)])
-        scores = np.concatenate([healthy_values, tumor_values])
-        thresholds["f1_optimal"] = f1_optimal_threshold(labels, scores)
-        thresholds["youden"] = youden_threshold(labels, scores)
-    return thresholds
+    labels = np.concatenate([np.zeros(healthy_values.size), np.ones(tumor_values.size)])
+    return labels, np.concatenate([healthy_values, tumor_values])
+
+
+THRESHOLD_RULES.register("mean_std")(
+    ThresholdRule(lambda healthy, _tumor, config: mean_std_threshold(healthy, k=config.k), needs_tumors=False)
+)
+THRESHOLD_RULES.register("percentile")(
+    ThresholdRule(
+        lambda healthy, _tumor, config: percentile_threshold(healthy, config.percentile), needs_tumors=False
+    )
+)
+THRESHOLD_RULES.register("f1_optimal")(
+    ThresholdRule(
+        lambda healthy, tumor, _config: f1_optimal_threshold(*_labelled(healthy, tumor)), needs_tumors=True
+    )
+)
+THRESHOLD_RULES.register("youden")(
+    ThresholdRule(
+        lambda healthy, tumor, _config: youden_threshold(*_labelled(healthy, tumor)), needs_tumors=True
+    )
+)
+
+
+def label_free() -> list[str]:
+    """The rules that need no tumor slices (sorted): the only ones usable on a healthy-only validation set."""
+    return [name for name, rule in sorted(THRESHOLD_RULES.items()) if not rule.needs_tumors]
+
+
+def calibrate_thresholds(healthy: ArrayLike, tumor: ArrayLike, config: ThresholdConfig) -> dict[str, float]:
+    """Every applicable rule's threshold from validation errors, in registration order.
+
+    The label-based rules score healthy (label 0) and tumor (label 1) errors together and are left
+    out when `tumor` is empty, since there is nothing to trade sensitivity against.
+    """
+    tumor = finite_1d(np.ravel(tumor), "tumor errors", allow_empty=True)
+    return {
+        name: rule.compute(np.asarray(healthy), tumor, config)
+        for name, rule in THRESHOLD_RULES.items()
+        if tumor.size or not rule.needs_tumors
+    }

@@ -23,8 +23,10 @@ import numpy as np
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import ROOT, MlflowConfig, Settings
+from pipeline.config import MlflowConfig, Settings
 from pipeline.io import read_json, write_json
+from pipeline.params import ROOT
+from pipeline.stages import MODEL_STAGES
 
 MAX_PARAMS_PER_BATCH = 100
 LOCAL_SCHEMES = ("sqlite:", "file:")
@@ -57,8 +59,9 @@ def experiment_id(name: str, config: MlflowConfig) -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -88,8 +91,12 @@ def log_model(model: keras.Model) -> None:
     model folder and fails (FileNotFoundError .../model/input_example.json).
     """
     example = np.zeros((1, *model.input_shape[1:]), dtype=np.float32)
-    mlflow.keras.log_model(model, name="model", pip_requirements=pinned(("tensorflow", "keras", "numpy")),
-                           signature=infer_signature(example, model.predict(example, verbose=0)))
+    mlflow.keras.log_model(
+        model,
+        name="model",
+        pip_requirements=pinned(("tensorflow", "keras", "numpy")),
+        signature=infer_signature(example, model.predict(example, verbose=0)),
+    )
 
 
 @contextlib.contextmanager
@@ -123,8 +130,12 @@ def data_run(settings: Settings, stage: str, data_hash: str, params: dict[str, s
     """A run of its own for a data stage (download, split) in the data experiment."""
     setup(settings.mlflow)
     experiment = experiment_id(settings.mlflow.data_experiment, settings.mlflow)
-    with mlflow.start_run(experiment_id=experiment, run_name=f"{stage}-{data_hash}",
-                          tags=_tags(stage, data_hash)), _recording_errors():
+    with (
+        mlflow.start_run(
+            experiment_id=experiment, run_name=f"{stage}-{data_hash}", tags=_tags(stage, data_hash)
+        ),
+        _recording_errors(),
+    ):
         log_params(params)
         yield
 
@@ -137,25 +148,33 @@ def _tags(stage: str, data_hash: str) -> dict[str, str]:
 def new_model_run(settings: Settings, data_hash: str, run_file: Path) -> Iterator[str]:
     """Open the run of a model being trained; its id goes to `run_file` once the block succeeds."""
     setup(settings.mlflow)
-    with mlflow.start_run(experiment_id=experiment_id(settings.mlflow.experiment, settings.mlflow),
-                          tags={**_tags("train", data_hash), "stages": "train",
-                                "model": settings.model.name}) as run, _recording_errors():
+    with (
+        mlflow.start_run(
+            experiment_id=experiment_id(settings.mlflow.experiment, settings.mlflow),
+            tags={**_tags("train", data_hash), "stages": "train", "model": settings.model.name},
+        ) as run,
+        _recording_errors(),
+    ):
         log_params(settings.flat_params())
         yield run.info.run_id
     write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
 
 
 @contextlib.contextmanager
-def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file: Path,
-              model: keras.Model) -> Iterator[str]:
-    """Reopen the model's run for `stage`, or fork it (logging `model` into the fork) when the
-    config changed since the run was logged."""
+def model_run(settings: Settings, stage: str, model: keras.Model) -> Iterator[str]:
+    """Reopen the model's run for `stage` (the run the stage before it left in its run file), or fork
+    it (logging `model` into the fork) when the config changed since the run was logged."""
     setup(settings.mlflow)
     client = MlflowClient()
-    previous = client.get_run(read_json(previous_run_file)["run_id"])
+    before = MODEL_STAGES[MODEL_STAGES.index(stage) - 1]
+    previous = client.get_run(read_json(settings.paths.run_file(before))["run_id"])
+    run_file = settings.paths.run_file(stage)
     params = settings.flat_params()
-    changed = {k for k, v in params.items()  # `runtime` changes how a stage runs, not what it makes
-               if previous.data.params.get(k, v) != v and not k.startswith("runtime.")}
+    changed = {
+        k
+        for k, v in params.items()  # `runtime` changes how a stage runs, not what it makes
+        if previous.data.params.get(k, v) != v and not k.startswith("runtime.")
+    }
     stages = f"{previous.data.tags.get('stages', '')},{stage}".strip(",")
     if not changed:
         with mlflow.start_run(run_id=previous.info.run_id), _recording_errors():
@@ -165,10 +184,21 @@ def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file:
             yield run_id
     else:
         inherited = {k: v for k, v in previous.data.tags.items() if not k.startswith("mlflow.")}
-        with mlflow.start_run(experiment_id=previous.info.experiment_id, tags={
-            **inherited, "stage": stage, "stages": stages, "git_commit": git_commit(),
-            "forked_from": previous.info.run_id, "changed_params": ",".join(sorted(changed)), **_extra_tags,
-        }) as run, _recording_errors():
+        with (
+            mlflow.start_run(
+                experiment_id=previous.info.experiment_id,
+                tags={
+                    **inherited,
+                    "stage": stage,
+                    "stages": stages,
+                    "git_commit": git_commit(),
+                    "forked_from": previous.info.run_id,
+                    "changed_params": ",".join(sorted(changed)),
+                    **_extra_tags,
+                },
+            ) as run,
+            _recording_errors(),
+        ):
             log_params(previous.data.params | params)  # with what training recorded of itself (precision)
             for key in previous.data.metrics:
                 for metric in client.get_metric_history(previous.info.run_id, key):
@@ -179,8 +209,9 @@ def model_run(settings: Settings, stage: str, previous_run_file: Path, run_file:
     write_json(run_file, {"run_id": run_id, "experiment_id": previous.info.experiment_id})
 
 
-def record_failure(config: MlflowConfig, params: dict[str, str], tags: dict[str, str],
-                   error: BaseException) -> None:
+def record_failure(
+    config: MlflowConfig, params: dict[str, str], tags: dict[str, str], error: BaseException
+) -> None:
     """Make a failed job visible in the model experiment: mark FAILED the runs it opened (found by
     `tags`), or log a FAILED run with its params when it failed before opening one."""
     setup(config)
@@ -193,9 +224,16 @@ def record_failure(config: MlflowConfig, params: dict[str, str], tags: dict[str,
         client.set_tag(run.info.run_id, "error", message)
         client.set_terminated(run.info.run_id, "FAILED")
     if not runs:
-        mlflow.start_run(experiment_id=experiment, tags={
-            **tags, "stage": "failed", "git_commit": git_commit(), "error": message,
-            "model": params.get("model.name", "unknown")})
+        mlflow.start_run(
+            experiment_id=experiment,
+            tags={
+                **tags,
+                "stage": "failed",
+                "git_commit": git_commit(),
+                "error": message,
+                "model": params.get("model.name", "unknown"),
+            },
+        )
         try:
             log_params(params)
         finally:

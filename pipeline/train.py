@@ -8,10 +8,12 @@ import mlflow
 import pandas as pd
 
 from pipeline import hardware, tracking
-from pipeline.config import Settings, stage
+from pipeline.config import Settings
+from pipeline.data.classes import HEALTHY
 from pipeline.data.datasets import load_split, read_splits
 from pipeline.data.manifest import content_hash, read_manifest
 from pipeline.data.splitting import split_counts
+from pipeline.entrypoint import stage
 from pipeline.io import atomic_path, write_csv, write_json
 from pipeline.models import build_model, with_precision
 from pipeline.training import fit, seed_everything
@@ -23,7 +25,7 @@ def run(settings: Settings) -> None:
     data_hash = content_hash(read_manifest(settings.paths.manifests / "raw.csv"))
     with tracking.new_model_run(settings, data_hash, settings.paths.run_file("train")):
         train = load_split(settings, "train")
-        val = load_split(settings, "val", only_class="healthy")
+        val = load_split(settings, "val", only_class=HEALTHY)
         seed_everything(settings.seed)
         machine = hardware.detect()
         precision = hardware.resolve_precision(settings.train.precision, machine)
@@ -36,8 +38,14 @@ def run(settings: Settings) -> None:
         for split, context in ((train, "training"), (val, "validation")):
             identity = split.frame[["path", "class", "sha256"]]  # what the data is, for the run's Datasets
             mlflow.log_input(mlflow.data.from_pandas(identity, name=split.name), context=context)
-        result = fit(model, train.images, val.images, settings.train, settings.seed,
-                     callbacks=[mlflow.keras.MlflowCallback(log_every_epoch=True)])
+        result = fit(
+            model,
+            train.images,
+            val.images,
+            settings.train,
+            settings.seed,
+            callbacks=[mlflow.keras.MlflowCallback(log_every_epoch=True)],
+        )
         if precision != "float32":  # scored in float32 everywhere (README, Benchmarks)
             model = with_precision(model, settings.model.name, settings.model.params, "float32")
         with atomic_path(settings.paths.model_file) as tmp:
@@ -45,17 +53,30 @@ def run(settings: Settings) -> None:
         history = pd.DataFrame(result.history).rename_axis("epoch").reset_index()
         history["epoch"] += 1
         write_csv(settings.paths.stage_reports("train") / "history.csv", history)
-        summary = {"best_epoch": result.best_epoch, "epochs_run": len(history),
-                   "best_val_loss": min(result.history["val_loss"]), "train_seconds": result.seconds,
-                   "train_images_per_second": result.images_per_second,
-                   "parameters": model.count_params(), "train_images": len(train.frame),
-                   "val_images": len(val.frame)}
+        summary = {
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(history),
+            "best_val_loss": min(result.history["val_loss"]),
+            "train_seconds": result.seconds,
+            "train_images_per_second": result.images_per_second,
+            "parameters": model.count_params(),
+            "train_images": len(train.frame),
+            "val_images": len(val.frame),
+        }
         write_json(settings.paths.stage_reports("train") / "metrics.json", summary)
         mlflow.log_metrics(summary)
         tracking.log_model(model)
-        log.info("trained %s in %s on %s: best epoch %d of %d, val loss %.5f, %.1f s (%.0f images/s)",
-                 settings.model.name, precision, machine.describe(), result.best_epoch, len(history),
-                 summary["best_val_loss"], result.seconds, result.images_per_second)
+        log.info(
+            "trained %s in %s on %s: best epoch %d of %d, val loss %.5f, %.1f s (%.0f images/s)",
+            settings.model.name,
+            precision,
+            machine.describe(),
+            result.best_epoch,
+            len(history),
+            summary["best_val_loss"],
+            result.seconds,
+            result.images_per_second,
+        )
 
 
 main = stage(run)

@@ -44,8 +44,9 @@ def augmenter(config: AugmentConfig, seed: int) -> keras.Sequential:
     if config.rotation:
         layers.append(keras.layers.RandomRotation(config.rotation / 360, fill_mode="constant", seed=seed + 1))
     if config.shift:
-        layers.append(keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="constant",
-                                                     seed=seed + 2))
+        layers.append(
+            keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="constant", seed=seed + 2)
+        )
     return keras.Sequential(layers)
 
 
@@ -53,8 +54,9 @@ def coarse_noise(images: tf.Tensor, config: NoiseConfig, seed: keras.random.Seed
     """`images` with smooth Gaussian noise (drawn on a coarse grid, upsampled) added where there is
     anatomy (pixels above 0), clipped to [0, 1]."""
     shape = tf.shape(images)
-    grid = keras.random.normal((shape[0], config.resolution, config.resolution, 1), stddev=config.std,
-                               seed=seed)
+    grid = keras.random.normal(
+        (shape[0], config.resolution, config.resolution, 1), stddev=config.std, seed=seed
+    )
     noise = tf.image.resize(grid, shape[1:3], method="bilinear")
     return tf.clip_by_value(tf.where(images > 0, images + noise, images), 0.0, 1.0)
 
@@ -76,15 +78,19 @@ def training_batches(images: np.ndarray, config: TrainConfig, seed: int) -> tf.d
 
     options = tf.data.Options()
     options.threading.private_threadpool_size = hardware.threads()  # not the host's CPU count
-    return (tf.data.Dataset.from_tensor_slices(images)
-            .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-            .batch(config.batch_size)
-            .map(transform)
-            .prefetch(tf.data.AUTOTUNE)
-            .with_options(options))
+    return (
+        tf.data.Dataset.from_tensor_slices(images)
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .batch(config.batch_size)
+        .map(transform)
+        .prefetch(tf.data.AUTOTUNE)
+        .with_options(options)
+    )
 
 
-def learning_rate(config: TrainConfig, n_train: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate(
+    config: TrainConfig, n_train: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """Constant, or cosine-decayed from `config.learning_rate` to 0 over all epochs: the last epochs then
     settle the weights instead of leaving them where one noisy step put them."""
     if config.schedule == "constant":
@@ -93,19 +99,31 @@ def learning_rate(config: TrainConfig, n_train: int) -> float | keras.optimizers
     return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps)
 
 
-def fit(model: keras.Model, train: np.ndarray, val: np.ndarray, config: TrainConfig, seed: int,
-        callbacks: list[keras.callbacks.Callback]) -> TrainingResult:
+def fit(
+    model: keras.Model,
+    train: np.ndarray,
+    val: np.ndarray,
+    config: TrainConfig,
+    seed: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> TrainingResult:
     """Train `model` in place to reproduce its input; the best validation epoch's weights are kept."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, len(train))), loss="mse")
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience,
-                                         restore_best_weights=True)
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
+    )
     start = time.perf_counter()
-    history = model.fit(training_batches(train, config, seed), validation_data=(val, val),
-                        epochs=config.epochs, shuffle=False,  # the batches come shuffled
-                        callbacks=[stop, *callbacks],
-                        verbose=1 if config.progress and sys.stdout.isatty() else 2)  # bar, or a line per epoch
+    history = model.fit(
+        training_batches(train, config, seed),
+        validation_data=(val, val),
+        epochs=config.epochs,
+        shuffle=False,  # the batches come shuffled
+        callbacks=[stop, *callbacks],
+        verbose=1 if config.progress and sys.stdout.isatty() else 2,
+    )  # bar, or a line per epoch
     seconds = time.perf_counter() - start
     losses = {key: [float(v) for v in values] for key, values in history.history.items()}
     epochs = len(losses["loss"])
-    return TrainingResult(losses, int(np.argmin(losses["val_loss"])) + 1, seconds,
-                          len(train) * epochs / seconds)
+    return TrainingResult(
+        losses, int(np.argmin(losses["val_loss"])) + 1, seconds, len(train) * epochs / seconds
+    )

@@ -14,9 +14,8 @@ from pipeline.config import (
     ScoreConfig,
     Settings,
     TrainConfig,
-    compose,
-    load_settings,
 )
+from pipeline.entrypoint import compose, load_settings
 
 # conf/experiment/smoke.yaml: small enough that a whole pipeline runs in a minute on two CPU cores.
 TINY = ["experiment=smoke"]
@@ -28,17 +27,34 @@ BRAIN_WINDOW = DicomWindow(level=40, width=80)
 def preprocess_config(image_size: int, head: bool = False) -> PreprocessConfig:
     """The whole slice resized (the method's preprocessing), or with `head` the project's: the head
     found, masked, cropped and normalised."""
-    return PreprocessConfig(image_size=image_size, dicom_window=BRAIN_WINDOW, normalize=head,
-                            head=HeadConfig(mask=head, crop=head, threshold=0.1, margin=0.02))
+    return PreprocessConfig(
+        image_size=image_size,
+        dicom_window=BRAIN_WINDOW,
+        normalize=head,
+        head=HeadConfig(mask=head, crop=head, threshold=0.1, margin=0.02),
+    )
 
 
-def train_config(epochs: int = 1, batch_size: int = 4, augment: bool = True, noise: float = 0.0
-                 ) -> TrainConfig:
+def train_config(
+    epochs: int = 1, batch_size: int = 4, augment: bool = True, noise: float = 0.0
+) -> TrainConfig:
     """A short training run, with the default augmentation (or none) and optional denoising noise."""
-    return TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=1e-3, early_stopping_patience=1,
-                       progress=False, precision="float32", schedule="constant", noise={"std": noise, "resolution": 4},
-                       augment={"rotation": 10 * augment, "shift": 0.05 * augment, "flip": augment,
-                                "intensity": 0.1 * augment})
+    return TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=1e-3,
+        early_stopping_patience=1,
+        progress=False,
+        precision="float32",
+        schedule="constant",
+        noise={"std": noise, "resolution": 4},
+        augment={
+            "rotation": 10 * augment,
+            "shift": 0.05 * augment,
+            "flip": augment,
+            "intensity": 0.1 * augment,
+        },
+    )
 
 
 def score_config(kind: str = "mse", region: str = "image") -> ScoreConfig:
@@ -47,11 +63,20 @@ def score_config(kind: str = "mse", region: str = "image") -> ScoreConfig:
 
 def tmp_overrides(tmp: Path) -> list[str]:
     """Overrides that keep every output, the cache and the MLflow store under `tmp`."""
-    return [f"paths.{name}={tmp / folder}" for name, folder in {
-        "raw": "data/raw", "manifests": "data/manifests", "splits": "data/splits", "cache": "data/cache",
-        "model": "models", "reports": "reports"}.items()] + [
+    return [
+        f"paths.{name}={tmp / folder}"
+        for name, folder in {
+            "raw": "data/raw",
+            "manifests": "data/manifests",
+            "splits": "data/splits",
+            "cache": "data/cache",
+            "model": "models",
+            "reports": "reports",
+        }.items()
+    ] + [
         f"mlflow.tracking_uri=sqlite:///{tmp / 'mlruns' / 'mlflow.db'}",
-        f"mlflow.artifact_root={tmp / 'mlruns' / 'artifacts'}"]
+        f"mlflow.artifact_root={tmp / 'mlruns' / 'artifacts'}",
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -85,8 +110,11 @@ def packaged_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     example = tmp_path_factory.mktemp("example") / "example.png"
     Image.new("L", (40, 30), 90).save(example)
     folder = tmp_path_factory.mktemp("models") / "detector"
-    serving.save(Detector(model, 0.05, preprocess_config(32), score_config(), {"run_id": "test-run"}), folder,
-                 example.read_bytes())
+    serving.save(
+        Detector(model, 0.05, preprocess_config(32), score_config(), {"run_id": "test-run"}),
+        folder,
+        example.read_bytes(),
+    )
     return folder
 
 
@@ -100,8 +128,13 @@ def write_scans(folder: Path) -> dict[str, Path]:
 
     rng = np.random.default_rng(1)
     (folder / "a" / "b").mkdir(parents=True)
-    files = {"png": folder / "slice.png", "jpeg": folder / "a" / "colour.jpg", "dicom": folder / "a" / "b" / "ct.dcm",
-             "text": folder / "notes.txt", "truncated": folder / "a" / "cut.jpg"}
+    files = {
+        "png": folder / "slice.png",
+        "jpeg": folder / "a" / "colour.jpg",
+        "dicom": folder / "a" / "b" / "ct.dcm",
+        "text": folder / "notes.txt",
+        "truncated": folder / "a" / "cut.jpg",
+    }
     Image.fromarray(rng.integers(0, 255, (48, 64), dtype=np.uint8)).save(files["png"])
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(files["jpeg"])
     write_ct_slice(files["dicom"], rng.uniform(-1000, 200, (50, 50)))

@@ -11,16 +11,21 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, PARAMS_FILE, compose, load_settings, write_params
+from pipeline.config import DATA_SOURCES
+from pipeline.data.sources import SOURCES
+from pipeline.entrypoint import CONF_DIR, compose, load_settings, write_params
 from pipeline.errors import ConfigError
-from pipeline.models import available, build_model
+from pipeline.models import MODELS, build_model
+from pipeline.params import PARAMS_FILE
+from pipeline.scoring import SCORES
+from pipeline.thresholds import THRESHOLD_RULES
 
 DATA_OPTIONS = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 MODEL_OPTIONS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 
 
 def test_params_yaml_is_the_composition_of_conf(tmp_path: Path) -> None:
-    """`dvc repro` reads params.yaml; it must say what conf/ says (regenerate: python -m pipeline.config)."""
+    """`dvc repro` reads params.yaml; it must say what conf/ says (regenerate: make params)."""
     fresh = tmp_path / "params.yaml"
     write_params(fresh)
     assert yaml.safe_load(PARAMS_FILE.read_text()) == yaml.safe_load(fresh.read_text())
@@ -35,7 +40,7 @@ def test_every_data_source_composes(option: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("option", MODEL_OPTIONS)
 def test_every_model_config_names_a_registered_model(option: str) -> None:
     assert load_settings(compose([f"model={option}"])).model.name == option
-    assert option in available()
+    assert option in MODELS
 
 
 @pytest.mark.parametrize("option", MODEL_OPTIONS)
@@ -47,7 +52,9 @@ def test_every_model_builds_from_its_config(option: str) -> None:
     assert build_model(settings.model.name, (size, size, 1), params).output_shape == (None, size, size, 1)
 
 
-@pytest.mark.parametrize(("search", "model"), [("optuna", "vae"), ("optuna_ae", "cae"), ("optuna_dae", "unet")])
+@pytest.mark.parametrize(
+    ("search", "model"), [("optuna", "vae"), ("optuna_ae", "cae"), ("optuna_dae", "unet")]
+)
 def test_optuna_search_space_names_existing_keys(search: str, model: str) -> None:
     with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = hydra_compose("config", overrides=[f"hparams_search={search}"], return_hydra_config=True)
@@ -65,24 +72,59 @@ def test_settings_flatten_to_mlflow_params() -> None:
     assert all(isinstance(v, str) for v in params.values())
 
 
-@pytest.mark.parametrize(("override", "key"), [
-    ("train.epochs=0", "train.epochs"),
-    ("train.learning_rate=-1", "train.learning_rate"),
-    ("preprocess.image_size=8", "preprocess.image_size"),
-    ("preprocess.dicom_window.width=0", "preprocess.dicom_window.width"),
-    ("split.healthy.val=0", "split.healthy.val"),
-    ("threshold.k=-1", "threshold.k"),
-    ("score.kind=psnr", "score.kind"),
-    ("preprocess.head.threshold=1.5", "preprocess.head.threshold"),
-    ("train.augment.rotation=90", "train.augment.rotation"),
-    ("mlflow.model_alias=latest", "mlflow.model_alias"),
-    ("mlflow.model_alias=v2", "mlflow.model_alias"),
-    ("+train.epoch=3", "train.epoch"),  # a typo is an error, not a silently ignored key
-    ("data.min_size=600", "data"),
-])
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.epochs=0", "train.epochs"),
+        ("train.learning_rate=-1", "train.learning_rate"),
+        ("preprocess.image_size=8", "preprocess.image_size"),
+        ("preprocess.dicom_window.width=0", "preprocess.dicom_window.width"),
+        ("split.healthy.val=0", "split.healthy.val"),
+        ("threshold.k=-1", "threshold.k"),
+        ("score.kind=psnr", "score.kind"),
+        ("preprocess.head.threshold=1.5", "preprocess.head.threshold"),
+        ("train.augment.rotation=90", "train.augment.rotation"),
+        ("mlflow.model_alias=latest", "mlflow.model_alias"),
+        ("mlflow.model_alias=v2", "mlflow.model_alias"),
+        ("+train.epoch=3", "train.epoch"),  # a typo is an error, not a silently ignored key
+        ("data.min_size=600", "data"),
+        ("model.width=0", "model.width"),
+        ("model.depth=9", "model.depth"),
+        ("+model.filters=8", "model.filters: not a parameter of model 'unet'"),
+        ("preprocess.image_size=120", "preprocess.image_size must be divisible by 16, got 120"),
+        ("model=vae model.beta=-1", "model.beta"),
+    ],
+)
 def test_out_of_range_values_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(compose(override.split()))
+
+
+@pytest.mark.parametrize(
+    ("override", "registry"),
+    [
+        ("model.name=nope", MODELS),
+        ("score.kind=nope", SCORES),
+        ("threshold.method=nope", THRESHOLD_RULES),
+    ],
+)
+def test_every_registry_rejects_unknown_names_with_the_available_ones(override: str, registry) -> None:
+    with pytest.raises(ConfigError) as raised:
         load_settings(compose([override]))
+    assert str(raised.value) == (
+        f"{registry.key}: unknown {registry.kind} 'nope' (available: {', '.join(registry.names())})"
+    )
+
+
+def test_unknown_data_source_lists_the_registered_ones() -> None:
+    with pytest.raises(
+        ConfigError, match=r"data\.source: unknown data source 'nope' \(available: kaggle, local, synthetic\)"
+    ):
+        load_settings({**OmegaConf.to_container(compose()), "data": {"source": "nope"}})
+
+
+def test_data_sources_and_their_configs_are_the_same_names() -> None:
+    assert sorted(DATA_SOURCES) == SOURCES.names() == DATA_OPTIONS
 
 
 def test_local_source_needs_an_existing_path(tmp_path: Path) -> None:

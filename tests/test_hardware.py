@@ -16,11 +16,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import download, hardware, split, train
-from pipeline.config import ROOT, Settings, compose, load_settings
+from pipeline.config import Settings
+from pipeline.entrypoint import compose, load_settings
 from pipeline.errors import ConfigError
 from pipeline.hardware import Gpu, Hardware
 from pipeline.io import read_json
 from pipeline.models import build_model, load_model, with_precision
+from pipeline.params import ROOT
 from pipeline.training import fit
 from tests.conftest import train_config
 
@@ -29,13 +31,16 @@ CPU_PLAIN = Hardware("Core i5", frozenset(), ())
 UNET = {"width": 4, "depth": 2, "batch_norm": True}
 
 
-@pytest.mark.parametrize(("machine", "expected"), [
-    (CPU_BF16, "mixed_bfloat16"),
-    (Hardware("EPYC", frozenset({"avx512_bf16"}), ()), "mixed_bfloat16"),
-    (CPU_PLAIN, "float32"),
-    (Hardware("Core i5", frozenset(), (Gpu("A100", (8, 0)),)), "mixed_bfloat16"),
-    (Hardware("Xeon", frozenset({"amx_bf16"}), (Gpu("T4", (7, 5)),)), "float32"),  # the GPU trains
-])
+@pytest.mark.parametrize(
+    ("machine", "expected"),
+    [
+        (CPU_BF16, "mixed_bfloat16"),
+        (Hardware("EPYC", frozenset({"avx512_bf16"}), ()), "mixed_bfloat16"),
+        (CPU_PLAIN, "float32"),
+        (Hardware("Core i5", frozenset(), (Gpu("A100", (8, 0)),)), "mixed_bfloat16"),
+        (Hardware("Xeon", frozenset({"amx_bf16"}), (Gpu("T4", (7, 5)),)), "float32"),  # the GPU trains
+    ],
+)
 def test_auto_picks_bfloat16_only_where_it_is_native(machine: Hardware, expected: str) -> None:
     assert hardware.resolve_precision("auto", machine) == expected
 
@@ -45,7 +50,9 @@ def test_an_explicit_precision_is_taken_as_given(precision: str) -> None:
     assert hardware.resolve_precision(precision, CPU_PLAIN) == precision
 
 
-@pytest.mark.parametrize("override", ["train.precision=bfloat16", "train.precision=fp16", "runtime.threads=-1"])
+@pytest.mark.parametrize(
+    "override", ["train.precision=bfloat16", "train.precision=fp16", "runtime.threads=-1"]
+)
 def test_a_bad_precision_or_thread_count_is_a_config_error_naming_the_key(override: str) -> None:
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as error:
@@ -55,19 +62,24 @@ def test_a_bad_precision_or_thread_count_is_a_config_error_naming_the_key(overri
 
 def test_cpu_flags_and_name_are_read_from_cpuinfo(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx512f avx512_bf16 sse\n\n"
-                       "processor\t: 1\nmodel name\t: Test CPU\nflags\t\t: fpu avx512f avx512_bf16 sse\n")
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx512f avx512_bf16 sse\n\n"
+        "processor\t: 1\nmodel name\t: Test CPU\nflags\t\t: fpu avx512f avx512_bf16 sse\n"
+    )
     assert hardware.read_cpu(cpuinfo) == ("Test CPU", frozenset({"avx512_bf16"}))
     assert hardware.read_cpu(tmp_path / "absent")[1] == frozenset()
 
 
-@pytest.mark.parametrize(("files", "cores"), [
-    ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, 1.5 cores
-    ({"cpu.max": "max 100000\n"}, None),  # v2, no quota
-    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0),  # cgroup v1
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no quota
-    ({}, None),
-])
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, 1.5 cores
+        ({"cpu.max": "max 100000\n"}, None),  # v2, no quota
+        ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3.0),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no quota
+        ({}, None),
+    ],
+)
 def test_the_cgroup_cpu_quota_is_read(tmp_path: Path, files: dict[str, str], cores: float | None) -> None:
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +96,11 @@ def test_available_cores_follow_the_quota_not_the_host(monkeypatch: pytest.Monke
 
 
 def test_configure_sizes_tensorflows_thread_pools_in_a_fresh_process() -> None:
-    code = ("from pipeline import hardware; n = hardware.configure(1); import tensorflow as tf; "
-            "print(n, tf.config.threading.get_intra_op_parallelism_threads(), "
-            "tf.config.threading.get_inter_op_parallelism_threads(), hardware.threads())")
+    code = (
+        "from pipeline import hardware; n = hardware.configure(1); import tensorflow as tf; "
+        "print(n, tf.config.threading.get_intra_op_parallelism_threads(), "
+        "tf.config.threading.get_inter_op_parallelism_threads(), hardware.threads())"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["1", "1", "1", "1"]
 
@@ -123,9 +137,9 @@ def test_a_bfloat16_trained_model_is_scored_in_float32(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("machine", "precision"), [(CPU_PLAIN, "float32"), (CPU_BF16, "mixed_bfloat16")])
-def test_the_train_stage_logs_the_precision_it_resolved(make_settings: Callable[..., Settings],
-                                                        monkeypatch: pytest.MonkeyPatch, machine: Hardware,
-                                                        precision: str) -> None:
+def test_the_train_stage_logs_the_precision_it_resolved(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, machine: Hardware, precision: str
+) -> None:
     """On a machine without native bfloat16 `auto` falls back to float32; either way the model on disk
     computes in float32 and the run says what training used and where."""
     monkeypatch.setattr(hardware, "detect", lambda: machine)

@@ -48,6 +48,7 @@ def _text_mask(block: tuple[slice, slice]) -> np.ndarray:
 
 # --- head_mask -------------------------------------------------------------------------------------
 
+
 def test_mask_is_the_head_with_its_holes_filled_and_without_text() -> None:
     mask = head_mask(_slice(text=CORNER_TEXT), THRESHOLD)
     np.testing.assert_array_equal(mask, HEAD)
@@ -87,6 +88,7 @@ def test_specks_smaller_than_the_opening_give_an_empty_mask() -> None:
 
 # --- bounding_box ----------------------------------------------------------------------------------
 
+
 def test_bounding_box_widens_by_the_margin_of_the_longer_side() -> None:
     mask = np.zeros((100, 100), dtype=bool)
     mask[30:50, 40:80] = True  # 20 rows, 40 columns
@@ -106,6 +108,7 @@ def test_bounding_box_of_an_empty_mask_is_the_whole_image() -> None:
 
 
 # --- normalize_intensity ---------------------------------------------------------------------------
+
 
 def test_normalize_maps_the_head_percentiles_to_the_unit_range_and_leaves_outside_alone() -> None:
     gray = np.full((10, 10), 0.9, dtype=np.float32)  # outside: brighter than the head
@@ -132,6 +135,7 @@ def test_flat_head_or_empty_mask_is_left_unchanged() -> None:
 
 
 # --- preprocess and blanked_png --------------------------------------------------------------------
+
 
 def _textured_slice(rng: np.random.Generator, text: bool) -> np.ndarray:
     gray = np.where(HEAD, rng.uniform(0.3, 0.7, (64, 64)), 0.0).astype(np.float32)

@@ -23,10 +23,13 @@ def _save(image: Image.Image, path: Path) -> Path:
 def test_every_mode_becomes_one_channel_in_unit_range(mode: str, tmp_path: Path) -> None:
     gradient = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (30, 1))
     base = Image.fromarray(gradient, mode="L")
-    image = base.convert(mode) if mode not in ("I;16", "I") else Image.fromarray(gradient.astype(np.uint16) * 200)
+    image = (
+        base.convert(mode) if mode not in ("I;16", "I") else Image.fromarray(gradient.astype(np.uint16) * 200)
+    )
     suffix = ".tif" if mode == "I" else ".png"
-    gray = load_image(_save(image if mode != "I" else image.convert("I"), tmp_path / f"x{suffix}"),
-                      preprocess_config(16))
+    gray = load_image(
+        _save(image if mode != "I" else image.convert("I"), tmp_path / f"x{suffix}"), preprocess_config(16)
+    )
     assert gray.shape == (16, 16) and gray.dtype == np.float32
     assert 0.0 <= gray.min() and gray.max() <= 1.0 and gray.max() > 0.5
 
@@ -52,10 +55,13 @@ def test_non_square_images_are_padded_not_stretched() -> None:
     assert square[0, :].max() == 0.0 and square[-1, :].max() == 0.0  # padding above and below
 
 
-@pytest.mark.parametrize(("content", "reason"), [
-    (b"", "empty file"),
-    (b"hello, not an image", "not an image"),
-])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"hello, not an image", "not an image"),
+    ],
+)
 def test_bad_files_are_named_with_a_reason(content: bytes, reason: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(content)
@@ -65,8 +71,10 @@ def test_bad_files_are_named_with_a_reason(content: bytes, reason: str, tmp_path
 
 
 def test_truncated_files_are_caught(tmp_path: Path) -> None:
-    good = _save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)),
-                 tmp_path / "good.jpg")
+    good = _save(
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)),
+        tmp_path / "good.jpg",
+    )
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ImageDecodeError, match="cannot decode"):
@@ -77,6 +85,8 @@ def test_cache_decodes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     paths = [_save(Image.new("L", (20, 30), 10 * i), tmp_path / f"{i}.png") for i in range(3)]
     first = load_cached(paths, ["a", "b", "c"], preprocess_config(16), tmp_path / "cache", progress=False)
     monkeypatch.setattr(images, "load_images", lambda *a, **k: pytest.fail("decoded again"))
-    np.testing.assert_array_equal(load_cached(paths, ["a", "b", "c"], preprocess_config(16), tmp_path / "cache", progress=False), first)
+    np.testing.assert_array_equal(
+        load_cached(paths, ["a", "b", "c"], preprocess_config(16), tmp_path / "cache", progress=False), first
+    )
     assert first.shape == (3, 16, 16, 1)
     np.testing.assert_allclose(first[2, 8, 8, 0], load_image(paths[2], preprocess_config(16))[8, 8])

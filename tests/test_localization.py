@@ -49,7 +49,9 @@ def test_outlines_are_boolean_masks_in_the_model_input_frame(raw_dir: Path) -> N
     indices = list(range(1, N_TUMOR + 1))
     outlines = tumor_outlines(raw_dir, _frame(indices), HEAD_CONFIG)
     assert outlines is not None and outlines.shape == (N_TUMOR, SIZE, SIZE) and outlines.dtype == bool
-    images = np.stack([load_image(raw_dir / path, HEAD_CONFIG) for path in _frame(indices)["path"]])[..., None]
+    images = np.stack([load_image(raw_dir / path, HEAD_CONFIG) for path in _frame(indices)["path"]])[
+        ..., None
+    ]
     heads = regions(images, score_config(region="head"), HEAD_CONFIG.head.threshold)
     sizes = {np.asarray(Image.open(raw_dir / path)).shape for path in _frame(indices)["path"]}
     assert len(sizes) > 1  # slices of several sizes: each needs its own crop
@@ -73,7 +75,9 @@ def test_outlines_without_head_settings_are_the_resized_masks_in_frame_order(raw
     outlines = tumor_outlines(raw_dir, _frame([3, 1]), preprocess_config(SIZE))
     assert outlines is not None and outlines.shape == (2, SIZE, SIZE)
     for outline, i in zip(outlines, (3, 1), strict=True):
-        np.testing.assert_array_equal(outline, resize_square(_mask(raw_dir, i).astype(np.float32), SIZE) > 0.5)
+        np.testing.assert_array_equal(
+            outline, resize_square(_mask(raw_dir, i).astype(np.float32), SIZE) > 0.5
+        )
     assert not np.array_equal(outlines[0], outlines[1])
 
 
@@ -83,11 +87,14 @@ def test_no_outlines_unless_every_row_has_one(raw_dir: Path, tmp_path: Path) -> 
     healthy = pd.DataFrame({"path": ["Healthy/ct_healthy (1).png"], "class": "healthy"})
     assert tumor_outlines(raw_dir, healthy, HEAD_CONFIG) is None
     (tmp_path / "Tumor").mkdir()
-    (tmp_path / "Tumor" / "ct_tumor (1).png").write_bytes((raw_dir / "Tumor" / "ct_tumor (1).png").read_bytes())
+    (tmp_path / "Tumor" / "ct_tumor (1).png").write_bytes(
+        (raw_dir / "Tumor" / "ct_tumor (1).png").read_bytes()
+    )
     assert tumor_outlines(tmp_path, _frame([1]), HEAD_CONFIG) is None  # no Masks folder at all
 
 
 # --- pixel_metrics ---------------------------------------------------------------------------------
+
 
 def _outlines() -> np.ndarray:
     outlines = np.zeros((2, 4, 4), dtype=bool)

@@ -32,10 +32,19 @@ def test_manifest_rows_and_rejects(raw: Path) -> None:
     assert list(manifest.columns) == MANIFEST_COLUMNS and list(rejects.columns) == REJECT_COLUMNS
     assert manifest["path"].tolist() == ["Healthy/a.png", "Healthy/b.jpg", "Tumor/nested/c.png"]
     row = manifest.set_index("path").loc["Healthy/a.png"]
-    assert (row["class"], row["width"], row["height"], row["mode"], row["format"]) == ("healthy", 30, 20, "L", "PNG")
+    assert (row["class"], row["width"], row["height"], row["mode"], row["format"]) == (
+        "healthy",
+        30,
+        20,
+        "L",
+        "PNG",
+    )
     assert manifest.set_index("path").loc["Tumor/nested/c.png", "mode"] == "RGBA"
-    assert dict(zip(rejects["path"], rejects["class"])) == {
-        "Tumor/cut.jpg": "tumor", "Tumor/empty.jpg": "tumor", "Tumor/notes.txt": "tumor"}
+    assert dict(zip(rejects["path"], rejects["class"], strict=True)) == {
+        "Tumor/cut.jpg": "tumor",
+        "Tumor/empty.jpg": "tumor",
+        "Tumor/notes.txt": "tumor",
+    }
     assert all(rejects["reason"].str.len() > 0)
 
 

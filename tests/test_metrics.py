@@ -26,6 +26,7 @@ from pipeline.metrics import (
     pr_curve_table,
     roc_curve_table,
     size_groups,
+    strict_thresholds,
 )
 
 trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
@@ -148,6 +149,16 @@ def test_bad_inputs_raise(labels: np.ndarray, scores: np.ndarray, threshold: flo
         detection_metrics(labels, scores, threshold)
 
 
+def test_strict_thresholds_flag_under_greater_than_what_sklearn_flags_under_greater_or_equal() -> None:
+    scores = np.array([0.1, 0.5, 0.5, 0.9])
+    inclusive = np.array([np.inf, 0.9, 0.5, 0.1])
+    strict = strict_thresholds(inclusive, scores)
+    assert strict[0] == 0.9  # sklearn's +inf (nothing flagged) becomes the highest score
+    np.testing.assert_array_equal(
+        scores[np.newaxis, :] > strict[:, np.newaxis], scores[np.newaxis, :] >= inclusive[:, np.newaxis]
+    )
+
+
 def test_detection_rate_by_hand_with_tie() -> None:
     assert detection_rate(np.array([0.1, 0.5, 0.9]), 0.5) == pytest.approx(1 / 3)
     assert detection_rate(np.array([0.1, 0.5, 0.9]), 0.0) == 1.0
@@ -166,6 +177,7 @@ def test_detection_rate_equals_recall_on_the_tumor_slices() -> None:
     ("scores", "threshold", "message"),
     [
         (np.array([]), 0.1, "non-empty"),
+        (np.array([[0.1, 0.2]]), 0.1, "1-D"),
         (np.array([0.1, np.nan]), 0.1, "finite"),
         (np.array([0.1]), float("inf"), "threshold must be finite"),
     ],
@@ -179,7 +191,9 @@ CURVE_CASES = [random_case(10), random_case(11, decimals=2), random_case(12, siz
 
 
 @pytest.mark.parametrize(("labels", "scores"), CURVE_CASES)
-def test_roc_table_is_finite_monotone_and_integrates_to_roc_auc(labels: np.ndarray, scores: np.ndarray) -> None:
+def test_roc_table_is_finite_monotone_and_integrates_to_roc_auc(
+    labels: np.ndarray, scores: np.ndarray
+) -> None:
     table = roc_curve_table(labels, scores)
     assert list(table.columns) == ["fpr", "tpr", "threshold"]
     assert np.all(np.isfinite(table.to_numpy()))
@@ -207,7 +221,9 @@ def test_roc_table_thresholds_reproduce_their_points_under_strict_rule(
 
 
 @pytest.mark.parametrize(("labels", "scores"), CURVE_CASES)
-def test_pr_table_is_finite_monotone_and_sums_to_average_precision(labels: np.ndarray, scores: np.ndarray) -> None:
+def test_pr_table_is_finite_monotone_and_sums_to_average_precision(
+    labels: np.ndarray, scores: np.ndarray
+) -> None:
     table = pr_curve_table(labels, scores)
     assert list(table.columns) == ["recall", "precision", "threshold"]
     assert np.all(np.isfinite(table.to_numpy()))
@@ -264,14 +280,23 @@ def test_resampled_metrics_equal_detection_metrics_on_the_written_out_copy(seed:
     multiplicities = rng.integers(0, 3, size=(5, scores.size))
     multiplicities[:, :2] = 1  # random_case puts one healthy and one tumor slice first
     multiplicities[0] = 1  # the data as it is
-    healthy_counts = np.stack([np.bincount(inverse, weights=row * (labels == 0), minlength=descending.size)
-                               for row in multiplicities])
-    tumor_counts = np.stack([np.bincount(inverse, weights=row * (labels == 1), minlength=descending.size)
-                             for row in multiplicities])
+    healthy_counts = np.stack(
+        [
+            np.bincount(inverse, weights=row * (labels == 0), minlength=descending.size)
+            for row in multiplicities
+        ]
+    )
+    tumor_counts = np.stack(
+        [
+            np.bincount(inverse, weights=row * (labels == 1), minlength=descending.size)
+            for row in multiplicities
+        ]
+    )
     resampled = _metrics_from_counts(healthy_counts, tumor_counts, -descending, threshold)
     assert list(resampled) == BOOTSTRAP_METRICS
     for row, weights in enumerate(multiplicities):
-        expected = detection_metrics(np.repeat(labels, weights), np.repeat(scores, weights), threshold).as_dict()
+        copy = np.repeat(labels, weights), np.repeat(scores, weights)
+        expected = detection_metrics(*copy, threshold).as_dict()
         for name in BOOTSTRAP_METRICS:
             assert resampled[name][row] == pytest.approx(expected[name], abs=1e-12), name
 
@@ -340,8 +365,14 @@ def test_bootstrap_bad_inputs_raise(
 
 
 GROUP_COLUMNS = [
-    "group", "n_healthy", "n_tumor", "flagged_healthy", "flagged_tumor",
-    "roc_auc", "mean_score_healthy", "mean_score_tumor",
+    "group",
+    "n_healthy",
+    "n_tumor",
+    "flagged_healthy",
+    "flagged_tumor",
+    "roc_auc",
+    "mean_score_healthy",
+    "mean_score_tumor",
 ]
 
 
@@ -406,7 +437,8 @@ def test_size_groups_pool_rare_sizes_into_other() -> None:
 def test_size_groups_default_needs_twenty_images_and_keeps_non_square_sizes() -> None:
     widths = pd.Series([512.0] * 20 + [640.0] * 19 + [512.0] * 25)
     heights = pd.Series([512.0] * 20 + [640.0] * 19 + [400.0] * 25)
-    assert size_groups(widths, heights).value_counts().to_dict() == {"512x400": 25, "512x512": 20, "other": 19}
+    counts = size_groups(widths, heights).value_counts().to_dict()
+    assert counts == {"512x400": 25, "512x512": 20, "other": 19}
 
 
 @pytest.mark.parametrize(
@@ -417,6 +449,8 @@ def test_size_groups_default_needs_twenty_images_and_keeps_non_square_sizes() ->
         (pd.Series([512]), pd.Series([512]), 0, "min_count"),
     ],
 )
-def test_size_groups_bad_inputs_raise(widths: pd.Series, heights: pd.Series, min_count: int, message: str) -> None:
+def test_size_groups_bad_inputs_raise(
+    widths: pd.Series, heights: pd.Series, min_count: int, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         size_groups(widths, heights, min_count=min_count)

@@ -34,11 +34,24 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
     lock = (project / "dvc.lock").read_text()
     assert all(f"  {stage}:" in lock for stage in STAGES)
     metrics = json.loads((project / "reports/evaluate/metrics.json").read_text())
-    assert {"accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc",
-            "extra_tumor_detection_rate", "blanked_roc_auc", "pixel_roc_auc", "dice"} <= set(metrics)
+    assert {
+        "accuracy",
+        "precision",
+        "recall",
+        "specificity",
+        "f1",
+        "roc_auc",
+        "pr_auc",
+        "extra_tumor_detection_rate",
+        "blanked_roc_auc",
+        "pixel_roc_auc",
+        "dice",
+    } <= set(metrics)
     for name in ("roc_auc", "accuracy", "recall", "specificity", "blanked_roc_auc"):
         assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"]
-    assert {f"{method}_accuracy" for method in ("mean_std", "percentile", "f1_optimal", "youden")} <= set(metrics)
+    assert {f"{method}_accuracy" for method in ("mean_std", "percentile", "f1_optimal", "youden")} <= set(
+        metrics
+    )
     validation = json.loads((project / "reports/calibrate/threshold.json").read_text())
     assert validation["val_roc_auc_ci_low"] <= validation["val_roc_auc"] <= validation["val_roc_auc_ci_high"]
     by_source = pd.read_csv(project / "reports/evaluate/by_source.csv")
@@ -47,10 +60,12 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
         assert (project / "reports/evaluate" / name).stat().st_size > 0
 
 
-def test_second_repro_reruns_nothing(project: Path) -> None:
+def test_second_repro_reruns_only_publish(project: Path) -> None:
+    """Nothing changed: only `publish`, which always runs and only moves the registry alias."""
     output = run(project, "dvc", "repro")
-    assert "Running stage" not in output
-    assert "up to date" in run(project, "dvc", "status")
+    assert re.findall(r"Running stage '(\w+)'", output) == ["publish"]
+    status = run(project, "dvc", "status")
+    assert "changed" not in status.replace("always changed", ""), status
 
 
 def test_metrics_and_plots_show(project: Path) -> None:
@@ -62,18 +77,31 @@ def test_metrics_and_plots_show(project: Path) -> None:
 
 
 def test_mlflow_run_holds_params_metrics_threshold_plots_and_model(project: Path) -> None:
-    run_id = json.loads((project / "reports/evaluate/run.json").read_text())["run_id"]
+    run_id = json.loads((project / "reports/package/run.json").read_text())["run_id"]
+    assert run_id == json.loads((project / "reports/evaluate/run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.data.params["model.name"] == "unet" and run.data.params["train.epochs"] == "2"
     assert run.data.params["precision"] == hardware.resolve_precision("auto", hardware.detect())
-    assert {"loss", "val_loss", "threshold", "test_roc_auc", "test_accuracy",
-            "test_extra_tumor_detection_rate"} <= set(run.data.metrics)
+    assert {
+        "loss",
+        "val_loss",
+        "threshold",
+        "test_roc_auc",
+        "test_accuracy",
+        "test_extra_tumor_detection_rate",
+    } <= set(run.data.metrics)
     assert len(client.get_metric_history(run_id, "loss")) == 2
-    assert run.data.tags["stages"] == "train,calibrate,evaluate"
-    artifacts = {a.path for folder in ("calibrate", "evaluate") for a in client.list_artifacts(run_id, folder)}
-    assert {"calibrate/error_histogram.png", "evaluate/roc_pr.png", "evaluate/reconstructions.png"} <= artifacts
+    assert run.data.tags["stages"] == "train,calibrate,evaluate,package"
+    artifacts = {
+        a.path for folder in ("calibrate", "evaluate") for a in client.list_artifacts(run_id, folder)
+    }
+    assert {
+        "calibrate/error_histogram.png",
+        "evaluate/roc_pr.png",
+        "evaluate/reconstructions.png",
+    } <= artifacts
     models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
     assert {model.name for model in models if model.source_run_id == run_id} == {"model", "detector"}
     assert client.get_model_version_by_alias("brain-ct-anomaly-detector", "current").run_id == run_id
@@ -95,8 +123,9 @@ def test_predict_and_the_registered_model_score_like_evaluate(project: Path) -> 
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     registered = mlflow.pyfunc.load_model("models:/brain-ct-anomaly-detector@current")
     sample = evaluated.groupby("class").head(3)
-    served = registered.predict(pd.DataFrame({"image": [(project / "data/raw" / p).read_bytes()
-                                                        for p in sample["path"]]}))
+    served = registered.predict(
+        pd.DataFrame({"image": [(project / "data/raw" / p).read_bytes() for p in sample["path"]]})
+    )
     np.testing.assert_allclose(served["score"], sample["score"], rtol=1e-5)
     assert served["is_anomaly"].tolist() == sample["is_anomaly"].tolist()
 
@@ -104,10 +133,11 @@ def test_predict_and_the_registered_model_score_like_evaluate(project: Path) -> 
 def test_exp_run_with_a_changed_threshold_reruns_only_what_depends_on_it(project: Path) -> None:
     # Every `dvc exp run` composes params.yaml from conf/ and its own -S overrides.
     before = json.loads((project / "reports/calibrate/threshold.json").read_text())
-    output = run(project, "dvc", "exp", "run", *(arg for o in TINY for arg in ("-S", o)),
-                 "-S", "threshold=percentile")
+    output = run(
+        project, "dvc", "exp", "run", *(arg for o in TINY for arg in ("-S", o)), "-S", "threshold=percentile"
+    )
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in output}
-    assert ran == {"calibrate", "evaluate"}
+    assert ran == {"calibrate", "evaluate", "package", "publish"}
     after = json.loads((project / "reports/calibrate/threshold.json").read_text())
     assert after["method"] == "percentile" and after["thresholds"] == before["thresholds"]
     assert after["threshold"] == before["thresholds"]["percentile"]
@@ -116,11 +146,42 @@ def test_exp_run_with_a_changed_threshold_reruns_only_what_depends_on_it(project
     assert "threshold.method" in header and "roc_auc" in header
 
 
+def _detector_used(project: Path, *model: str) -> tuple[float, str]:
+    """(threshold, run id) of the detector `predict` scores with (`--model ...`, or the workspace's)."""
+    image = next((project / "data/raw/Tumor").iterdir())
+    run(project, sys.executable, "-m", "pipeline.predict", str(image), "--out", "used.csv", *model)
+    row = pd.read_csv(project / "used.csv").iloc[0]
+    return float(row["threshold"]), str(row["run_id"])
+
+
+def test_the_alias_follows_the_workspace_when_every_stage_comes_from_the_run_cache(project: Path) -> None:
+    """Experiment A, then B (another seed: every stage reruns), then A again: all of A's stages come
+    back from DVC's run cache, and `models:/...@current` must name A's detector again, as
+    `models/detector` does."""
+    tiny = [arg for override in TINY for arg in ("-S", override)]
+    run(project, "dvc", "exp", "run", *tiny)
+    first = _detector_used(project)
+    run(project, "dvc", "exp", "run", *tiny, "-S", "seed=7")
+    assert _detector_used(project, "--model", "models:/brain-ct-anomaly-detector@current") != first
+    output = run(project, "dvc", "exp", "run", *tiny)
+    assert re.findall(r"Running stage '(\w+)'", output) == ["publish"]
+    assert _detector_used(project) == first
+    assert _detector_used(project, "--model", "models:/brain-ct-anomaly-detector@current") == first
+
+
 def test_queued_experiments_over_two_variants(project: Path) -> None:
     """`dvc exp run --queue -S model=a,b` + `dvc queue start`: each variant runs the stages in processes
     of their own (so a saved VAE must load where its custom layer was never imported)."""
-    for line in run(project, "dvc", "exp", "run", "--queue", "-S", "model=cae_bn,vae",
-                    *(arg for o in TINY for arg in ("-S", o))).splitlines():
+    for line in run(
+        project,
+        "dvc",
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        "model=cae_bn,vae",
+        *(arg for o in TINY for arg in ("-S", o)),
+    ).splitlines():
         assert "Queued experiment" in line or "Queueing with overrides" in line
     run(project, "dvc", "queue", "start")
     deadline = time.monotonic() + 900

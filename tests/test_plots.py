@@ -32,7 +32,8 @@ def test_error_histogram_overlays_groups_and_labels_the_threshold(
     labelled_scores: tuple[np.ndarray, np.ndarray],
 ) -> None:
     labels, scores = labelled_scores
-    fig = error_histogram({"healthy": scores[labels == 0], "tumor": scores[labels == 1]}, 0.0312, "test errors")
+    groups = {"healthy": scores[labels == 0], "tumor": scores[labels == 1]}
+    fig = error_histogram(groups, 0.0312, "test errors")
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 1
     ax = fig.axes[0]
@@ -62,6 +63,13 @@ def test_error_histogram_keeps_a_far_threshold_in_view() -> None:
 def test_error_histogram_bad_inputs_raise(errors: dict, threshold: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         error_histogram(errors, threshold, "bad")
+
+
+def test_error_histogram_names_the_bad_group_and_flattens_the_others() -> None:
+    with pytest.raises(ValueError, match=r"errors\['tumor'\] must be finite; got 1 NaN"):
+        error_histogram({"healthy": np.array([[0.1, 0.2]]), "tumor": np.array([0.3, np.nan])}, 0.2, "bad")
+    fig = error_histogram({"healthy": np.array([[0.1, 0.2], [0.3, 0.4]])}, 0.2, "2-D group")
+    assert legend_texts(fig)[0] == "healthy (n=4)"
 
 
 def test_roc_pr_figure_has_two_panels_with_summaries(labelled_scores: tuple[np.ndarray, np.ndarray]) -> None:
@@ -107,8 +115,9 @@ def test_reconstruction_grid_has_one_row_per_image(shape: tuple[int, ...]) -> No
     rng = np.random.default_rng(1)
     images = rng.random(shape)
     reconstructions = np.clip(images + rng.normal(scale=0.05, size=shape), 0, 1)
-    fig = reconstruction_grid(images, reconstructions, np.abs(images - reconstructions),
-                              ["healthy 1", "tumor 1", "tumor 2"])
+    fig = reconstruction_grid(
+        images, reconstructions, np.abs(images - reconstructions), ["healthy 1", "tumor 1", "tumor 2"]
+    )
     assert isinstance(fig, Figure)
     image_axes = [ax for ax in fig.axes if ax.images]
     assert len(image_axes) == 3 * 3

@@ -28,10 +28,12 @@ def _predict(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int
 
 
 def test_a_folder_is_scored_recursively_with_bad_files_reported(
-        packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = write_scans(tmp_path / "scans")
-    code, scores, err = _predict(capsys, tmp_path / "scans", "--model", packaged_detector,
-                                 "--out", tmp_path / "scores.csv")
+    code, scores, err = _predict(
+        capsys, tmp_path / "scans", "--model", packaged_detector, "--out", tmp_path / "scores.csv"
+    )
     assert code == 0 and list(scores.columns) == COLUMNS
     assert sorted(scores["path"]) == sorted(p.as_posix() for p in files.values())
     by_path = scores.set_index("path")
@@ -48,45 +50,67 @@ def test_a_folder_is_scored_recursively_with_bad_files_reported(
     assert f"warning: {files['text'].as_posix()}" in err
 
 
-def test_a_zip_scores_like_the_folder_it_holds(packaged_detector: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_zip_scores_like_the_folder_it_holds(
+    packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = write_scans(tmp_path / "scans")
     archive = tmp_path / "scans.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for file in files.values():
             zipped.write(file, file.relative_to(tmp_path / "scans").as_posix())
-    _, folder, _ = _predict(capsys, tmp_path / "scans", "--model", packaged_detector, "--out", tmp_path / "f.csv")
-    code, zipped_scores, _ = _predict(capsys, archive, "--model", packaged_detector, "--out", tmp_path / "z.csv")
+    _, folder, _ = _predict(
+        capsys, tmp_path / "scans", "--model", packaged_detector, "--out", tmp_path / "f.csv"
+    )
+    code, zipped_scores, _ = _predict(
+        capsys, archive, "--model", packaged_detector, "--out", tmp_path / "z.csv"
+    )
     assert code == 0
-    assert zipped_scores["path"].tolist() == [p.replace(str(tmp_path / "scans"), str(archive))
-                                              for p in folder["path"]]
+    assert zipped_scores["path"].tolist() == [
+        p.replace(str(tmp_path / "scans"), str(archive)) for p in folder["path"]
+    ]
     np.testing.assert_allclose(zipped_scores["score"], folder["score"])
 
 
-def test_one_file_with_heat_maps(packaged_detector: Path, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_file_with_heat_maps(
+    packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     dicom = write_scans(tmp_path / "scans")["dicom"]
-    code, scores, _ = _predict(capsys, dicom, "--model", packaged_detector, "--out", tmp_path / "s.csv",
-                               "--heatmaps", tmp_path / "maps")
+    code, scores, _ = _predict(
+        capsys,
+        dicom,
+        "--model",
+        packaged_detector,
+        "--out",
+        tmp_path / "s.csv",
+        "--heatmaps",
+        tmp_path / "maps",
+    )
     assert code == 0 and scores["path"].tolist() == [dicom.as_posix()] and scores["score"].notna().all()
     assert (tmp_path / "maps" / "ct.dcm.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda tmp: tmp / "nowhere", "no such file or folder"),
-    (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "no files to score"),
-])
-def test_nothing_to_score_is_one_message(make, message: str, packaged_detector: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: tmp / "nowhere", "no such file or folder"),
+        (lambda tmp: (tmp / "empty").mkdir() or tmp / "empty", "no files to score"),
+    ],
+)
+def test_nothing_to_score_is_one_message(
+    make, message: str, packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = _predict(capsys, make(tmp_path), "--model", packaged_detector, "--out", tmp_path / "s.csv")
     assert code == 1 and message in err and not (tmp_path / "s.csv").exists()
 
 
 def test_only_unreadable_files_is_an_error_with_the_reasons_kept(
-        packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"")
-    code, scores, err = _predict(capsys, tmp_path / "bad", "--model", packaged_detector, "--out", tmp_path / "s.csv")
+    code, scores, err = _predict(
+        capsys, tmp_path / "bad", "--model", packaged_detector, "--out", tmp_path / "s.csv"
+    )
     assert code == 1 and "none of the 1 files" in err and scores["error"].tolist() == ["empty file (0 bytes)"]
 
 

@@ -14,8 +14,11 @@ from pipeline.__main__ import run_all
 from pipeline.config import Settings
 from pipeline.io import read_json
 
-pytestmark = [pytest.mark.slow, pytest.mark.real_data,
-              pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} is absent")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.real_data,
+    pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"{REAL_DATA} is absent"),
+]
 
 
 def _subset_zip(out: Path, per_class: dict[str, int]) -> Path:
@@ -32,15 +35,25 @@ def _subset_zip(out: Path, per_class: dict[str, int]) -> Path:
 
 def test_pipeline_on_real_images(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     archive = _subset_zip(tmp_path, {"Healthy": 120, "Tumor": 60})
-    settings = make_settings("data=local", f"data.path={archive}", "preprocess.image_size=64",
-                             "model.width=8", "model.depth=3", "train.epochs=2",
-                             "train.progress=false", base=())
+    settings = make_settings(
+        "data=local",
+        f"data.path={archive}",
+        "preprocess.image_size=64",
+        "model.width=8",
+        "model.depth=3",
+        "train.epochs=2",
+        "train.progress=false",
+        base=(),
+    )
     run_all(settings)
 
     manifest = pd.read_csv(settings.paths.manifests / "raw.csv")
     assert manifest["class"].value_counts().to_dict() == {"healthy": 120, "tumor": 60}
     assert {"JPEG", "PNG"} <= set(manifest["format"]) and len(set(manifest["width"])) > 1
-    splits = {name: pd.read_csv(settings.paths.splits / f"{name}.csv") for name in ("train", "val", "test", "test_extra")}
+    splits = {
+        name: pd.read_csv(settings.paths.splits / f"{name}.csv")
+        for name in ("train", "val", "test", "test_extra")
+    }
     seen = pd.concat(splits.values())
     assert seen["sha256"].is_unique, "an image appears in two splits"
     assert set(splits["train"]["class"]) == {"healthy"}

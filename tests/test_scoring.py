@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import keras
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from pipeline.config import ScoreConfig
-from pipeline.scoring import SCORE_KINDS, reconstruct_and_score, regions, residual_maps, score_all
+from pipeline.errors import ConfigError
+from pipeline.scoring import SCORES, reconstruct_and_score, regions, residual_maps, score_all
 from tests.conftest import score_config
 
 THRESHOLD = 0.1
@@ -56,8 +59,9 @@ def test_mse_is_read_inside_the_head_only() -> None:
     reconstruction[HEAD] += 0.1
     np.testing.assert_allclose(_score("mse", _batch(image), _batch(reconstruction)), [0.01], rtol=1e-4)
     # Over the whole image, the same residual is diluted by the black background.
-    np.testing.assert_allclose(_score("mse", _batch(image), _batch(reconstruction), region="image"),
-                               [0.01 * HEAD.mean()], rtol=1e-4)
+    np.testing.assert_allclose(
+        _score("mse", _batch(image), _batch(reconstruction), region="image"), [0.01 * HEAD.mean()], rtol=1e-4
+    )
 
 
 def test_a_residual_outside_the_head_changes_no_score() -> None:
@@ -68,7 +72,7 @@ def test_a_residual_outside_the_head_changes_no_score() -> None:
     assert np.abs(outside - reconstruction)[HEAD].max() == 0 and np.abs(outside - reconstruction).max() == 0.9
     images = _batch(image, image)
     scores = score_all(images, _batch(reconstruction, outside), _config("mse"), THRESHOLD)
-    assert set(scores) == set(SCORE_KINDS)
+    assert list(scores) == SCORES.names()
     for kind, values in scores.items():
         assert values.shape == (2,)
         np.testing.assert_allclose(values[1], values[0], rtol=1e-9, atol=1e-12, err_msg=kind)
@@ -159,7 +163,7 @@ def test_residual_maps_smoothing_spreads_a_point_and_keeps_its_mass() -> None:
 def test_empty_batch_gives_empty_scores() -> None:
     empty = np.empty((0, SIZE, SIZE, 1), dtype=np.float32)
     scores = score_all(empty, empty, _config("mse"), THRESHOLD)
-    assert set(scores) == set(SCORE_KINDS)
+    assert list(scores) == SCORES.names()
     assert all(values.shape == (0,) for values in scores.values())
 
 
@@ -176,10 +180,42 @@ def test_regions_are_the_heads_and_fall_back_to_the_whole_image_when_black() -> 
     assert all(np.isfinite(values).all() for values in scores.values())
 
 
-def test_unknown_kind_is_refused() -> None:
-    images = _batch(_head())
-    with pytest.raises(ValueError, match="unknown score kind 'psnr'"):
-        score_all(images, images, _config("mse"), THRESHOLD, ("psnr",))
+def test_every_kind_is_registered() -> None:
+    assert SCORES.names() == ["l1", "mse", "residual_percentile", "ssim", "symmetry"]
+
+
+@pytest.mark.parametrize("batch", [1, 0])
+def test_unknown_kind_is_a_config_error_listing_the_registered_ones(batch: int) -> None:
+    images = np.repeat(_batch(_head()), batch, axis=0)
+    with pytest.raises(ConfigError) as error:
+        score_all(images, images, _config("mse"), THRESHOLD, ("mse", "psnr"))
+    assert str(error.value) == (
+        "score.kind: unknown score 'psnr' (available: l1, mse, residual_percentile, ssim, symmetry)"
+    )
+
+
+@pytest.fixture
+def brightest_score() -> Iterator[str]:
+    """A score registered for one test only: the brightest reconstructed pixel inside the head."""
+    name = "test_brightest_reconstruction"
+    SCORES.register(name)(lambda x, r, masks, config: np.where(masks, r, -np.inf).max(axis=(1, 2)))
+    yield name
+    del SCORES._entries[name]
+
+
+def test_a_registered_score_is_computed_by_score_all_and_sees_only_the_head(brightest_score: str) -> None:
+    image = _head()
+    reconstruction = image + np.where(HEAD, 0.1, 0.9)  # brighter still outside the head
+    scores = score_all(_batch(image), _batch(reconstruction), _config("mse"), THRESHOLD)
+    assert brightest_score in SCORES.names() and list(scores) == SCORES.names()
+    np.testing.assert_allclose(scores[brightest_score], [image[HEAD].max() + 0.1], rtol=1e-6)
+    only = score_all(_batch(image), _batch(reconstruction), _config("mse"), THRESHOLD, (brightest_score,))
+    assert list(only) == [brightest_score]
+
+
+def test_registering_a_kind_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="'mse' is registered twice"):
+        SCORES.register("mse")(lambda x, r, masks, config: x)
 
 
 def test_reconstruct_and_score_uses_the_model_and_the_configured_kind() -> None:

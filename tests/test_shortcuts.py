@@ -57,7 +57,8 @@ def _zero_model(size: int) -> keras.Model:
 
 @pytest.mark.parametrize("head", [False, True], ids=["whole slice", "head only"])
 def test_the_blanked_copy_exposes_a_text_shortcut_and_head_masking_removes_it(
-        raw: tuple[Settings, pd.DataFrame], head: bool) -> None:
+    raw: tuple[Settings, pd.DataFrame], head: bool
+) -> None:
     settings, frame = raw
     preprocess = preprocess_config(32, head=head)
     detector = Detector(_zero_model(32), 0.0, preprocess, score_config("mse", "head" if head else "image"))

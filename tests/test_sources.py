@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.data.sources import CT_FOLDER, fetch_kaggle, fetch_local, find_dataset_root
-from pipeline.errors import DataError
+from pipeline.config import KaggleData, LocalData
+from pipeline.data.sources import CT_FOLDER, SOURCES, fetch, find_dataset_root
+from pipeline.errors import ConfigError, DataError
 
 
 def _dataset(root: Path, n: int = 2) -> Path:
@@ -52,7 +53,7 @@ def test_two_candidate_datasets_are_ambiguous(tmp_path: Path) -> None:
 
 def test_local_folder_is_copied_with_its_layout(tmp_path: Path) -> None:
     source = _dataset(tmp_path / "in" / CT_FOLDER)
-    fetch_local(tmp_path / "in", tmp_path / "raw")
+    fetch(LocalData(source="local", path=tmp_path / "in"), tmp_path / "raw", 0)
     copied = sorted(p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*.png"))
     assert copied == sorted(p.relative_to(source).as_posix() for p in source.rglob("*.png"))
 
@@ -60,7 +61,7 @@ def test_local_folder_is_copied_with_its_layout(tmp_path: Path) -> None:
 def test_zip_of_the_dataset(tmp_path: Path) -> None:
     archive = _zip(_dataset(tmp_path / CT_FOLDER), tmp_path / "dataset.zip")
     (tmp_path / "raw").mkdir()
-    fetch_local(archive, tmp_path / "raw")
+    fetch(LocalData(source="local", path=archive), tmp_path / "raw", 0)
     assert len(list((tmp_path / "raw" / "Tumor").glob("*.png"))) == 2
 
 
@@ -71,7 +72,7 @@ def test_zip_entry_escaping_the_target_is_refused_before_anything_is_written(tmp
         zipped.writestr("../../escaped.txt", b"pwned")
     (tmp_path / "work" / "raw").mkdir(parents=True)
     with pytest.raises(DataError, match=r"entry '\.\./\.\./escaped\.txt'.*outside"):
-        fetch_local(archive, tmp_path / "work" / "raw")
+        fetch(LocalData(source="local", path=archive), tmp_path / "work" / "raw", 0)
     assert not list(tmp_path.rglob("escaped.txt"))
     assert not list((tmp_path / "work").rglob("a.png"))
 
@@ -80,7 +81,7 @@ def test_broken_zip_is_named(tmp_path: Path) -> None:
     archive = tmp_path / "broken.zip"
     archive.write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(DataError, match="broken.zip"):
-        fetch_local(archive, tmp_path / "raw")
+        fetch(LocalData(source="local", path=archive), tmp_path / "raw", 0)
 
 
 def test_empty_class_folder_is_an_error(tmp_path: Path) -> None:
@@ -88,13 +89,26 @@ def test_empty_class_folder_is_an_error(tmp_path: Path) -> None:
     for path in (root / "Tumor").iterdir():
         path.unlink()
     with pytest.raises(DataError, match="Tumor class folder is empty"):
-        fetch_local(root, tmp_path / "raw")
+        fetch(LocalData(source="local", path=root), tmp_path / "raw", 0)
 
 
-def test_kaggle_without_credentials_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kaggle_without_credentials_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))
     with pytest.raises(DataError, match="KAGGLE_USERNAME and KAGGLE_KEY"):
-        fetch_kaggle("murtozalikhon/brain-tumor-multimodal-image-ct-and-mri", tmp_path / "raw")
+        fetch(
+            KaggleData(source="kaggle", handle="murtozalikhon/brain-tumor-multimodal-image-ct-and-mri"),
+            tmp_path / "raw",
+            0,
+        )
+
+
+def test_unknown_source_lists_the_registered_ones() -> None:
+    with pytest.raises(
+        ConfigError, match=r"data\.source: unknown data source 'ftp' \(available: kaggle, local, synthetic\)"
+    ):
+        SOURCES.get("ftp")

@@ -10,20 +10,27 @@ from pipeline.config import SplitConfig
 from pipeline.data.splitting import EXTRA_SPLIT, group_duplicates, scaled_sizes, split
 from pipeline.errors import DataError
 
-CONFIG = SplitConfig.model_validate({"healthy": {"train": 1600, "val": 200, "test": 200},
-                                     "tumor": {"val": 200, "test": 200}, "near_duplicate_distance": 2})
+CONFIG = SplitConfig.model_validate(
+    {
+        "healthy": {"train": 1600, "val": 200, "test": 200},
+        "tumor": {"val": 200, "test": 200},
+        "near_duplicate_distance": 2,
+    }
+)
 
 
 def _manifest(n_healthy: int, n_tumor: int, seed: int = 0) -> pd.DataFrame:
     """Rows with random (so far apart) perceptual hashes and unique content hashes."""
     rng = np.random.default_rng(seed)
     n = n_healthy + n_tumor
-    return pd.DataFrame({
-        "path": [f"{'Healthy' if i < n_healthy else 'Tumor'}/{i}.png" for i in range(n)],
-        "class": ["healthy"] * n_healthy + ["tumor"] * n_tumor,
-        "sha256": [f"{i:064x}" for i in range(n)],
-        "phash": [f"{int(v):016x}" for v in rng.integers(0, 2**63, n, dtype=np.int64)],
-    })
+    return pd.DataFrame(
+        {
+            "path": [f"{'Healthy' if i < n_healthy else 'Tumor'}/{i}.png" for i in range(n)],
+            "class": ["healthy"] * n_healthy + ["tumor"] * n_tumor,
+            "sha256": [f"{i:064x}" for i in range(n)],
+            "phash": [f"{int(v):016x}" for v in rng.integers(0, 2**63, n, dtype=np.int64)],
+        }
+    )
 
 
 def _flip_bits(phash: str, bits: int, offset: int = 0) -> str:
@@ -33,8 +40,14 @@ def _flip_bits(phash: str, bits: int, offset: int = 0) -> str:
 def test_the_methods_sizes_on_data_of_the_methods_size() -> None:
     result = split(_manifest(2000, 1200), CONFIG, seed=1)
     sizes = result.assigned.groupby(["class", "split"]).size().to_dict()
-    assert sizes == {("healthy", "train"): 1600, ("healthy", "val"): 200, ("healthy", "test"): 200,
-                     ("tumor", "val"): 200, ("tumor", "test"): 200, ("tumor", EXTRA_SPLIT): 800}
+    assert sizes == {
+        ("healthy", "train"): 1600,
+        ("healthy", "val"): 200,
+        ("healthy", "test"): 200,
+        ("tumor", "val"): 200,
+        ("tumor", "test"): 200,
+        ("tumor", EXTRA_SPLIT): 800,
+    }
 
 
 def test_smaller_data_keeps_the_proportions() -> None:

@@ -13,23 +13,73 @@ import pytest
 from PIL import Image
 
 from pipeline import download, split
-from pipeline.config import ROOT, Settings
+from pipeline.config import Settings
 from pipeline.data.datasets import load_split
 from pipeline.data.manifest import read_manifest
 from pipeline.data.synthetic import generate
 from pipeline.errors import DataError
+from pipeline.params import ROOT
 from tests.dicom_factory import write_ct_slice
 
 
 def test_a_config_error_is_one_line_not_a_traceback() -> None:
-    done = subprocess.run([sys.executable, "-m", "pipeline.download", "data=local"], check=False, cwd=ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.download", "data=local"],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1
     assert "error: config value 'data.path' is required" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_a_failed_download_keeps_the_previous_data(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("entry", "override", "message"),
+    [
+        (
+            "pipeline.download",
+            "model.width=0",
+            "model.width: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            "pipeline",
+            "preprocess.image_size=120",
+            "model 'unet' halves the image 4 times: preprocess.image_size must be divisible by 16, got 120",
+        ),
+    ],
+)
+def test_model_parameters_are_rejected_before_any_stage_works(
+    entry: str, override: str, message: str, tmp_path: Path
+) -> None:
+    """A model value that only the model could refuse fails before download, not after split."""
+    paths = [
+        f"paths.{key}={tmp_path / key}" for key in ("raw", "manifests", "splits", "cache", "model", "reports")
+    ]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            entry,
+            override,
+            *paths,
+            f"hydra.run.dir={tmp_path / 'hydra'}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and f"error: {message}" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not any((tmp_path / key).exists() for key in ("raw", "manifests", "splits", "model"))
+
+
+def test_a_failed_download_keeps_the_previous_data(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     archive = tmp_path / "evil.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("../outside.png", b"x")
@@ -43,8 +93,9 @@ def test_a_failed_download_keeps_the_previous_data(make_settings: Callable[..., 
     assert [p.name for p in settings.paths.raw.parent.iterdir()] == ["raw"]  # no temporary left behind
 
 
-def test_a_folder_of_dicom_slices_is_a_training_source(make_settings: Callable[..., Settings],
-                                                       tmp_path: Path) -> None:
+def test_a_folder_of_dicom_slices_is_a_training_source(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
     """DICOM in HU, windowed by the config, gives exactly the inputs its 8-bit export gives: here each
     PNG grey value g is written as HU g * 80/255, which the brain window (40/80) maps back to g/255."""
     generate(tmp_path / "png", 12, 6, seed=0, min_size=64, max_size=80, progress=False)
@@ -55,13 +106,21 @@ def test_a_folder_of_dicom_slices_is_a_training_source(make_settings: Callable[.
         write_ct_slice(target, grey * 80 / 255, slope=80 / 255, intercept=0.0)
     loaded = {}
     for source in ("png", "dicom"):
-        settings = make_settings("data=local", f"data.path={tmp_path / source}", "preprocess.image_size=32",
-                                 "split.near_duplicate_distance=0", "train.progress=false",
-                                 f"paths.raw={tmp_path / source}-raw", f"paths.cache={tmp_path / source}-cache",
-                                 base=())
+        settings = make_settings(
+            "data=local",
+            f"data.path={tmp_path / source}",
+            "preprocess.image_size=32",
+            "split.near_duplicate_distance=0",
+            "train.progress=false",
+            f"paths.raw={tmp_path / source}-raw",
+            f"paths.cache={tmp_path / source}-cache",
+            base=(),
+        )
         download.run(settings)
         split.run(settings)
         loaded[source] = load_split(settings, "train")
     assert set(read_manifest(settings.paths.manifests / "raw.csv")["format"]) == {"DICOM"}
-    assert [Path(p).stem for p in loaded["dicom"].frame["path"]] == [Path(p).stem for p in loaded["png"].frame["path"]]
+    assert [Path(p).stem for p in loaded["dicom"].frame["path"]] == [
+        Path(p).stem for p in loaded["png"].frame["path"]
+    ]
     np.testing.assert_allclose(loaded["dicom"].images, loaded["png"].images, atol=1e-5)

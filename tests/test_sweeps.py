@@ -13,15 +13,22 @@ import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import ROOT
+from pipeline.params import ROOT
 
 pytestmark = pytest.mark.slow
 
 
 def _pipeline(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pipeline", *overrides, "experiment=smoke", "hydra.sweep.dir=sweep"]
-    return subprocess.run(command, check=False, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        command,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _client(cwd: Path) -> MlflowClient:
@@ -30,8 +37,9 @@ def _client(cwd: Path) -> MlflowClient:
 
 def _runs(cwd: Path, experiment: str = "brain-ct-anomaly") -> list[Run]:
     client = _client(cwd)
-    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
-                              order_by=["attributes.start_time ASC"])
+    return client.search_runs(
+        [client.get_experiment_by_name(experiment).experiment_id], order_by=["attributes.start_time ASC"]
+    )
 
 
 def test_multirun_over_two_variants_makes_one_run_each(tmp_path: Path) -> None:
@@ -43,8 +51,10 @@ def test_multirun_over_two_variants_makes_one_run_each(tmp_path: Path) -> None:
     assert all(run.info.status == "FINISHED" for run in runs)
     sweep = tmp_path / "sweep"
     assert {run.data.tags["sweep"] for run in runs} == {str(sweep.resolve())}
-    assert [run.data.tags["sweep_overrides"] for run in runs] == ["experiment=smoke,model=cae",
-                                                                  "experiment=smoke,model=vae"]
+    assert [run.data.tags["sweep_overrides"] for run in runs] == [
+        "experiment=smoke,model=cae",
+        "experiment=smoke,model=vae",
+    ]
     for job, run in enumerate(runs):
         assert {"val_roc_auc", "test_roc_auc"} <= set(run.data.metrics)
         assert (sweep / str(job) / "models" / "detector" / "MLmodel").exists()

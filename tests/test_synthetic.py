@@ -114,8 +114,12 @@ def test_healthy_render_is_what_was_saved(dataset: Path) -> None:
 def _enclosed_by_bone(image: np.ndarray) -> np.ndarray:
     """Pixels with bone (near white) somewhere above, below, left and right of them."""
     bone = image >= 200
-    return (np.maximum.accumulate(bone, axis=0) & np.maximum.accumulate(bone[::-1], axis=0)[::-1]
-            & np.maximum.accumulate(bone, axis=1) & np.maximum.accumulate(bone[:, ::-1], axis=1)[:, ::-1])
+    return (
+        np.maximum.accumulate(bone, axis=0)
+        & np.maximum.accumulate(bone[::-1], axis=0)[::-1]
+        & np.maximum.accumulate(bone, axis=1)
+        & np.maximum.accumulate(bone[:, ::-1], axis=1)[:, ::-1]
+    )
 
 
 def test_masks_lie_inside_the_skull(dataset: Path) -> None:

@@ -3,16 +3,22 @@ import math
 import numpy as np
 import pytest
 
+from pipeline.config import ThresholdConfig
+from pipeline.errors import ConfigError
 from pipeline.metrics import detection_metrics
 from pipeline.thresholds import (
-    LABEL_FREE,
-    THRESHOLD_METHODS,
+    THRESHOLD_RULES,
     calibrate_thresholds,
     f1_optimal_threshold,
+    label_free,
     mean_std_threshold,
     percentile_threshold,
     youden_threshold,
 )
+
+
+def _config(k: float = 1.0, percentile: float = 95.0) -> ThresholdConfig:
+    return ThresholdConfig(method="mean_std", k=k, percentile=percentile)
 
 
 def test_known_numbers_use_population_std() -> None:
@@ -179,16 +185,35 @@ def test_label_based_bad_inputs_raise(method, labels: np.ndarray, scores: np.nda
 
 
 def test_registry_names_split_into_label_free_and_label_based() -> None:
-    assert LABEL_FREE < set(THRESHOLD_METHODS)
-    assert len(set(THRESHOLD_METHODS)) == len(THRESHOLD_METHODS)
+    assert THRESHOLD_RULES.names() == ["f1_optimal", "mean_std", "percentile", "youden"]
+    assert label_free() == ["mean_std", "percentile"]
+    assert [name for name, rule in THRESHOLD_RULES.items() if rule.needs_tumors] == ["f1_optimal", "youden"]
 
 
-def test_calibrate_thresholds_with_tumor_errors_gives_every_method() -> None:
+def test_unknown_rule_is_a_config_error_listing_the_registered_ones() -> None:
+    with pytest.raises(ConfigError) as error:
+        THRESHOLD_RULES.get("otsu")
+    assert str(error.value) == (
+        "threshold.method: unknown threshold rule 'otsu' "
+        "(available: f1_optimal, mean_std, percentile, youden)"
+    )
+
+
+def test_each_rule_reads_its_own_setting() -> None:
+    healthy = np.array([1.0, 2.0, 3.0, 4.0])
+    tumor = np.array([5.0])
+    config = _config(k=0.0, percentile=50.0)
+    assert THRESHOLD_RULES.get("mean_std").compute(healthy, tumor, config) == pytest.approx(2.5)
+    assert THRESHOLD_RULES.get("percentile").compute(healthy, tumor, config) == pytest.approx(2.5)
+    assert THRESHOLD_RULES.get("youden").compute(healthy, tumor, config) == np.nextafter(5.0, -np.inf)
+
+
+def test_calibrate_thresholds_with_tumor_errors_gives_every_rule() -> None:
     rng = np.random.default_rng(5)
     healthy = rng.gamma(2.0, 0.01, size=150).astype(np.float32)
     tumor = rng.gamma(3.0, 0.01, size=50).astype(np.float32)
-    thresholds = calibrate_thresholds(healthy, tumor, k=2.0, percentile=95.0)
-    assert tuple(thresholds) == THRESHOLD_METHODS
+    thresholds = calibrate_thresholds(healthy, tumor, _config(k=2.0, percentile=95.0))
+    assert list(thresholds) == ["mean_std", "percentile", "f1_optimal", "youden"]  # registration order
     assert all(type(value) is float for value in thresholds.values())
     labels = np.concatenate([np.zeros(healthy.size, dtype=int), np.ones(tumor.size, dtype=int)])
     scores = np.concatenate([healthy, tumor])
@@ -200,8 +225,14 @@ def test_calibrate_thresholds_with_tumor_errors_gives_every_method() -> None:
     }
 
 
-def test_calibrate_thresholds_without_tumor_errors_gives_the_label_free_methods() -> None:
+@pytest.mark.parametrize("tumor", [np.array([]), []])
+def test_calibrate_thresholds_without_tumor_errors_leaves_out_the_rules_that_need_them(tumor) -> None:
     healthy = np.array([1.0, 2.0, 3.0, 4.0])
-    thresholds = calibrate_thresholds(healthy, np.array([]), k=1.0, percentile=50.0)
-    assert set(thresholds) == LABEL_FREE
+    thresholds = calibrate_thresholds(healthy, tumor, _config(k=1.0, percentile=50.0))
+    assert list(thresholds) == label_free()
     assert thresholds == {"mean_std": pytest.approx(2.5 + math.sqrt(1.25)), "percentile": pytest.approx(2.5)}
+
+
+def test_calibrate_thresholds_refuses_non_finite_tumor_errors() -> None:
+    with pytest.raises(ValueError, match="tumor errors must be finite; got 1 NaN"):
+        calibrate_thresholds(np.array([0.1, 0.2]), np.array([0.3, np.nan]), _config())

@@ -19,8 +19,11 @@ def _tiny_model():
 
 def _models_of(run_id: str) -> list:
     experiment = MlflowClient().get_run(run_id).info.experiment_id
-    return [m for m in mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")
-            if m.source_run_id == run_id]
+    return [
+        m
+        for m in mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")
+        if m.source_run_id == run_id
+    ]
 
 
 def _train_run(settings: Settings) -> str:
@@ -34,8 +37,7 @@ def _train_run(settings: Settings) -> str:
 def test_later_stages_add_to_the_run_of_the_model(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
     run_id = _train_run(settings)
-    with tracking.model_run(settings, "calibrate", settings.paths.run_file("train"),
-                            settings.paths.run_file("calibrate"), _tiny_model()) as resumed:
+    with tracking.model_run(settings, "calibrate", _tiny_model()) as resumed:
         mlflow.log_metric("threshold", 0.5)
     assert resumed == run_id == read_json(settings.paths.run_file("calibrate"))["run_id"]
     run = MlflowClient().get_run(run_id)
@@ -45,20 +47,22 @@ def test_later_stages_add_to_the_run_of_the_model(make_settings: Callable[..., S
     assert run.data.tags["data_hash"] == "abc123" and run.data.tags["git_commit"]
 
 
-def test_another_thread_count_reopens_the_run_instead_of_forking(make_settings: Callable[..., Settings]) -> None:
+def test_another_thread_count_reopens_the_run_instead_of_forking(
+    make_settings: Callable[..., Settings],
+) -> None:
     run_id = _train_run(make_settings())
     other = make_settings("runtime.threads=1")
-    with tracking.model_run(other, "calibrate", other.paths.run_file("train"),
-                            other.paths.run_file("calibrate"), _tiny_model()) as resumed:
+    with tracking.model_run(other, "calibrate", _tiny_model()) as resumed:
         pass
     assert resumed == run_id
 
 
-def test_a_changed_config_forks_a_run_with_the_model_and_its_history(make_settings: Callable[..., Settings]) -> None:
+def test_a_changed_config_forks_a_run_with_the_model_and_its_history(
+    make_settings: Callable[..., Settings],
+) -> None:
     run_id = _train_run(make_settings())
     changed = make_settings("threshold.k=2")
-    with tracking.model_run(changed, "calibrate", changed.paths.run_file("train"),
-                            changed.paths.run_file("calibrate"), _tiny_model()) as fork:
+    with tracking.model_run(changed, "calibrate", _tiny_model()) as fork:
         pass
     assert fork != run_id and len(_models_of(fork)) == 1
     client = MlflowClient()
@@ -80,7 +84,9 @@ def test_environment_tracking_uri_wins(make_settings: Callable[..., Settings], m
     assert mlflow.get_tracking_uri() == uri
 
 
-def test_config_store_is_used_again_after_mlflow_exported_it(make_settings: Callable[..., Settings], tmp_path) -> None:
+def test_config_store_is_used_again_after_mlflow_exported_it(
+    make_settings: Callable[..., Settings], tmp_path
+) -> None:
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; that must not pin later setups to it."""
     other = f"sqlite:///{tmp_path / 'other.db'}"
     first, second = make_settings(), make_settings(f"mlflow.tracking_uri={other}")
@@ -89,7 +95,9 @@ def test_config_store_is_used_again_after_mlflow_exported_it(make_settings: Call
     assert mlflow.get_tracking_uri() == other
 
 
-def test_local_experiments_keep_artifacts_under_the_artifact_root(make_settings: Callable[..., Settings]) -> None:
+def test_local_experiments_keep_artifacts_under_the_artifact_root(
+    make_settings: Callable[..., Settings],
+) -> None:
     settings = make_settings()
     tracking.setup(settings.mlflow)
     location = mlflow.get_experiment(tracking.experiment_id("x", settings.mlflow)).artifact_location

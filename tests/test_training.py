@@ -20,8 +20,17 @@ NO_NOISE = NoiseConfig(std=0, resolution=4)
 
 
 def _config(augment: AugmentConfig = AUGMENT, noise: NoiseConfig = NOISE, **changes: object) -> TrainConfig:
-    settings = {"epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "early_stopping_patience": 1,
-                "progress": False, "precision": "float32", "schedule": "constant", "augment": augment, "noise": noise} | changes
+    settings = {
+        "epochs": 3,
+        "batch_size": 8,
+        "learning_rate": 1e-3,
+        "early_stopping_patience": 1,
+        "progress": False,
+        "precision": "float32",
+        "schedule": "constant",
+        "augment": augment,
+        "noise": noise,
+    } | changes
     return TrainConfig(**settings)
 
 
@@ -49,7 +58,9 @@ class SpoilLastEpoch(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if epoch == 2:
             rng = np.random.default_rng(0)
-            self.model.set_weights([rng.normal(0, 1, w.shape).astype(w.dtype) for w in self.model.get_weights()])
+            self.model.set_weights(
+                [rng.normal(0, 1, w.shape).astype(w.dtype) for w in self.model.get_weights()]
+            )
 
 
 def _fit(seed: int) -> tuple[TrainingResult, np.ndarray, np.ndarray]:
@@ -58,7 +69,11 @@ def _fit(seed: int) -> tuple[TrainingResult, np.ndarray, np.ndarray]:
     model = build_model("cae", (16, 16, 1), {"width": 4, "depth": 2, "latent_dim": 4})
     config = _config(early_stopping_patience=10, learning_rate=1e-2)
     result = fit(model, DATA[:16], DATA[16:], config, seed, callbacks=[SpoilLastEpoch()])
-    return result, reconstruct_and_score(model, DATA, score_config(), 0.1)[1], model.predict(DATA[16:], verbose=0)
+    return (
+        result,
+        reconstruct_and_score(model, DATA, score_config(), 0.1)[1],
+        model.predict(DATA[16:], verbose=0),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +81,9 @@ def twice() -> tuple[tuple[TrainingResult, np.ndarray, np.ndarray], ...]:
     return _fit(7), _fit(7)
 
 
-def test_same_seed_same_losses_and_scores(twice: tuple[tuple[TrainingResult, np.ndarray, np.ndarray], ...]
-                                          ) -> None:
+def test_same_seed_same_losses_and_scores(
+    twice: tuple[tuple[TrainingResult, np.ndarray, np.ndarray], ...],
+) -> None:
     (first, first_scores, _), (again, again_scores, _) = twice
     assert first.history == again.history
     assert first.best_epoch == again.best_epoch
@@ -75,8 +91,9 @@ def test_same_seed_same_losses_and_scores(twice: tuple[tuple[TrainingResult, np.
     assert np.all(first_scores > 0)
 
 
-def test_history_best_epoch_and_kept_weights(twice: tuple[tuple[TrainingResult, np.ndarray, np.ndarray], ...]
-                                             ) -> None:
+def test_history_best_epoch_and_kept_weights(
+    twice: tuple[tuple[TrainingResult, np.ndarray, np.ndarray], ...],
+) -> None:
     result, _, reconstructions = twice[0]
     assert set(result.history) == {"loss", "val_loss"}
     assert len(result.history["loss"]) == len(result.history["val_loss"]) == 3
@@ -90,6 +107,7 @@ def test_history_best_epoch_and_kept_weights(twice: tuple[tuple[TrainingResult, 
 
 
 # --- training_batches ------------------------------------------------------------------------------
+
 
 def test_without_augmentation_or_noise_inputs_and_targets_are_the_images_shuffled() -> None:
     images = _heads(12)
@@ -121,8 +139,9 @@ def test_noise_is_added_inside_the_head_only(augment: AugmentConfig) -> None:
 def test_values_stay_in_the_unit_range_under_strong_gain_and_noise() -> None:
     images = _heads(12)
     images[:, 4:12, 4:12] = 1.0  # saturated pixels, pushed above 1 by the gain and the noise
-    config = _config(AugmentConfig(rotation=30, shift=0.3, flip=True, intensity=0.5),
-                     NoiseConfig(std=1.0, resolution=8))
+    config = _config(
+        AugmentConfig(rotation=30, shift=0.3, flip=True, intensity=0.5), NoiseConfig(std=1.0, resolution=8)
+    )
     inputs, targets = _epoch(training_batches(images, config, seed=2))
     for values in (inputs, targets):
         assert values.min() >= 0.0 and values.max() <= 1.0

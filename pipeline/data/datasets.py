@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Settings
+from pipeline.data.classes import TUMOR
 from pipeline.data.images import load_cached
 from pipeline.data.manifest import read_manifest
-
-SPLIT_NAMES = ("train", "val", "test", "test_extra")
+from pipeline.data.splitting import SPLITS
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Split:
     @property
     def labels(self) -> np.ndarray:
         """1 for tumor (the anomaly), 0 for healthy."""
-        return (self.frame["class"] == "tumor").to_numpy(dtype=np.int64)
+        return (self.frame["class"] == TUMOR).to_numpy(dtype=np.int64)
 
 
 def split_file(settings: Settings, name: str) -> Path:
@@ -33,7 +33,7 @@ def split_file(settings: Settings, name: str) -> Path:
 
 def read_splits(settings: Settings) -> pd.DataFrame:
     """The manifest rows of every split, with a `split` column."""
-    return pd.concat([read_manifest(split_file(settings, name)).assign(split=name) for name in SPLIT_NAMES])
+    return pd.concat([read_manifest(split_file(settings, name)).assign(split=name) for name in SPLITS])
 
 
 def load_split(settings: Settings, name: str, only_class: str | None = None) -> Split:
@@ -41,6 +41,11 @@ def load_split(settings: Settings, name: str, only_class: str | None = None) -> 
     frame = read_manifest(split_file(settings, name))
     if only_class is not None:
         frame = frame[frame["class"] == only_class].reset_index(drop=True)
-    images = load_cached([settings.paths.raw / p for p in frame["path"]], frame["sha256"].tolist(),
-                         settings.preprocess, settings.paths.cache, progress=settings.train.progress)
+    images = load_cached(
+        [settings.paths.raw / p for p in frame["path"]],
+        frame["sha256"].tolist(),
+        settings.preprocess,
+        settings.paths.cache,
+        progress=settings.train.progress,
+    )
     return Split(name, frame, images)

@@ -34,8 +34,10 @@ def bounding_box(mask: np.ndarray, margin: float) -> tuple[slice, slice]:
     if not len(rows):
         return slice(0, mask.shape[0]), slice(0, mask.shape[1])
     pad = round(margin * max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1))
-    return (slice(max(rows[0] - pad, 0), min(rows[-1] + 1 + pad, mask.shape[0])),
-            slice(max(cols[0] - pad, 0), min(cols[-1] + 1 + pad, mask.shape[1])))
+    return (
+        slice(max(rows[0] - pad, 0), min(rows[-1] + 1 + pad, mask.shape[0])),
+        slice(max(cols[0] - pad, 0), min(cols[-1] + 1 + pad, mask.shape[1])),
+    )
 
 
 def normalize_intensity(gray: np.ndarray, mask: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -102,8 +102,9 @@ def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
-def preprocess(gray: np.ndarray, config: PreprocessConfig, companion: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray | None]:
+def preprocess(
+    gray: np.ndarray, config: PreprocessConfig, companion: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A decoded slice -> the model's (image_size, image_size) input: the head found, everything
     outside it blanked, cropped to it, intensities normalised, padded to a square and resized, as
     `config` asks. `companion` (a pixel mask of the same size, e.g. a tumor outline) gets the same
@@ -149,23 +150,33 @@ def load_images(
         batch[index, :, :, 0] = load_image(paths[index], config)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in progress_bar(pool.map(decode_one, range(len(paths))), desc="decode", total=len(paths),
-                              enabled=progress):
+        for _ in progress_bar(
+            pool.map(decode_one, range(len(paths))), desc="decode", total=len(paths), enabled=progress
+        ):
             pass
     return batch
 
 
 def load_cached(
-    paths: Sequence[Path], content_hashes: Sequence[str], config: PreprocessConfig, cache_dir: Path,
-    *, progress: bool = True,
+    paths: Sequence[Path],
+    content_hashes: Sequence[str],
+    config: PreprocessConfig,
+    cache_dir: Path,
+    *,
+    progress: bool = True,
 ) -> np.ndarray:
     """`load_images`, decoded once: the batch is kept in `cache_dir` under a key made of the files'
     content hashes, the preprocessing config and version, so later epochs, stages and reruns read one
     array instead of decoding again."""
-    key = hashlib.sha256(json.dumps(
-        {"version": PREPROCESS_VERSION, "preprocess": config.model_dump(mode="json"),
-         "files": list(content_hashes)}
-    ).encode()).hexdigest()[:32]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "version": PREPROCESS_VERSION,
+                "preprocess": config.model_dump(mode="json"),
+                "files": list(content_hashes),
+            }
+        ).encode()
+    ).hexdigest()[:32]
     cached = Path(cache_dir) / f"{key}.npy"
     if cached.exists():
         return np.load(cached)

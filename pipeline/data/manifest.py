@@ -14,8 +14,8 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.config import DicomWindow
+from pipeline.data.classes import FOLDERS
 from pipeline.data.images import decode
-from pipeline.data.sources import CLASSES
 from pipeline.errors import ImageDecodeError
 from pipeline.progress import progress as progress_bar
 
@@ -31,7 +31,7 @@ def inspect(raw_dir: Path, path: Path, class_name: str, window: DicomWindow) -> 
     perceptual = imagehash.phash(Image.fromarray(np.round(decoded.pixels * 255).astype(np.uint8)))
     return {
         "path": path.relative_to(raw_dir).as_posix(),
-        "class": class_name.lower(),
+        "class": class_name,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "phash": str(perceptual),
         "width": decoded.width,
@@ -41,11 +41,16 @@ def inspect(raw_dir: Path, path: Path, class_name: str, window: DicomWindow) -> 
     }
 
 
-def build_manifest(raw_dir: Path, window: DicomWindow, *, progress: bool = True
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_manifest(
+    raw_dir: Path, window: DicomWindow, *, progress: bool = True
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Inspect every file under raw_dir/{Healthy,Tumor}; return (manifest, rejects), sorted by path."""
-    jobs = [(path, name) for name in CLASSES
-            for path in sorted((raw_dir / name).rglob("*")) if path.is_file()]
+    jobs = [
+        (path, name)
+        for name, folder in FOLDERS.items()
+        for path in sorted((raw_dir / folder).rglob("*"))
+        if path.is_file()
+    ]
     entries: list[dict] = []
     rejects: list[dict] = []
 
@@ -54,11 +59,14 @@ def build_manifest(raw_dir: Path, window: DicomWindow, *, progress: bool = True
         try:
             entries.append(inspect(raw_dir, path, name, window))
         except ImageDecodeError as err:
-            rejects.append({"path": path.relative_to(raw_dir).as_posix(), "class": name.lower(),
-                            "reason": err.reason})
+            rejects.append(
+                {"path": path.relative_to(raw_dir).as_posix(), "class": name, "reason": err.reason}
+            )
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for _ in progress_bar(pool.map(run, jobs), desc="inspect", unit="file", total=len(jobs), enabled=progress):
+        for _ in progress_bar(
+            pool.map(run, jobs), desc="inspect", unit="file", total=len(jobs), enabled=progress
+        ):
             pass
     manifest = pd.DataFrame(entries, columns=MANIFEST_COLUMNS).sort_values("path", ignore_index=True)
     rejected = pd.DataFrame(rejects, columns=REJECT_COLUMNS).sort_values("path", ignore_index=True)

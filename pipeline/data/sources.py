@@ -1,5 +1,6 @@
 """Bring a dataset into `data/raw/{Healthy,Tumor}/`: the built-in synthetic slices, a local folder or
-zip laid out like the public dataset, or the public dataset itself from Kaggle."""
+zip laid out like the public dataset, or the public dataset itself from Kaggle. Each source registers
+its fetcher under the `source` tag of its config class (`pipeline.config.DataConfig`)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,23 @@ import logging
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pipeline.config import KaggleData, LocalData, SyntheticData
+from pipeline.config import DataConfig, KaggleData, LocalData, SyntheticData
 from pipeline.data import synthetic
+from pipeline.data.classes import FOLDERS
 from pipeline.errors import DataError
 from pipeline.progress import progress
+from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("Healthy", "Tumor")
+# fetch(config, out_dir, seed) fills the empty folder out_dir with one subfolder per class
+Fetcher = Callable[[Any, Path, int], None]
+SOURCES: Registry[Fetcher] = Registry("data source", "data.source")
+CLASSES = tuple(FOLDERS.values())
 CT_FOLDER = "Brain Tumor CT scan Images"  # the CT half of the public dataset (beside an MRI half)
 
 
@@ -39,10 +47,13 @@ def find_dataset_root(path: Path) -> Path:
             return candidates[0]
         if len(candidates) > 1:
             listed = ", ".join(str(c) for c in candidates)
-            raise DataError(f"{path}: several folders hold Healthy/ and Tumor/ ({listed}); "
-                            "point data.path at one of them")
-    raise DataError(f"{path}: no Healthy/ and Tumor/ folders found (expected "
-                    f"'{CT_FOLDER}/{{Healthy,Tumor}}' or '{{Healthy,Tumor}}' directly)")
+            raise DataError(
+                f"{path}: several folders hold Healthy/ and Tumor/ ({listed}); point data.path at one of them"
+            )
+    raise DataError(
+        f"{path}: no Healthy/ and Tumor/ folders found (expected "
+        f"'{CT_FOLDER}/{{Healthy,Tumor}}' or '{{Healthy,Tumor}}' directly)"
+    )
 
 
 def safe_extract(archive: Path, target: Path) -> None:
@@ -52,8 +63,10 @@ def safe_extract(archive: Path, target: Path) -> None:
             root = target.resolve()
             for name in zipped.namelist():
                 if not (root / name).resolve().is_relative_to(root):
-                    raise DataError(f"{archive}: entry '{name}' would be written outside the "
-                                    "extraction folder; refusing to extract this archive")
+                    raise DataError(
+                        f"{archive}: entry '{name}' would be written outside the "
+                        "extraction folder; refusing to extract this archive"
+                    )
             zipped.extractall(target)
     except zipfile.BadZipFile as err:
         raise DataError(f"{archive}: not a readable zip archive ({err})") from None
@@ -74,7 +87,16 @@ def copy_classes(root: Path, out_dir: Path) -> None:
         shutil.copyfile(source, destination)
 
 
-def fetch_local(path: Path, out_dir: Path) -> None:
+@SOURCES.register("synthetic")
+def fetch_synthetic(data: SyntheticData, out_dir: Path, seed: int) -> None:
+    synthetic.generate(
+        out_dir, data.n_healthy, data.n_tumor, seed, min_size=data.min_size, max_size=data.max_size
+    )
+
+
+@SOURCES.register("local")
+def fetch_local(data: LocalData, out_dir: Path, seed: int) -> None:
+    path = data.path
     if path.is_file() and zipfile.is_zipfile(path):
         with tempfile.TemporaryDirectory(dir=out_dir.parent) as extracted:
             safe_extract(path, Path(extracted))
@@ -85,7 +107,8 @@ def fetch_local(path: Path, out_dir: Path) -> None:
         raise DataError(f"{path}: neither a folder nor a zip archive")
 
 
-def fetch_kaggle(handle: str, out_dir: Path) -> None:
+@SOURCES.register("kaggle")
+def fetch_kaggle(data: KaggleData, out_dir: Path, seed: int) -> None:
     import kagglehub
     from kagglehub.config import get_kaggle_credentials
 
@@ -93,20 +116,15 @@ def fetch_kaggle(handle: str, out_dir: Path) -> None:
         raise DataError(
             "data=kaggle needs Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), "
             "or put kaggle.json in ~/.kaggle/ (or in $KAGGLE_CONFIG_DIR). Without network access, download "
-            "the dataset elsewhere and use data=local data.path=/path/to/it")
+            "the dataset elsewhere and use data=local data.path=/path/to/it"
+        )
     try:
-        downloaded = Path(kagglehub.dataset_download(handle))
+        downloaded = Path(kagglehub.dataset_download(data.handle))
     except Exception as err:  # noqa: BLE001 -- kagglehub raises requests, HTTP and its own errors alike
-        raise DataError(f"downloading Kaggle dataset '{handle}' failed: {err}") from None
+        raise DataError(f"downloading Kaggle dataset '{data.handle}' failed: {err}") from None
     copy_classes(find_dataset_root(downloaded), out_dir)
 
 
-def fetch(data: SyntheticData | LocalData | KaggleData, out_dir: Path, seed: int) -> None:
+def fetch(data: DataConfig, out_dir: Path, seed: int) -> None:
     """Fill the empty folder `out_dir` with `Healthy/` and `Tumor/` (and `Masks/` for synthetic data)."""
-    if isinstance(data, SyntheticData):
-        synthetic.generate(out_dir, data.n_healthy, data.n_tumor, seed,
-                           min_size=data.min_size, max_size=data.max_size)
-    elif isinstance(data, LocalData):
-        fetch_local(data.path, out_dir)
-    else:
-        fetch_kaggle(data.handle, out_dir)
+    SOURCES.get(data.source)(data, out_dir, seed)

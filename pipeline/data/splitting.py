@@ -12,11 +12,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipeline.config import SplitConfig
+from pipeline.data.classes import HEALTHY, TUMOR
 from pipeline.errors import DataError
 
-HEALTHY_SPLITS = ("train", "val", "test")
-TUMOR_SPLITS = ("val", "test")
-EXTRA_SPLIT = "test_extra"
+SPLITS = ("train", "val", "test", "test_extra")  # the split files, in this order
+HEALTHY_SPLITS = SPLITS[:3]
+TUMOR_SPLITS = SPLITS[1:3]
+EXTRA_SPLIT = SPLITS[3]  # the tumor slices beyond the configured sizes: a tumor-only test set
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ def _exclusions(manifest: pd.DataFrame) -> pd.Series:
     reason[mixed] = "identical or near-identical to an image of the other class"
     keepers = manifest.sort_values("path").drop_duplicates("sha256")
     copies = ~manifest.index.isin(keepers.index) & ~mixed
-    reason[copies] = "exact duplicate of " + manifest.loc[copies, "sha256"].map(keepers.set_index("sha256")["path"])
+    reason[copies] = "exact duplicate of " + manifest.loc[copies, "sha256"].map(
+        keepers.set_index("sha256")["path"]
+    )
     return reason
 
 
@@ -76,12 +80,16 @@ def scaled_sizes(config: SplitConfig, n_healthy: int, n_tumor: int) -> dict[str,
     healthy = {name: getattr(config.healthy, name) for name in HEALTHY_SPLITS}
     tumor = {name: getattr(config.tumor, name) for name in TUMOR_SPLITS}
     scale = min(1.0, n_healthy / sum(healthy.values()), n_tumor / sum(tumor.values()))
-    sizes = {"healthy": {k: int(v * scale) for k, v in healthy.items()},
-             "tumor": {k: int(v * scale) for k, v in tumor.items()}}
+    sizes = {
+        HEALTHY: {k: int(v * scale) for k, v in healthy.items()},
+        TUMOR: {k: int(v * scale) for k, v in tumor.items()},
+    }
     empty = [f"{cls}.{name}" for cls, split in sizes.items() for name, size in split.items() if size < 1]
     if empty:
-        raise DataError(f"too few images to split ({n_healthy} healthy, {n_tumor} tumor after "
-                        f"de-duplication): {', '.join(empty)} would be empty")
+        raise DataError(
+            f"too few images to split ({n_healthy} healthy, {n_tumor} tumor after "
+            f"de-duplication): {', '.join(empty)} would be empty"
+        )
     return sizes
 
 
@@ -99,16 +107,18 @@ def _assign(groups: list[np.ndarray], targets: dict[str, int], rest: str) -> dic
 
 def split(manifest: pd.DataFrame, config: SplitConfig, seed: int) -> SplitResult:
     """Split a manifest; same manifest, config and seed give the same split."""
-    data = manifest.reset_index(drop=True).assign(group=group_duplicates(manifest, config.near_duplicate_distance))
+    data = manifest.reset_index(drop=True).assign(
+        group=group_duplicates(manifest, config.near_duplicate_distance)
+    )
     reason = _exclusions(data)
     excluded = data[reason != ""].assign(reason=reason[reason != ""])
     kept = data[reason == ""]
     counts = kept["class"].value_counts()
-    sizes = scaled_sizes(config, int(counts.get("healthy", 0)), int(counts.get("tumor", 0)))
+    sizes = scaled_sizes(config, int(counts.get(HEALTHY, 0)), int(counts.get(TUMOR, 0)))
 
     rng = np.random.default_rng(seed)
     assignment: dict[int, str] = {}
-    for cls, rest in (("healthy", "unused"), ("tumor", EXTRA_SPLIT)):
+    for cls, rest in ((HEALTHY, "unused"), (TUMOR, EXTRA_SPLIT)):
         members = list(kept[kept["class"] == cls].groupby("group").indices.values())
         order = rng.permutation(len(members))
         positions = kept.index[kept["class"] == cls]
@@ -117,6 +127,7 @@ def split(manifest: pd.DataFrame, config: SplitConfig, seed: int) -> SplitResult
 
     assigned = kept.assign(split=pd.Series(assignment))
     unused = assigned["split"] == "unused"
-    excluded = pd.concat([excluded, assigned[unused].drop(columns="split").assign(
-        reason="beyond the configured split sizes")])
+    excluded = pd.concat(
+        [excluded, assigned[unused].drop(columns="split").assign(reason="beyond the configured split sizes")]
+    )
     return SplitResult(assigned[~unused].sort_values(["split", "path"]), excluded.sort_values("path"), sizes)

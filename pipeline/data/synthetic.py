@@ -14,6 +14,7 @@ the tumor (mass, oedema, mass effect) is the only thing that tells the classes a
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +23,26 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pipeline.data.classes import FOLDERS, HEALTHY, TUMOR
 from pipeline.progress import progress as progress_bar
 
 _HEALTHY, _TUMOR = 0, 1
-_FOLDERS = {_HEALTHY: ("Healthy", "ct_healthy"), _TUMOR: ("Tumor", "ct_tumor")}
+_FOLDERS = {_HEALTHY: (FOLDERS[HEALTHY], "ct_healthy"), _TUMOR: (FOLDERS[TUMOR], "ct_tumor")}
 _MASKS = "Masks"
 _REFERENCE_SIZE = 384.0  # blur and line widths are tuned at this size and scale with the canvas
 _TABLE = 4096  # samples per turn of the tabulated angular functions
 _MARGIN = 4.0  # pixels (at the reference size) kept around the head for the blur to spread into
 
 
-def generate(out_dir: Path, n_healthy: int, n_tumor: int, seed: int,
-             min_size: int = 256, max_size: int = 512, progress: bool = True) -> None:
+def generate(
+    out_dir: Path,
+    n_healthy: int,
+    n_tumor: int,
+    seed: int,
+    min_size: int = 256,
+    max_size: int = 512,
+    progress: bool = True,
+) -> None:
     """Write `n_healthy` healthy and `n_tumor` tumor slices (plus tumor masks) under `out_dir`.
 
     Each image has its own generator seeded by (seed, class, index), so a file depends only on
@@ -63,8 +72,18 @@ def generate(out_dir: Path, n_healthy: int, n_tumor: int, seed: int,
             Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / _MASKS / name, compress_level=1)
 
 
-def _render(key: tuple[int, int, int], min_size: int, max_size: int,
-            tumor: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def example_png(size: int = 256) -> bytes:
+    """One healthy synthetic slice as PNG bytes: the packaged detector's input example, so a model
+    trained on patients' scans ships no patient image with it."""
+    image, _ = _render((0, _HEALTHY, 1), size, size, tumor=False)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _render(
+    key: tuple[int, int, int], min_size: int, max_size: int, tumor: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One slice as (uint8 image, bool tumor mask or None), fully determined by `key`.
 
     The image's generator is split into anatomy, tumor and noise streams, so rendering a tumor key
@@ -113,8 +132,10 @@ def _anatomy(rng: np.random.Generator, size: int) -> _Head:
     # Bounding box of the rotated head, with room for the scanner blur to spread.
     pad = scalp_px + _MARGIN * scale + 2
     wide, long = a * (1 + egg) * (1 + bumps) + pad, b * (1 + bumps) + pad
-    crop = (_box(cy, math.hypot(wide * sin, long * cos), size),
-            _box(cx, math.hypot(wide * cos, long * sin), size))
+    crop = (
+        _box(cy, math.hypot(wide * sin, long * cos), size),
+        _box(cx, math.hypot(wide * cos, long * sin), size),
+    )
 
     x = np.arange(crop[1].start, crop[1].stop, dtype=np.float32) + 0.5 - cx
     y = np.arange(crop[0].start, crop[0].stop, dtype=np.float32)[:, None] + 0.5 - cy
@@ -138,15 +159,16 @@ def _anatomy(rng: np.random.Generator, size: int) -> _Head:
     head = rh < 1 + scalp_px / ray
     across = np.clip((rh - inner) / (1 - inner), 0, 1)  # 0 inner table .. 1 outer table
     diploe = rng.uniform(0.0, 0.15) * np.clip((thickness - 3) / 6, 0, 1)  # marrow between the tables, if room
-    bone = rng.uniform(0.9, 1.0) - diploe * np.exp(-((across - 0.5) / 0.22) ** 2)
+    bone = rng.uniform(0.9, 1.0) - diploe * np.exp(-(((across - 0.5) / 0.22) ** 2))
     shell = np.where(rh <= 1, bone, np.where(head, np.float32(rng.uniform(0.25, 0.38)), np.float32(0)))
 
     level = rng.uniform(0.36, 0.48)
     csf = rng.uniform(0.04, 0.12)
     width = a - bone_px
     texture = _smooth_field(rng, u.shape, size / rng.uniform(4, 8))
-    content = (level + rng.uniform(0.01, 0.02) * texture
-               + rng.uniform(0.02, 0.05) * _smoothstep(0.72, 0.9, depth))  # grey matter brighter than white
+    content = (
+        level + rng.uniform(0.01, 0.02) * texture + rng.uniform(0.02, 0.05) * _smoothstep(0.72, 0.9, depth)
+    )  # grey matter brighter than white
     ventricles, extent = _ventricles(rng, u, v, width, b - bone_px, (cy - crop[0].start, cx - crop[1].start))
     content = np.where(ventricles, np.float32(csf), content)
 
@@ -157,18 +179,30 @@ def _anatomy(rng: np.random.Generator, size: int) -> _Head:
     inward = rng.uniform(0.08, 0.2) * (1 + 0.6 * _harmonics(rng, around, 1.0, 20, 40))
     opening = _smoothstep(1 - inward, 1, depth)
     open_here = max(0.0, rng.uniform(-0.3, 1.0)) * (0.6 + _harmonics(rng, around, 0.4, 1, 4))
-    sulci = (np.clip(1 - folds / (rng.uniform(0.08, 0.18) * opening + 1e-3), 0, 1)
-             * np.minimum(4 * opening, 1) * open_here)
+    sulci = (
+        np.clip(1 - folds / (rng.uniform(0.08, 0.18) * opening + 1e-3), 0, 1)
+        * np.minimum(4 * opening, 1)
+        * open_here
+    )
     rim = np.clip(1 - room / max(0.5, rng.uniform(0, 0.012) * size), 0, 1)  # CSF under the skull
-    fissure = (np.exp(-(u / (rng.uniform(0.5, 1.1) * scale)) ** 2)
-               * ((v < extent[0] - 2 * scale) | (v > extent[1] + 2 * scale)) * rng.uniform(0.3, 0.7))
+    fissure = (
+        np.exp(-((u / (rng.uniform(0.5, 1.1) * scale)) ** 2))
+        * ((v < extent[0] - 2 * scale) | (v > extent[1] + 2 * scale))
+        * rng.uniform(0.3, 0.7)
+    )
     fluid = np.maximum(np.maximum(sulci, fissure), rim * rng.uniform(0.3, 0.9))
     content = content + (csf - content) * fluid
     return _Head(size, crop, head, brain, depth, room, shell, content, ventricles, level, width)
 
 
-def _ventricles(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, width: float, length: float,
-                centre: tuple[float, float]) -> tuple[np.ndarray, tuple[float, float]]:
+def _ventricles(
+    rng: np.random.Generator,
+    u: np.ndarray,
+    v: np.ndarray,
+    width: float,
+    length: float,
+    centre: tuple[float, float],
+) -> tuple[np.ndarray, tuple[float, float]]:
     """Lateral ventricles as two mirrored crescents, ')(' seen from above, and their front-back extent.
 
     Each is a band around the parabola |u| = gap + spread * t**2 (t = -1 front tip, 0 waist,
@@ -191,7 +225,7 @@ def _ventricles(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, width: f
     wobble = 1 + 0.25 * _smooth_field(rng, u.shape, 2 * reach / rng.uniform(3, 5))
     t = np.clip((v - waist) / np.where(v < waist, waist - front, back - waist), -1, 1)
     taper = np.clip(1 - t * t, 0, None) ** 0.35 * (1 + 0.6 * np.clip(-t, 0, None) - 0.3 * np.clip(t, 0, None))
-    for side, (g, s, h) in zip((-1, 1), sides):
+    for side, (g, s, h) in zip((-1, 1), sides, strict=True):
         ventricles[box] |= np.abs(side * u - gap * g - spread * s * t * t) < half * h * taper * wobble
     return ventricles, (front, back)
 
@@ -220,9 +254,10 @@ def _add_tumor(rng: np.random.Generator, head: _Head) -> np.ndarray:
     rho = np.sqrt(dx * dx + dy * dy)
     # Sampling nearer the centre pushes content outward; the radial map stays monotonic as shrink < 1.
     still_at_skull = np.clip((1 - head.depth[box]) / 0.15, 0, 1)
-    shrink = rng.uniform(0.3, 0.6) * np.exp(-(rho / spread) ** 2) * still_at_skull
+    shrink = rng.uniform(0.3, 0.6) * np.exp(-((rho / spread) ** 2)) * still_at_skull
     head.content[box] = ndimage.map_coordinates(
-        head.content, [cy - 0.5 + dy * (1 - shrink), cx - 0.5 + dx * (1 - shrink)], order=1, mode="nearest")
+        head.content, [cy - 0.5 + dy * (1 - shrink), cx - 0.5 + dx * (1 - shrink)], order=1, mode="nearest"
+    )
 
     dy, dx, box = _offsets((cy, cx), reach + 4.5 * halo, shape)  # the oedema is negligible beyond
     turn, aspect = rng.uniform(0, np.pi), rng.uniform(0.65, 1.0)
@@ -231,7 +266,7 @@ def _add_tumor(rng: np.random.Generator, head: _Head) -> np.ndarray:
     angle = _angle_index(np.arctan2(lv, lu))
     rad = np.sqrt(lu * lu + lv * lv) / (radius * (1 + _harmonics(rng, angle, bumps, 2, 6)))
     fingers = halo * (1 + _harmonics(rng, angle, 0.5, 3, 9))
-    head.content[box] -= rng.uniform(0.04, 0.1) * np.exp(-(np.maximum(rad - 1, 0) * radius / fingers) ** 2)
+    head.content[box] -= rng.uniform(0.04, 0.1) * np.exp(-((np.maximum(rad - 1, 0) * radius / fingers) ** 2))
 
     mass = (rad <= 1) & head.brain[box]
     contrast = rng.uniform(0.14, 0.26) if rng.random() < 0.5 else -rng.uniform(0.11, 0.18)
@@ -242,8 +277,9 @@ def _add_tumor(rng: np.random.Generator, head: _Head) -> np.ndarray:
     return mask
 
 
-def _offsets(centre: tuple[float, float], reach: float,
-             shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
+def _offsets(
+    centre: tuple[float, float], reach: float, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, tuple[slice, slice]]:
     """The box within `reach` of `centre` = (y, x) and its pixels' (y, x) offsets from the centre."""
     box = (_box(centre[0], reach, shape[0]), _box(centre[1], reach, shape[1]))
     dy = np.arange(box[0].start, box[0].stop, dtype=np.float32)[:, None] + 0.5 - centre[0]
@@ -288,8 +324,9 @@ def _angle_index(angle: np.ndarray) -> np.ndarray:
     return (angle * (_TABLE / (2 * np.pi)) + _TABLE).astype(np.int32)
 
 
-def _harmonics(rng: np.random.Generator, index: np.ndarray, amplitude: float,
-               low: int, high: int) -> np.ndarray:
+def _harmonics(
+    rng: np.random.Generator, index: np.ndarray, amplitude: float, low: int, high: int
+) -> np.ndarray:
     """A smooth random periodic function of the angle (harmonics low..high), peaking at +-amplitude.
 
     Tabulated by one inverse FFT and looked up at `_angle_index(angle)`: far cheaper than a cosine

@@ -1,61 +1,84 @@
-"""Model registry: every architecture is one module that registers a builder under a name,
-picked by the Hydra group `model` (`model.name`, the other keys are the builder's arguments)."""
+"""Model registry: every architecture is one module that registers a builder and its parameters under a
+name, picked by the Hydra group `model` (`model.name`; the other keys are the parameters). The config
+checks the parameters against the model's `Params` before any stage runs (`check_params`)."""
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import pkgutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
+from pydantic import ValidationError
 
+from pipeline.config import Section
 from pipeline.errors import ConfigError
 from pipeline.hardware import dtype_policy
-
-Builder = Callable[..., keras.Model]
-_REGISTRY: dict[str, Builder] = {}
+from pipeline.registry import Registry
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: `@register("cae") def build(input_shape, **params) -> keras.Model`."""
+class Params(Section):
+    """A model's parameters; `downsampling` is the factor the image size must be divisible by."""
 
-    def add(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model '{name}' is registered twice")
-        _REGISTRY[name] = builder
-        return builder
+    @property
+    def downsampling(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    params: type[Params]
+    build: Callable[[tuple[int, int, int], Any], keras.Model]
+
+
+MODELS: Registry[ModelSpec] = Registry("model", "model.name", discover=__name__)
+
+
+def register(
+    name: str, params: type[Params]
+) -> Callable[[Callable[..., keras.Model]], Callable[..., keras.Model]]:
+    """Decorator: `@register("cae", CaeParams) def build(input_shape, params: CaeParams) -> keras.Model`."""
+
+    def add(build: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+        MODELS.register(name)(ModelSpec(params, build))
+        return build
 
     return add
 
 
-def _load_all() -> None:
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+def check_params(name: str, params: dict[str, Any], image_size: int) -> Params:
+    """The model's validated parameters; a wrong or unknown one, or an image size the model cannot
+    halve evenly, is a one-line ConfigError naming the key."""
+    spec = MODELS.get(name)
+    try:
+        checked = spec.params.model_validate(params)
+    except ValidationError as err:
+        problem = err.errors()[0]
+        key = ".".join(str(part) for part in problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            raise ConfigError(
+                f"model.{key}: not a parameter of model '{name}' "
+                f"(it takes {', '.join(spec.params.model_fields)})"
+            ) from None
+        got = f" (got {problem['input']!r})" if problem["type"] != "missing" else ""
+        raise ConfigError(f"model.{key}: {problem['msg']}{got}") from None
+    if image_size % checked.downsampling:
+        raise ConfigError(
+            f"model '{name}' halves the image {checked.downsampling.bit_length() - 1} times: "
+            f"preprocess.image_size must be divisible by {checked.downsampling}, got {image_size}"
+        )
+    return checked
 
 
-def available() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
-
-
-def build_model(name: str, input_shape: tuple[int, int, int], params: dict[str, Any],
-                precision: str = "float32") -> keras.Model:
+def build_model(
+    name: str, input_shape: tuple[int, int, int], params: dict[str, Any], precision: str = "float32"
+) -> keras.Model:
     """Build a registered model computing in `precision` (a Keras dtype policy; every builder keeps its
-    output layer in float32); unknown names or arguments are config errors, not tracebacks."""
-    _load_all()
-    if name not in _REGISTRY:
-        raise ConfigError(f"model.name: unknown model '{name}' (available: {', '.join(available())})")
-    builder = _REGISTRY[name]
-    accepted = set(inspect.signature(builder).parameters) - {"input_shape"}
-    unknown = sorted(set(params) - accepted)
-    if unknown:
-        raise ConfigError(f"model.{unknown[0]}: not a parameter of model '{name}' "
-                          f"(it takes {', '.join(sorted(accepted))})")
+    output layer in float32)."""
+    checked = check_params(name, params, input_shape[0])
     with dtype_policy(precision):
-        return builder(input_shape, **params)
+        return MODELS.get(name).build(input_shape, checked)
 
 
 def with_precision(model: keras.Model, name: str, params: dict[str, Any], precision: str) -> keras.Model:
@@ -68,5 +91,5 @@ def with_precision(model: keras.Model, name: str, params: dict[str, Any], precis
 
 def load_model(path: str | Path) -> keras.Model:
     """Load a saved model of any registered variant (importing them registers their custom layers)."""
-    _load_all()
+    MODELS.names()
     return keras.models.load_model(path)

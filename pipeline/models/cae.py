@@ -6,9 +6,9 @@ from __future__ import annotations
 import keras
 
 from pipeline.models import register
-from pipeline.models.conv import conv_autoencoder
+from pipeline.models.conv import ConvParams, conv_autoencoder
 
 
-@register("cae")
-def build(input_shape: tuple[int, int, int], width: int, depth: int, latent_dim: int) -> keras.Model:
-    return conv_autoencoder(input_shape, width=width, depth=depth, latent_dim=latent_dim, name="cae")
+@register("cae", ConvParams)
+def build(input_shape: tuple[int, int, int], p: ConvParams) -> keras.Model:
+    return conv_autoencoder(input_shape, width=p.width, depth=p.depth, latent_dim=p.latent_dim, name="cae")

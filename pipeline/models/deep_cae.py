@@ -4,13 +4,25 @@ resolution level and more levels, optionally batch-normalised."""
 from __future__ import annotations
 
 import keras
+from pydantic import Field
 
 from pipeline.models import register
-from pipeline.models.conv import conv_autoencoder
+from pipeline.models.conv import ConvParams, conv_autoencoder
 
 
-@register("deep_cae")
-def build(input_shape: tuple[int, int, int], width: int, depth: int, convs_per_level: int, latent_dim: int,
-          batch_norm: bool) -> keras.Model:
-    return conv_autoencoder(input_shape, width=width, depth=depth, latent_dim=latent_dim,
-                            convs_per_level=convs_per_level, batch_norm=batch_norm, name="deep_cae")
+class DeepParams(ConvParams):
+    convs_per_level: int = Field(ge=1, le=8)  # same-size convolutions per level, the last one strided
+    batch_norm: bool
+
+
+@register("deep_cae", DeepParams)
+def build(input_shape: tuple[int, int, int], p: DeepParams) -> keras.Model:
+    return conv_autoencoder(
+        input_shape,
+        width=p.width,
+        depth=p.depth,
+        latent_dim=p.latent_dim,
+        convs_per_level=p.convs_per_level,
+        batch_norm=p.batch_norm,
+        name="deep_cae",
+    )

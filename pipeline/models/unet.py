@@ -10,13 +10,16 @@ import keras
 from keras import layers
 
 from pipeline.models import register
-from pipeline.models.conv import bottom_shape, conv, level_filters
+from pipeline.models.conv import LevelParams, conv, level_filters
 
 
-@register("unet")
-def build(input_shape: tuple[int, int, int], width: int, depth: int, batch_norm: bool) -> keras.Model:
-    filters = level_filters(width, depth)
-    bottom_shape(input_shape, depth, filters[-1])  # the image size must halve evenly `depth` times
+class UnetParams(LevelParams):
+    batch_norm: bool
+
+
+@register("unet", UnetParams)
+def build(input_shape: tuple[int, int, int], p: UnetParams) -> keras.Model:
+    filters, batch_norm = level_filters(p.width, p.depth), p.batch_norm
     inputs = keras.Input(shape=input_shape, name="image")
     x, skips = inputs, []
     for n in filters:
@@ -27,6 +30,7 @@ def build(input_shape: tuple[int, int, int], width: int, depth: int, batch_norm:
     for n, skip in zip(reversed(filters), reversed(skips), strict=True):
         x = layers.Concatenate()([layers.UpSampling2D()(x), skip])
         x = conv(conv(x, n, batch_norm=batch_norm), n, batch_norm=batch_norm)
-    outputs = layers.Conv2D(input_shape[-1], 1, activation="sigmoid", name="reconstruction",
-                            dtype="float32")(x)
+    outputs = layers.Conv2D(input_shape[-1], 1, activation="sigmoid", name="reconstruction", dtype="float32")(
+        x
+    )
     return keras.Model(inputs, outputs, name="unet")

@@ -9,10 +9,14 @@ import math
 
 import keras
 from keras import layers, ops
+from pydantic import Field
 
-from pipeline.errors import ConfigError
 from pipeline.models import register
-from pipeline.models.conv import bottom_shape, check_latent, decode, encode, level_filters
+from pipeline.models.conv import ConvParams, bottom_shape, decode, encode, level_filters
+
+
+class VaeParams(ConvParams):
+    beta: float = Field(ge=0, le=1000)  # weight of the KL term (1: the Gaussian ELBO's balance)
 
 
 def kl_divergence(mean: keras.KerasTensor, log_var: keras.KerasTensor) -> keras.KerasTensor:
@@ -49,17 +53,15 @@ class GaussianLatent(layers.Layer):
         return {**super().get_config(), "beta": self.beta, "pixels": self.pixels, "seed": self.seed}
 
 
-@register("vae")
-def build(input_shape: tuple[int, int, int], width: int, depth: int, latent_dim: int,
-          beta: float) -> keras.Model:
-    check_latent(latent_dim)
-    if beta < 0:
-        raise ConfigError(f"model.beta must be non-negative, got {beta}")
-    filters = level_filters(width, depth)
-    bottom = bottom_shape(input_shape, depth, filters[-1])
+@register("vae", VaeParams)
+def build(input_shape: tuple[int, int, int], p: VaeParams) -> keras.Model:
+    filters = level_filters(p.width, p.depth)
+    bottom = bottom_shape(input_shape, p.depth, filters[-1])
     inputs = keras.Input(shape=input_shape, name="image")
     features = layers.Flatten()(encode(inputs, filters))
-    mean = layers.Dense(latent_dim, name="z_mean")(features)
-    log_var = layers.Dense(latent_dim, name="z_log_var")(features)
-    z = GaussianLatent(beta, math.prod(input_shape), name="z", dtype="float32")([mean, log_var])  # a loss term
+    mean = layers.Dense(p.latent_dim, name="z_mean")(features)
+    log_var = layers.Dense(p.latent_dim, name="z_log_var")(features)
+    z = GaussianLatent(p.beta, math.prod(input_shape), name="z", dtype="float32")(
+        [mean, log_var]
+    )  # a loss term
     return keras.Model(inputs, decode(z, bottom, filters, input_shape[-1]), name="vae")

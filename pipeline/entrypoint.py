@@ -1,0 +1,102 @@
+"""Hydra glue: how a stage entry point gets its validated `Settings`.
+
+`conf/` is the single source of truth. Run alone, a stage composes `conf/` (plus any Hydra overrides on
+its command line); under DVC it reads `params.yaml` (`--config-dir . --config-name params`), the
+composition that `dvc exp run -S ...` writes. Either way the config is checked (`pipeline.config`)
+before any long work starts. `python -m pipeline.entrypoint [overrides]` rewrites `params.yaml`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+from pydantic import ValidationError
+
+from pipeline.config import DATA_SOURCES, Settings
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.params import PARAMS_FILE, ROOT
+
+CONF_DIR = ROOT / "conf"
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [str(part) for part in item["loc"]]
+        if len(loc) > 1 and loc[0] == "data" and loc[1] in DATA_SOURCES:
+            del loc[1]  # the discriminator tag pydantic inserts, not a config key
+        if item["type"] == "union_tag_invalid":  # worded like the registries' own errors
+            lines.append(
+                f"  data.source: unknown data source '{item['input'].get('source')}' "
+                f"(available: {', '.join(sorted(DATA_SOURCES))})"
+            )
+            continue
+        got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
+        lines.append(f"  {'.'.join(loc)}: {item['msg']}{got}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def load_settings(cfg: DictConfig | dict[str, Any]) -> Settings:
+    """Validate a composed config; raise ConfigError naming every offending key."""
+    if isinstance(cfg, DictConfig):
+        try:
+            cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        except MissingMandatoryValue as err:
+            key = err.full_key
+            raise ConfigError(
+                f"config value '{key}' is required: add `{key}=...` to the command "
+                f"(with DVC: `dvc exp run -S {key}=...`)"
+            ) from None
+    try:
+        return Settings.model_validate(cfg)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def compose(overrides: list[str] | None = None) -> DictConfig:
+    """Compose `conf/` exactly as DVC's Hydra integration does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=overrides or [])
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def write_params(path: Path = PARAMS_FILE, overrides: list[str] | None = None) -> None:
+    """Write `params.yaml` as DVC writes it, so `dvc repro` and `dvc exp run` see the same file."""
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(path, str(CONF_DIR), None, "config", str(ROOT), overrides or [])
+
+
+def stage(fn: Callable[[Settings], None]) -> Callable[[], None]:
+    """Turn `fn(settings)` into a Hydra entry point that reports user errors without a traceback."""
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    @functools.wraps(fn)
+    def main(cfg: DictConfig) -> None:
+        from pipeline import hardware  # here, not at the top: writing params.yaml needs no TensorFlow
+
+        try:
+            settings = load_settings(cfg)
+            hardware.configure(settings.runtime.threads)
+            fn(settings)
+        except PipelineError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
+
+    return main
+
+
+if __name__ == "__main__":
+    write_params(overrides=sys.argv[1:])
+    print(f"wrote {PARAMS_FILE.relative_to(ROOT)}")

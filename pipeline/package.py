@@ -1,0 +1,51 @@
+"""Stage `package`: the product. The trained model, the calibrated threshold, the score and the
+preprocessing as one MLflow model folder (`models/detector`, what `predict` uses by default), logged
+to the model's run and, with `mlflow.register_detector`, registered as a new version of
+`mlflow.registered_model`. `publish` points the registry alias at it."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline import serving, tracking
+from pipeline.config import Settings
+from pipeline.data.synthetic import example_png
+from pipeline.detector import Detector
+from pipeline.entrypoint import stage
+from pipeline.io import atomic_dir, read_json, write_json
+from pipeline.models import load_model
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: Settings) -> None:
+    calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
+    detector = Detector(
+        load_model(settings.paths.model_file),
+        calibration["threshold"],
+        settings.preprocess,
+        settings.score,
+        {"model": settings.model.name, "threshold_method": calibration["method"]},
+    )
+    example = example_png()
+    with tracking.model_run(settings, "package", detector.model) as run_id:
+        detector.info["run_id"] = run_id
+        with atomic_dir(settings.paths.detector) as saved:
+            serving.save(detector, saved, example)
+            version = serving.log_and_register(saved, example, settings.mlflow)
+    write_json(
+        settings.paths.registration,
+        {
+            "run_id": run_id,
+            "version": version,
+            "registered_model": settings.mlflow.registered_model if version else None,
+        },
+    )
+    registered = f", registered as version {version} of {settings.mlflow.registered_model}" if version else ""
+    log.info("detector saved to %s and logged to run %s%s", settings.paths.detector, run_id, registered)
+
+
+main = stage(run)
+
+if __name__ == "__main__":
+    main()

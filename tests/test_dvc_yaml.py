@@ -1,0 +1,79 @@
+"""dvc.yaml against the code it runs: the stages in `pipeline.stages` order, each running its own
+module and depending on exactly the files of `pipeline/` its entry point imports (derived from the
+source by `pipeline.codebase`), so that a code change reruns every stage it can affect and no other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import codebase, serving
+from pipeline.config import flatten
+from pipeline.params import PARAMS_FILE, ROOT
+from pipeline.stages import STAGES
+
+DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+# The config's validators import the registries to check names: they can fail a stage, never change
+# what it writes, so they do not make every stage depend on every component.
+VALIDATION_ONLY = frozenset({"pipeline.config"})
+
+
+def imported_files(stage: str) -> set[str]:
+    modules, _ = codebase.closure(f"pipeline.{stage}", module_level_only=VALIDATION_ONLY)
+    if stage == "package":  # the packaged detector ships the inference modules: its bytes depend on them
+        modules |= codebase.closure(serving.ENTRY_MODULE)[0]
+    return {file.relative_to(ROOT).as_posix() for file in codebase.files(modules)}
+
+
+def covered(deps: list[str]) -> set[str]:
+    """The pipeline source files a stage's deps name (a folder covers every .py under it)."""
+    files = set()
+    for dep in deps:
+        path = ROOT / dep
+        if dep.startswith(f"{codebase.PACKAGE}/"):
+            found = path.rglob("*.py") if path.is_dir() else [path]
+            files |= {file.relative_to(ROOT).as_posix() for file in found}
+    return files
+
+
+def test_stages_run_in_the_pipelines_order() -> None:
+    assert list(DVC_YAML) == list(STAGES)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_runs_its_own_module(stage: str) -> None:
+    assert DVC_YAML[stage]["cmd"].split()[:3] == ["python", "-m", f"pipeline.{stage}"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_depends_on_exactly_the_code_it_imports(stage: str) -> None:
+    needed, listed = imported_files(stage), covered(DVC_YAML[stage]["deps"])
+    assert not needed - listed, f"dvc.yaml stage {stage} misses deps it imports: {sorted(needed - listed)}"
+    assert not listed - needed, (
+        f"dvc.yaml stage {stage} lists deps it does not import: {sorted(listed - needed)}"
+    )
+
+
+def test_lazy_imports_and_discovered_models_count(tmp_path: Path) -> None:
+    """An import inside a function and a model found by the registry's discovery are dependencies too."""
+    modules, _ = codebase.closure("pipeline.train")
+    assert "pipeline.models.unet" in modules  # discovered by the MODELS registry, imported by no one
+    assert "pipeline.hardware" in modules
+    assert "pipeline.scoring" in modules  # imported inside ScoreConfig's validator
+    assert "pipeline.scoring" not in codebase.closure("pipeline.train", module_level_only=VALIDATION_ONLY)[0]
+
+
+def test_the_locked_params_still_exist() -> None:
+    """dvc.lock records each stage's params; one the config no longer has means a stale lock
+    (regenerate it with `dvc repro` and commit it)."""
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    params = flatten(yaml.safe_load(PARAMS_FILE.read_text()))
+    sections = {key.split(".")[0] for key in params}
+    for stage, entry in lock.items():
+        assert stage in DVC_YAML, f"dvc.lock has a stage dvc.yaml does not: {stage}"
+        for key in flatten(entry.get("params", {}).get("params.yaml", {})):
+            assert key in params or key in sections, (
+                f"dvc.lock stage {stage} locks '{key}', which params.yaml lacks"
+            )
