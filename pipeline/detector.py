@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,6 @@ class Detector:
     def uncalibrated(cls, model: keras.Model, preprocess: PreprocessConfig, scoring: ScoreConfig) -> Detector:
         """A detector that scores but has no threshold yet: what calibration sets one from."""
         return cls(model, math.nan, preprocess, scoring)
-
-    def calibrated(self, threshold: float, **info: Any) -> Detector:
-        return replace(self, threshold=float(threshold), info={**self.info, **info})
 
     def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:
         """Decode and preprocess files (or their bytes) in parallel; unreadable ones are reported."""

@@ -4,8 +4,6 @@ source by `pipeline.codebase`), so that a code change reruns every stage it can 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -56,7 +54,7 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(stage: str) -> None:
     )
 
 
-def test_lazy_imports_and_discovered_models_count(tmp_path: Path) -> None:
+def test_lazy_imports_and_discovered_models_count() -> None:
     """An import inside a function and a model found by the registry's discovery are dependencies too."""
     modules, _ = codebase.closure("pipeline.train")
     assert "pipeline.models.unet" in modules  # discovered by the MODELS registry, imported by no one
