@@ -40,6 +40,16 @@ class SyntheticData(Section):
         return self
 
 
+class SyntheticVolumes(Section):
+    """Built-in CT volumes, one per patient, with lesion masks (`synthetic.generate_volumes`)."""
+
+    source: Literal["synthetic_volumes"]
+    patients: int = Field(ge=6, le=100_000)
+    slices: int = Field(ge=4, le=512)  # per scan, skull base to skull top
+    size: int = Field(ge=32, le=1024)  # pixels per side
+    lesion_share: float = Field(gt=0, lt=1)  # of the patients
+
+
 class LocalData(Section):
     source: Literal["local"]
     path: Path
@@ -58,7 +68,9 @@ class KaggleData(Section):
     handle: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
 
 
-DataConfig = Annotated[SyntheticData | LocalData | KaggleData, Field(discriminator="source")]
+DataConfig = Annotated[
+    SyntheticData | SyntheticVolumes | LocalData | KaggleData, Field(discriminator="source")
+]
 # The `source` tag of each data config; `pipeline.data.sources` registers one fetcher per tag.
 DATA_SOURCES: tuple[str, ...] = tuple(
     get_args(cls.model_fields["source"].annotation)[0] for cls in get_args(get_args(DataConfig)[0])
@@ -112,10 +124,27 @@ class TumorSplit(Section):
     test: int = Field(ge=1)
 
 
+class PatientSplit(Section):
+    """Shares of the patients per split, when whole patients are split (`by_patient`)."""
+
+    train: float = Field(gt=0, lt=1)
+    val: float = Field(gt=0, lt=1)
+    test: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _whole(self) -> PatientSplit:
+        if abs(self.train + self.val + self.test - 1) > 1e-6:
+            raise ValueError(f"train + val + test must be 1, got {self.train + self.val + self.test:g}")
+        return self
+
+
 class SplitConfig(Section):
     healthy: HealthySplit
     tumor: TumorSplit
     near_duplicate_distance: int = Field(ge=0, le=32)
+    # auto: by patient when every slice comes from a scan with a patient id and there are enough patients
+    by_patient: Literal["auto", "yes", "no"]
+    patients: PatientSplit
 
 
 class AugmentConfig(Section):
@@ -192,6 +221,7 @@ class ThresholdConfig(Section):
 class EvaluateConfig(Section):
     n_examples: int = Field(ge=0, le=32)
     bootstrap: int = Field(ge=100, le=100_000)  # resamples behind each 95% confidence interval
+    top_k: int = Field(ge=1, le=64)  # a scan's second score: the mean of its top_k slice scores
 
 
 class MlflowConfig(Section):

@@ -10,7 +10,7 @@ folder as an MLflow pyfunc model.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from pipeline import scoring
 from pipeline.config import PreprocessConfig, ScoreConfig
-from pipeline.data.images import Source, load_image
+from pipeline.data.dicom import apply_window
+from pipeline.data.images import Geometry, Source, decode, preprocess_with_geometry
 from pipeline.errors import ImageDecodeError, PipelineError
 from pipeline.io import read_json, write_json
 from pipeline.models import load_model
@@ -38,6 +39,7 @@ class DecodedBatch:
     images: np.ndarray  # (n_ok, size, size, 1) float32
     decoded: np.ndarray  # indices (into the sources) of the rows of `images`
     errors: dict[int, str]  # source index -> reason it could not be read
+    geometries: tuple[Geometry, ...]  # per row: where its model grid lies on its slice (`images.to_slice`)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Detector:
     preprocess: PreprocessConfig
     scoring: ScoreConfig
     info: dict[str, Any] = field(default_factory=dict)  # provenance: run id, model name, ...
+    pixel_threshold: float = math.nan  # a residual-map pixel above it is anomalous (the anomaly mask)
 
     @classmethod
     def uncalibrated(cls, model: keras.Model, preprocess: PreprocessConfig, scoring: ScoreConfig) -> Detector:
@@ -54,21 +57,48 @@ class Detector:
         return cls(model, math.nan, preprocess, scoring)
 
     def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:
-        """Decode and preprocess files (or their bytes) in parallel; unreadable ones are reported."""
+        """Decode and preprocess files (or their bytes) in parallel; unreadable ones are reported. Each
+        decoded slice's geometry comes along, for maps to be put back on its pixels."""
+
+        def prepare(index: int) -> tuple[np.ndarray, Geometry]:
+            gray = decode(sources[index], self.preprocess.dicom_window, names[index]).pixels
+            image, _, geometry = preprocess_with_geometry(gray, self.preprocess)
+            return image, geometry
+
+        return self._prepare(len(sources), prepare)
+
+    def prepare_hounsfield(self, slices: Sequence[np.ndarray] | np.ndarray) -> DecodedBatch:
+        """Slices already decoded to Hounsfield units (e.g. a CT volume's axial slices) -> the model's
+        batch with each slice's geometry: seen through `preprocess.dicom_window` as a DICOM slice is,
+        then preprocessed, in parallel. Non-finite voxels count as the window's floor (black)."""
+        window = self.preprocess.dicom_window
+
+        def prepare(index: int) -> tuple[np.ndarray, Geometry]:
+            gray = np.nan_to_num(apply_window(slices[index], window.level, window.width), nan=0.0)
+            image, _, geometry = preprocess_with_geometry(gray, self.preprocess)
+            return image, geometry
+
+        return self._prepare(len(slices), prepare)
+
+    def _prepare(self, count: int, prepare: Callable[[int], tuple[np.ndarray, Geometry]]) -> DecodedBatch:
+        """Run `prepare` on every index in parallel; an ImageDecodeError is that index's error."""
         size = self.preprocess.image_size
-        images = np.empty((len(sources), size, size, 1), dtype=np.float32)
+        images = np.empty((count, size, size, 1), dtype=np.float32)
+        geometries: dict[int, Geometry] = {}
         errors: dict[int, str] = {}
 
-        def load(index: int) -> None:
+        def run(index: int) -> None:
             try:
-                images[index, :, :, 0] = load_image(sources[index], self.preprocess, names[index])
+                images[index, :, :, 0], geometries[index] = prepare(index)
             except ImageDecodeError as err:
                 errors[index] = err.reason
 
         with ThreadPoolExecutor() as pool:
-            list(pool.map(load, range(len(sources))))
-        decoded = np.array([i for i in range(len(sources)) if i not in errors], dtype=np.int64)
-        return DecodedBatch(images[decoded], decoded, dict(sorted(errors.items())))
+            list(pool.map(run, range(count)))
+        decoded = np.array([i for i in range(count) if i not in errors], dtype=np.int64)
+        return DecodedBatch(
+            images[decoded], decoded, dict(sorted(errors.items())), tuple(geometries[i] for i in decoded)
+        )
 
     def reconstruct_and_score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions and scores of a preprocessed batch (from `decode`, or a cached split)."""
@@ -89,6 +119,12 @@ class Detector:
         """Where each slice is anomalous: smoothed absolute residuals inside the scored region."""
         return scoring.residual_maps(images, reconstructions, self.scoring, self.preprocess.head.threshold)
 
+    def anomaly_mask(self, maps: np.ndarray) -> np.ndarray:
+        """Where each slice is anomalous: residual-map pixels above the calibrated pixel threshold."""
+        if math.isnan(self.pixel_threshold):
+            raise ValueError("the detector has no pixel threshold (packaged before anomaly masks existed)")
+        return np.asarray(maps) > self.pixel_threshold
+
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         if math.isnan(self.threshold):
             raise ValueError("the detector has no threshold yet (calibrate sets one)")
@@ -101,6 +137,7 @@ class Detector:
             directory / SETTINGS_FILE,
             {
                 "threshold": self.threshold,
+                "pixel_threshold": self.pixel_threshold,
                 "preprocess": self.preprocess.model_dump(mode="json"),
                 "score": self.scoring.model_dump(mode="json"),
                 "info": self.info,
@@ -123,6 +160,12 @@ class Detector:
             except ValidationError as err:
                 raise PipelineError(f"{settings_file}: invalid '{key}': {err}") from None
         model = load_model(Path(directory) / MODEL_FILE)
+        pixel_threshold = saved.get("pixel_threshold")  # detectors packaged before issue 13 lack it
         return cls(
-            model, float(saved["threshold"]), sections["preprocess"], sections["score"], saved.get("info", {})
+            model,
+            float(saved["threshold"]),
+            sections["preprocess"],
+            sections["score"],
+            saved.get("info", {}),
+            float(pixel_threshold) if isinstance(pixel_threshold, int | float) else math.nan,
         )

@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 def run(settings: Settings) -> None:
     paths = settings.paths
     with atomic_dir(paths.raw) as raw:
-        sources.fetch(settings.data, raw, settings.seed)
-        manifest, rejects = build_manifest(raw, settings.preprocess.dicom_window)
+        unusable = sources.fetch(settings.data, raw, settings.seed)
+        manifest, rejects = build_manifest(raw, settings.preprocess.dicom_window, unusable)
     write_csv(paths.manifests / "raw.csv", manifest)
     write_csv(paths.manifests / "rejects.csv", rejects)
     counts = manifest["class"].value_counts()
@@ -30,6 +30,8 @@ def run(settings: Settings) -> None:
         "data_hash": content_hash(manifest),
         **{cls: int(counts.get(cls, 0)) for cls in CLASSES},
         "rejected": len(rejects),
+        "patients": manifest.loc[manifest["patient"] != "", "patient"].nunique(),
+        "scans": manifest.loc[manifest["series"] != "", "series"].nunique(),
     }
     write_json(paths.reports / "data" / "download.json", summary)
     log.info(

@@ -36,6 +36,7 @@ from pipeline.metrics import (
 )
 from pipeline.models import load_model
 from pipeline.plots import confusion_figure, error_histogram, reconstruction_grid, roc_pr_figure, save_figure
+from pipeline.scans import scan_metrics, scan_table
 
 log = logging.getLogger(__name__)
 CLASS_NAMES = np.array(CLASSES)
@@ -120,6 +121,7 @@ class Scored:
     blanked: np.ndarray  # scores of the test slices blanked outside the head
     extra_scores: np.ndarray
     maps: np.ndarray  # residual maps of the test slices
+    scans: pd.DataFrame  # per scan (volume) of the test set: its scores and the slice behind them
 
 
 def score_test_sets(detector: Detector, settings: Settings) -> Scored:
@@ -133,6 +135,7 @@ def score_test_sets(detector: Detector, settings: Settings) -> Scored:
         _blanked_scores(detector, settings, test.frame),
         detector.score(extra.images),
         detector.residual_maps(test.images, reconstructions),
+        scan_table(test.frame, test.labels, scores, settings.evaluate.top_k),
     )
 
 
@@ -152,12 +155,14 @@ def evaluation_metrics(scored: Scored, calibration: dict, settings: Settings) ->
     outlines = tumor_outlines(settings.paths.raw, scored.test.frame[labels == 1], settings.preprocess)
     if outlines is not None:
         results |= pixel_metrics(scored.maps[labels == 1], outlines, calibration["pixel_threshold"])
+    results |= scan_metrics(scored.scans) if len(scored.scans) else {}
     results.update(threshold=threshold, test_images=len(labels), extra_tumor_images=len(scored.extra_scores))
     return results
 
 
 def write_tables(scored: Scored, detector: Detector, out: Path) -> list[str]:
-    """The per-slice scores, the per-source metrics and the curves DVC plots; returns the file names."""
+    """The per-slice and per-scan scores, the per-source metrics and the curves DVC plots; returns the
+    file names."""
     test, extra, labels = scored.test, scored.extra, scored.test.labels
     flagged = detector.is_anomaly(scored.scores)
     tables = {
@@ -184,6 +189,7 @@ def write_tables(scored: Scored, detector: Detector, out: Path) -> list[str]:
                 ),
             ]
         ),
+        "scans.csv": scored.scans,
         "by_source.csv": _by_source(test.frame, labels, scored.scores, detector.threshold),
         "roc.csv": roc_curve_table(labels, scored.scores),
         "pr.csv": pr_curve_table(labels, scored.scores),

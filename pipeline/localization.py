@@ -1,28 +1,29 @@
 """Where is the tumor? Pixel-level quality of the residual heat maps, on data that has tumor outlines.
 
-The built-in synthetic data writes each tumor's outline to `Masks/<file name>` (the public dataset has
-none). Outlines go through the same crop, padding and resizing as their slices, so they line up with
-the model's input; the residual maps are compared with them inside the scored region only.
+A lesion mask is `Masks/<the slice's path below its class folder>.png` in the raw folder: the built-in
+synthetic data writes one per tumor, a volume's mask is sliced there (`pipeline.data.slicing`); the
+public 2D dataset has none. Outlines go through the same crop, padding and resizing as their slices,
+so they line up with the model's input; the residual maps are compared with them inside the scored
+region only.
 """
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pipeline.config import PreprocessConfig
+from pipeline.data.classes import mask_path
 from pipeline.data.images import decode, preprocess, read_image, to_grayscale
-
-MASKS_FOLDER = "Masks"
 
 
 def tumor_outlines(raw_dir: Path, frame: pd.DataFrame, config: PreprocessConfig) -> np.ndarray | None:
     """(n, size, size) boolean outlines of the rows' tumors, aligned with their model inputs; None
     unless every row has one."""
-    files = [raw_dir / MASKS_FOLDER / PurePosixPath(path).name for path in frame["path"]]
+    files = [raw_dir / mask_path(path) for path in frame["path"]]
     if not files or not all(file.is_file() for file in files):
         return None
     outlines = []

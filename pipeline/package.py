@@ -26,6 +26,7 @@ def run(settings: Settings) -> None:
         settings.preprocess,
         settings.score,
         {"model": settings.model.name, "threshold_method": calibration["method"]},
+        calibration["pixel_threshold"],
     )
     example = example_png()
     with tracking.model_run(settings, "package", detector.model) as run_id:

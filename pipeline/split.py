@@ -1,4 +1,5 @@
-"""Stage `split`: de-duplicate the manifest and split it, seeded and leakage-free."""
+"""Stage `split`: split the manifest seeded and leakage-free: by patient where slices have patient ids,
+else de-duplicated images."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import mlflow
 from pipeline import tracking
 from pipeline.config import Settings
 from pipeline.data.manifest import content_hash, read_manifest
-from pipeline.data.splitting import SPLITS, split, split_counts
+from pipeline.data.splitting import SPLITS, patient_counts, split, split_counts
 from pipeline.entrypoint import stage
 from pipeline.io import atomic_dir, write_csv, write_json
 
@@ -24,7 +25,12 @@ def run(settings: Settings) -> None:
             write_csv(out / f"{name}.csv", result.assigned[result.assigned["split"] == name])
         write_csv(out / "excluded.csv", result.excluded)
 
-    summary = {**split_counts(result.assigned), "excluded": len(result.excluded)}
+    summary = {
+        **split_counts(result.assigned),
+        **patient_counts(result.assigned),
+        "excluded": len(result.excluded),
+        "by_patient": int(result.by_patient),
+    }
     write_json(settings.paths.reports / "data" / "split.json", summary)
     log.info(
         "split sizes %s; %d images excluded (%s)",

@@ -118,7 +118,9 @@ def test_every_registry_rejects_unknown_names_with_the_available_ones(override: 
 
 def test_unknown_data_source_lists_the_registered_ones() -> None:
     with pytest.raises(
-        ConfigError, match=r"data\.source: unknown data source 'nope' \(available: kaggle, local, synthetic\)"
+        ConfigError,
+        match=r"data\.source: unknown data source 'nope' "
+        r"\(available: kaggle, local, synthetic, synthetic_volumes\)",
     ):
         load_settings({**OmegaConf.to_container(compose()), "data": {"source": "nope"}})
 

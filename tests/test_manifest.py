@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.manifest import MANIFEST_COLUMNS, REJECT_COLUMNS, build_manifest, content_hash
+from pipeline.data.manifest import (
+    MANIFEST_COLUMNS,
+    REJECT_COLUMNS,
+    SCAN_COLUMNS,
+    build_manifest,
+    content_hash,
+)
 from tests.conftest import BRAIN_WINDOW
 
 
@@ -29,7 +35,10 @@ def raw(tmp_path: Path) -> Path:
 
 def test_manifest_rows_and_rejects(raw: Path) -> None:
     manifest, rejects = build_manifest(raw, BRAIN_WINDOW, progress=False)
-    assert list(manifest.columns) == MANIFEST_COLUMNS and list(rejects.columns) == REJECT_COLUMNS
+    assert (
+        list(manifest.columns) == MANIFEST_COLUMNS + SCAN_COLUMNS and list(rejects.columns) == REJECT_COLUMNS
+    )
+    assert (manifest["patient"] == "").all() and manifest["slice"].isna().all()  # lone images: no scan
     assert manifest["path"].tolist() == ["Healthy/a.png", "Healthy/b.jpg", "Tumor/nested/c.png"]
     row = manifest.set_index("path").loc["Healthy/a.png"]
     assert (row["class"], row["width"], row["height"], row["mode"], row["format"]) == (

@@ -4,17 +4,21 @@ files reported with the reason; a missing or thresholdless model is one clear me
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import zipfile
 from pathlib import Path
 
 import keras
 import mlflow
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import load_image
+from pipeline.data.volumes import read_volume
 from pipeline.errors import PipelineError
 from pipeline.predict import COLUMNS, main
 from pipeline.serving import ARTIFACT, load_detector
@@ -134,3 +138,45 @@ def test_a_detector_folder_without_a_threshold_is_refused(packaged_detector: Pat
     (folder / "detector.json").write_text(json.dumps(settings))
     with pytest.raises(PipelineError, match="no numeric 'threshold'"):
         load_detector(str(folder))
+
+
+def test_a_volume_is_scored_slice_by_slice_as_its_slices_would_be(
+    packaged_detector: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A NIfTI volume in a folder of images: one row per axial slice (inferior to superior), each scored
+    as the same slice in HU saved as DICOM; a truncated volume is an error row; the log has the
+    volume's score (its highest slice's)."""
+    caplog.set_level(logging.INFO)
+    files = write_scans(tmp_path / "scans")
+    rng = np.random.default_rng(5)
+    hu = rng.integers(-1000, 200, (24, 20, 5)).astype(np.int16)
+    (tmp_path / "scans" / "ct").mkdir()
+    volume_file = tmp_path / "scans" / "ct" / "head.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.diag([-0.8, 0.8, -3.0, 1.0])), volume_file)  # x and z flipped
+    cut = tmp_path / "scans" / "ct" / "cut.nii.gz"
+    cut.write_bytes(volume_file.read_bytes()[:200])
+    code, scores, err = _predict(
+        capsys, tmp_path / "scans", "--model", packaged_detector, "--out", tmp_path / "s.csv"
+    )
+    assert code == 0 and list(scores.columns) == COLUMNS
+    rows = scores[scores["path"] == volume_file.as_posix()]
+    assert rows["slice"].tolist() == [0, 1, 2, 3, 4] and rows["error"].isna().all()
+    others = scores[scores["path"] != volume_file.as_posix()]
+    assert others["slice"].isna().all() and len(others) == len(files) + 1
+    assert "cannot read NIfTI" in others.set_index("path").loc[cut.as_posix(), "error"]
+    assert f"warning: {cut.as_posix()}: cannot read NIfTI" in err
+
+    detector = load_detector(str(packaged_detector))
+    slices = read_volume(volume_file).slices
+    assert slices.shape == (5, 20, 24)
+    np.testing.assert_array_equal(slices[0], hu[::-1, :, 4].T[::-1, ::-1])  # the inferior slice, displayed
+    (tmp_path / "dicom").mkdir()
+    for k in range(5):
+        dicom = write_ct_slice(tmp_path / "dicom" / f"{k}.dcm", slices[k])
+        direct = detector.score(load_image(dicom, detector.preprocess)[None, ..., None])[0]
+        assert rows["score"].iloc[k] == pytest.approx(direct, rel=1e-5)
+    top = rows["score"].max()
+    assert f"{volume_file.as_posix()}: volume score {top:.6g}" in caplog.text

@@ -109,6 +109,8 @@ def test_kaggle_without_credentials_says_what_is_missing(
 
 def test_unknown_source_lists_the_registered_ones() -> None:
     with pytest.raises(
-        ConfigError, match=r"data\.source: unknown data source 'ftp' \(available: kaggle, local, synthetic\)"
+        ConfigError,
+        match=r"data\.source: unknown data source 'ftp' "
+        r"\(available: kaggle, local, synthetic, synthetic_volumes\)",
     ):
         SOURCES.get("ftp")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import SplitConfig
-from pipeline.data.splitting import EXTRA_SPLIT, group_duplicates, scaled_sizes, split
+from pipeline.data.splitting import EXTRA_SPLIT, group_duplicates, patient_counts, scaled_sizes, split
 from pipeline.errors import DataError
 
 CONFIG = SplitConfig.model_validate(
@@ -15,6 +15,8 @@ CONFIG = SplitConfig.model_validate(
         "healthy": {"train": 1600, "val": 200, "test": 200},
         "tumor": {"val": 200, "test": 200},
         "near_duplicate_distance": 2,
+        "by_patient": "auto",
+        "patients": {"train": 0.6, "val": 0.2, "test": 0.2},
     }
 )
 
@@ -53,6 +55,59 @@ def test_the_methods_sizes_on_data_of_the_methods_size() -> None:
 def test_smaller_data_keeps_the_proportions() -> None:
     sizes = scaled_sizes(CONFIG, n_healthy=600, n_tumor=200)
     assert sizes == {"healthy": {"train": 480, "val": 60, "test": 60}, "tumor": {"val": 60, "test": 60}}
+
+
+def test_scarce_tumors_do_not_throw_healthy_training_slices_away() -> None:
+    """221 tumor slices shrink validation and test; training still takes every healthy slice left."""
+    sizes = scaled_sizes(CONFIG, n_healthy=1641, n_tumor=221)
+    assert sizes == {"healthy": {"train": 1421, "val": 110, "test": 110}, "tumor": {"val": 110, "test": 110}}
+
+
+def _scans(patients: int, slices: int = 10, anomalous_every: int = 2) -> pd.DataFrame:
+    """`patients` scans of `slices` slices; every `anomalous_every`-th patient has 3 anomalous slices."""
+    rows, rng = [], np.random.default_rng(0)
+    for p in range(patients):
+        for k in range(slices):
+            tumor = p % anomalous_every == 0 and 4 <= k < 7
+            rows.append(
+                {
+                    "path": f"{'Tumor' if tumor else 'Healthy'}/p{p}/scan_z{k:03d}.dcm",
+                    "class": "tumor" if tumor else "healthy",
+                    "sha256": f"{p * 100 + k:064x}",
+                    "phash": f"{int(rng.integers(0, 2**63)):016x}",
+                    "patient": f"p{p}",
+                    "series": f"s{p}",
+                    "slice": k,
+                    "slices": slices,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_slices_of_scans_are_split_by_patient() -> None:
+    result = split(_scans(10), CONFIG, seed=0)
+    assigned = result.assigned
+    assert result.by_patient
+    assert (assigned.groupby("patient")["split"].nunique() == 1).all()  # a patient sits in one split
+    assert set(assigned.loc[assigned["split"] == "train", "class"]) == {"healthy"}
+    for name in ("val", "test"):
+        assert set(assigned.loc[assigned["split"] == name, "class"]) == {"healthy", "tumor"}
+    train_patients = set(assigned.loc[assigned["split"] == "train", "patient"])
+    assert set(result.excluded["patient"]) <= train_patients
+    assert (result.excluded["reason"] == "anomalous slice of a training patient").all()
+    assert patient_counts(assigned) == {"patients_train": 6, "patients_val": 2, "patients_test": 2}
+    pd.testing.assert_frame_equal(assigned, split(_scans(10), CONFIG, seed=0).assigned)
+
+
+def test_a_slice_without_patient_keeps_the_image_split_unless_asked() -> None:
+    scans = _scans(10)
+    scans.loc[0, "patient"] = ""
+    assert not split(scans, CONFIG, seed=0).by_patient
+    with pytest.raises(
+        DataError, match=r"by_patient=yes needs a patient id on every slice.*1 slices without"
+    ):
+        split(scans, CONFIG.model_copy(update={"by_patient": "yes"}), seed=0)
+    assert not split(_scans(10), CONFIG.model_copy(update={"by_patient": "no"}), seed=0).by_patient
 
 
 def test_too_little_data_is_an_error() -> None:

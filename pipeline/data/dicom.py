@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_rescale
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pipeline.errors import ImageDecodeError
 
@@ -132,3 +133,85 @@ def apply_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     low = level - width / 2
     windowed = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(width)
     return np.clip(windowed, 0.0, 1.0).astype(np.float32)
+
+
+def identity(path: Path) -> dict[str, Any]:
+    """Whose scan a DICOM slice is and where in it: patient, series and the slice's position along
+    the scan's axis (mm; the instance number where the position is missing). Header only."""
+    dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    position = np.nan
+    if "ImagePositionPatient" in dataset and "ImageOrientationPatient" in dataset:
+        row, column = np.asarray(dataset.ImageOrientationPatient, dtype=float).reshape(2, 3)
+        position = float(np.dot(np.cross(row, column), np.asarray(dataset.ImagePositionPatient, dtype=float)))
+    elif dataset.get("InstanceNumber") is not None:
+        position = float(dataset.InstanceNumber)
+    return {
+        "patient": str(dataset.get("PatientID", "")),
+        "series": str(dataset.get("SeriesInstanceUID", "")),
+        "position": position,
+    }
+
+
+def write_ct_slice(
+    path: Path,
+    hu: np.ndarray,
+    *,
+    slope: float = 1.0,
+    intercept: float = -1024.0,
+    photometric: str = "MONOCHROME2",
+    preamble: bool = True,
+    patient: str = "",
+    series: str | None = None,
+    position: float = 0.0,
+) -> Path:
+    """Write `hu` (2-D) as one 16-bit CT slice with stored values round((hu - intercept) / slope): how
+    a volume's slices enter the slice pipeline (HU kept, windowed when read), and the tests' scans.
+
+    The stored values are unsigned when none is negative, signed otherwise; values that fit neither
+    raise ValueError rather than wrap. `series` names the volume (a UID is derived from it), `position`
+    is the slice's place along the scan's axis (mm). With `preamble=False` the file starts at its File
+    Meta group, with no preamble and no "DICM" prefix, as some old scanners write it.
+    """
+    hu = np.asarray(hu, dtype=np.float64)
+    if hu.ndim != 2:
+        raise ValueError(f"expected a 2-D slice, got shape {hu.shape}")
+    stored = np.round((hu - intercept) / slope)
+    signed = bool(stored.min() < 0)
+    dtype = np.dtype("<i2" if signed else "<u2")
+    info = np.iinfo(dtype)
+    if stored.min() < info.min or stored.max() > info.max:
+        raise ValueError(f"stored values [{stored.min()}, {stored.max()}] do not fit 16 bits")
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    # A volume's slice gets UIDs derived from its names: the same volume always writes the same bytes.
+    key = [patient, series, repr(float(position))] if series else None
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=key)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "CT"
+    dataset.PatientID = patient
+    dataset.StudyInstanceUID = generate_uid(entropy_srcs=[patient]) if series else generate_uid()
+    dataset.SeriesInstanceUID = generate_uid(entropy_srcs=[patient, series]) if series else generate_uid()
+    dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    dataset.ImagePositionPatient = [0, 0, float(position)]
+    dataset.Rows, dataset.Columns = hu.shape
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated = 16
+    dataset.BitsStored = 16
+    dataset.HighBit = 15
+    dataset.PixelRepresentation = int(signed)
+    dataset.RescaleSlope = slope
+    dataset.RescaleIntercept = intercept
+    dataset.RescaleType = "HU"
+    dataset.PixelData = stored.astype(dtype).tobytes()
+
+    # pydicom 3: enforce_file_format=True writes preamble + "DICM" + a validated File Meta group;
+    # False writes the dataset as-is, i.e. without preamble since this Dataset has none.
+    dataset.save_as(path, enforce_file_format=preamble)
+    return Path(path)

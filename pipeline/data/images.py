@@ -102,6 +102,58 @@ def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """Where the model's (image_size, image_size) grid lies on a decoded slice: the slice's shape and
+    the crop box `preprocess` took (the whole slice when it does not crop), which was then padded to a
+    centred square and resized. `to_slice` inverts it, so a map on the model's grid lands on the
+    slice's own pixels."""
+
+    shape: tuple[int, int]  # the decoded slice's (rows, columns)
+    box: tuple[int, int, int, int]  # the crop: top, bottom, left, right (bottom and right exclusive)
+
+    @property
+    def crop(self) -> tuple[slice, slice]:
+        top, bottom, left, right = self.box
+        return slice(top, bottom), slice(left, right)
+
+    @property
+    def side(self) -> int:
+        """The side of the square the crop was padded to before resizing."""
+        top, bottom, left, right = self.box
+        return max(bottom - top, right - left)
+
+
+def slice_geometry(gray: np.ndarray, config: PreprocessConfig, mask: np.ndarray | None = None) -> Geometry:
+    """The geometry `preprocess` gives `gray` under `config`; `mask` is its head mask when already found."""
+    rows, cols = gray.shape
+    if config.head.crop:
+        mask = head_mask(gray, config.head.threshold) if mask is None else mask
+        crop = bounding_box(mask, config.head.margin)
+        return Geometry((rows, cols), (crop[0].start, crop[0].stop, crop[1].start, crop[1].stop))
+    return Geometry((rows, cols), (0, rows, 0, cols))
+
+
+def preprocess_with_geometry(
+    gray: np.ndarray, config: PreprocessConfig, companion: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+    """`preprocess`, with the geometry that maps its output back onto `gray` (see `to_slice`)."""
+    head = config.head
+    mask = None
+    if head.mask or head.crop or config.normalize:
+        mask = head_mask(gray, head.threshold)
+        if config.normalize:
+            gray = normalize_intensity(gray, mask, *NORMALIZE_PERCENTILES)
+        if head.mask:
+            gray = np.where(mask, gray, 0.0).astype(np.float32)
+    geometry = slice_geometry(gray, config, mask)
+    if head.crop:
+        gray = gray[geometry.crop]
+        companion = companion[geometry.crop] if companion is not None else None
+    resized = None if companion is None else resize_square(companion.astype(np.float32), config.image_size)
+    return resize_square(gray, config.image_size), resized, geometry
+
+
 def preprocess(
     gray: np.ndarray, config: PreprocessConfig, companion: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -109,19 +161,25 @@ def preprocess(
     outside it blanked, cropped to it, intensities normalised, padded to a square and resized, as
     `config` asks. `companion` (a pixel mask of the same size, e.g. a tumor outline) gets the same
     crop, padding and resizing, so that it stays aligned with the image."""
-    head = config.head
-    if head.mask or head.crop or config.normalize:
-        mask = head_mask(gray, head.threshold)
-        if config.normalize:
-            gray = normalize_intensity(gray, mask, *NORMALIZE_PERCENTILES)
-        if head.mask:
-            gray = np.where(mask, gray, 0.0).astype(np.float32)
-        if head.crop:
-            box = bounding_box(mask, head.margin)
-            gray = gray[box]
-            companion = companion[box] if companion is not None else None
-    resized = None if companion is None else resize_square(companion.astype(np.float32), config.image_size)
-    return resize_square(gray, config.image_size), resized
+    image, resized, _ = preprocess_with_geometry(gray, config, companion)
+    return image, resized
+
+
+def to_slice(image: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """A (image_size, image_size) array on the model's grid (a residual map, ...) -> float32 on the
+    decoded slice's own (rows, columns) grid: resized back to the padded square (bilinear), the padding
+    removed, placed in the crop box, zero outside it. The inverse of `preprocess`'s geometry."""
+    top, bottom, left, right = geometry.box
+    height, width, side = bottom - top, right - left, geometry.side
+    values = np.asarray(image, dtype=np.float32)
+    if values.shape != (side, side):
+        low, high = float(values.min()), float(values.max())
+        resized = Image.fromarray(values, mode="F").resize((side, side), Image.Resampling.BILINEAR)
+        values = np.clip(np.asarray(resized, dtype=np.float32), low, high)  # trims rounding only
+    pad_top, pad_left = (side - height) // 2, (side - width) // 2
+    placed = np.zeros(geometry.shape, dtype=np.float32)
+    placed[top:bottom, left:right] = values[pad_top : pad_top + height, pad_left : pad_left + width]
+    return placed
 
 
 def blanked_png(source: Path, config: PreprocessConfig) -> bytes:

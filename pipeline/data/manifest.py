@@ -1,5 +1,6 @@
 """The manifest: one row per usable raw image (class, content hash, perceptual hash, size, mode,
-format) and a rejects list (file and reason) for everything that cannot be decoded."""
+format; for CT slices of a scan also its patient, its scan (series), and its place in the scan) and a
+rejects list (file and reason) for everything that cannot be decoded."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ from PIL import Image
 
 from pipeline.config import DicomWindow
 from pipeline.data.classes import FOLDERS
+from pipeline.data.dicom import identity
 from pipeline.data.images import decode
 from pipeline.errors import ImageDecodeError
 from pipeline.progress import progress as progress_bar
 
 MANIFEST_COLUMNS = ["path", "class", "sha256", "phash", "width", "height", "mode", "format"]
+# Of a slice of a scan (empty for a lone image): its patient, its scan, and its place in the scan
+# (slice = rank from the feet up, slices = the scan's slice count; level = slice / (slices - 1)).
+SCAN_COLUMNS = ["patient", "series", "slice", "slices"]
 REJECT_COLUMNS = ["path", "class", "reason"]
 
 
@@ -29,7 +34,9 @@ def inspect(raw_dir: Path, path: Path, class_name: str, window: DicomWindow) -> 
     (a DICOM through `window`)."""
     decoded = decode(path, window)
     perceptual = imagehash.phash(Image.fromarray(np.round(decoded.pixels * 255).astype(np.uint8)))
+    scan = identity(path) if decoded.format == "DICOM" else {"patient": "", "series": "", "position": np.nan}
     return {
+        **scan,
         "path": path.relative_to(raw_dir).as_posix(),
         "class": class_name,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -41,10 +48,20 @@ def inspect(raw_dir: Path, path: Path, class_name: str, window: DicomWindow) -> 
     }
 
 
+def _place_in_scan(entries: pd.DataFrame) -> pd.DataFrame:
+    """Each scan's slices ranked by position (feet to head) and counted."""
+    in_scan = entries["series"] != ""
+    ranked = entries[in_scan].groupby("series")["position"]
+    entries["slice"] = ranked.rank(method="first").sub(1).astype("Int64")
+    entries["slices"] = ranked.transform("size").astype("Int64")
+    return entries.drop(columns="position")
+
+
 def build_manifest(
-    raw_dir: Path, window: DicomWindow, *, progress: bool = True
+    raw_dir: Path, window: DicomWindow, unusable: list[tuple[str, str]] = (), *, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Inspect every file under raw_dir/{Healthy,Tumor}; return (manifest, rejects), sorted by path."""
+    """Inspect every file under raw_dir/{Healthy,Tumor}; return (manifest, rejects), sorted by path.
+    `unusable` (file, reason) are what the source could not bring in at all (a volume without labels)."""
     jobs = [
         (path, name)
         for name, folder in FOLDERS.items()
@@ -68,14 +85,23 @@ def build_manifest(
             pool.map(run, jobs), desc="inspect", unit="file", total=len(jobs), enabled=progress
         ):
             pass
-    manifest = pd.DataFrame(entries, columns=MANIFEST_COLUMNS).sort_values("path", ignore_index=True)
+    rejects += [{"path": path, "class": "", "reason": reason} for path, reason in unusable]
+    found = pd.DataFrame(entries, columns=[*MANIFEST_COLUMNS, "patient", "series", "position"])
+    manifest = _place_in_scan(found)[MANIFEST_COLUMNS + SCAN_COLUMNS].sort_values("path", ignore_index=True)
     rejected = pd.DataFrame(rejects, columns=REJECT_COLUMNS).sort_values("path", ignore_index=True)
     return manifest, rejected
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
     # phash and sha256 are hex strings that may look numeric: keep them as text.
-    return pd.read_csv(path, dtype={"sha256": str, "phash": str, "path": str, "class": str})
+    text = {"sha256": str, "phash": str, "path": str, "class": str, "patient": str, "series": str}
+    frame = pd.read_csv(
+        path,
+        dtype=text | {"slice": "Int64", "slices": "Int64"},
+        keep_default_na=False,
+        na_values={"slice": [""], "slices": [""]},
+    )
+    return frame
 
 
 def content_hash(manifest: pd.DataFrame, by: str = "class") -> str:

@@ -1,5 +1,6 @@
 """Bring a dataset into `data/raw/{Healthy,Tumor}/`: the built-in synthetic slices, a local folder or
-zip laid out like the public dataset, or the public dataset itself from Kaggle. Each source registers
+zip laid out like the public dataset or holding CT volumes (`pipeline.data.slicing`), or the public
+dataset itself from Kaggle. Each source registers
 its fetcher under the `source` tag of its config class (`pipeline.config.DataConfig`)."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import DataConfig, KaggleData, LocalData, SyntheticData
-from pipeline.data import synthetic
+from pipeline.config import DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
+from pipeline.data import slicing, synthetic
 from pipeline.data.classes import FOLDERS
 from pipeline.errors import DataError
 from pipeline.progress import progress
@@ -21,8 +22,10 @@ from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
-# fetch(config, out_dir, seed) fills the empty folder out_dir with one subfolder per class
-Fetcher = Callable[[Any, Path, int], None]
+# fetch(config, out_dir, seed) fills the empty folder out_dir with one subfolder per class and returns
+# (file, reason) for what it could not use (whole volumes; single files are the manifest's to reject)
+Rejects = list[tuple[str, str]]
+Fetcher = Callable[[Any, Path, int], Rejects]
 SOURCES: Registry[Fetcher] = Registry("data source", "data.source")
 CLASSES = tuple(FOLDERS.values())
 CT_FOLDER = "Brain Tumor CT scan Images"  # the CT half of the public dataset (beside an MRI half)
@@ -88,27 +91,49 @@ def copy_classes(root: Path, out_dir: Path) -> None:
 
 
 @SOURCES.register("synthetic")
-def fetch_synthetic(data: SyntheticData, out_dir: Path, seed: int) -> None:
+def fetch_synthetic(data: SyntheticData, out_dir: Path, seed: int) -> Rejects:
     synthetic.generate(
         out_dir, data.n_healthy, data.n_tumor, seed, min_size=data.min_size, max_size=data.max_size
     )
+    return []
+
+
+@SOURCES.register("synthetic_volumes")
+def fetch_synthetic_volumes(data: SyntheticVolumes, out_dir: Path, seed: int) -> Rejects:
+    """Phantom scans written as NIfTI volumes with masks, then sliced like a user's volumes."""
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as volumes:
+        synthetic.generate_volumes(
+            Path(volumes), data.patients, data.slices, data.size, data.lesion_share, seed
+        )
+        return _from_folder(Path(volumes), out_dir)
 
 
 @SOURCES.register("local")
-def fetch_local(data: LocalData, out_dir: Path, seed: int) -> None:
+def fetch_local(data: LocalData, out_dir: Path, seed: int) -> Rejects:
     path = data.path
     if path.is_file() and zipfile.is_zipfile(path):
         with tempfile.TemporaryDirectory(dir=out_dir.parent) as extracted:
             safe_extract(path, Path(extracted))
-            copy_classes(find_dataset_root(Path(extracted)), out_dir)
-    elif path.is_dir():
-        copy_classes(find_dataset_root(path), out_dir)
-    else:
-        raise DataError(f"{path}: neither a folder nor a zip archive")
+            return _from_folder(Path(extracted), out_dir)
+    if path.is_dir():
+        return _from_folder(path, out_dir)
+    raise DataError(f"{path}: neither a folder nor a zip archive")
+
+
+def _from_folder(root: Path, out_dir: Path) -> Rejects:
+    """CT volumes are sliced; otherwise the class folders' images are copied."""
+    if slicing.has_volumes(root):
+        rejects = slicing.slice_volumes(root, out_dir)
+        if not any(out_dir.rglob("*.dcm")):
+            listed = "; ".join(f"{file}: {reason}" for file, reason in rejects)
+            raise DataError(f"{root}: none of its volumes could be used ({listed})")
+        return rejects
+    copy_classes(find_dataset_root(root), out_dir)
+    return []
 
 
 @SOURCES.register("kaggle")
-def fetch_kaggle(data: KaggleData, out_dir: Path, seed: int) -> None:
+def fetch_kaggle(data: KaggleData, out_dir: Path, seed: int) -> Rejects:
     import kagglehub
     from kagglehub.config import get_kaggle_credentials
 
@@ -123,8 +148,10 @@ def fetch_kaggle(data: KaggleData, out_dir: Path, seed: int) -> None:
     except Exception as err:  # noqa: BLE001 -- kagglehub raises requests, HTTP and its own errors alike
         raise DataError(f"downloading Kaggle dataset '{data.handle}' failed: {err}") from None
     copy_classes(find_dataset_root(downloaded), out_dir)
+    return []
 
 
-def fetch(data: DataConfig, out_dir: Path, seed: int) -> None:
-    """Fill the empty folder `out_dir` with `Healthy/` and `Tumor/` (and `Masks/` for synthetic data)."""
-    SOURCES.get(data.source)(data, out_dir, seed)
+def fetch(data: DataConfig, out_dir: Path, seed: int) -> Rejects:
+    """Fill the empty folder `out_dir` with `Healthy/` and `Tumor/` (and `Masks/` where lesion masks
+    exist); return what could not be used, with the reason."""
+    return SOURCES.get(data.source)(data, out_dir, seed)

@@ -10,6 +10,11 @@ public Kaggle brain-CT dataset, so every later stage treats both sources alike:
 
 Healthy and tumor slices come from one anatomy generator with the same size, noise and format, so
 the tumor (mass, oedema, mass effect) is the only thing that tells the classes apart.
+
+`generate_volumes` writes the same anatomy as whole scans instead: one NIfTI volume per patient in
+Hounsfield units, from the skull base (little brain, much bone) to the skull top, with a lesion mask
+for the patients that have one (a tumor, a haemorrhage-like crescent against the skull's inner edge,
+or a bright parenchymal blob, over a few middle slices), for the volume path of `data=local`.
 """
 
 from __future__ import annotations
@@ -23,12 +28,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.data.classes import FOLDERS, HEALTHY, TUMOR
+from pipeline.data.classes import FOLDERS, HEALTHY, MASKS, TUMOR
 from pipeline.progress import progress as progress_bar
 
 _HEALTHY, _TUMOR = 0, 1
 _FOLDERS = {_HEALTHY: (FOLDERS[HEALTHY], "ct_healthy"), _TUMOR: (FOLDERS[TUMOR], "ct_tumor")}
-_MASKS = "Masks"
 _REFERENCE_SIZE = 384.0  # blur and line widths are tuned at this size and scale with the canvas
 _TABLE = 4096  # samples per turn of the tabulated angular functions
 _MARGIN = 4.0  # pixels (at the reference size) kept around the head for the blur to spread into
@@ -59,7 +63,7 @@ def generate(
     if not 32 <= min_size <= max_size:
         raise ValueError(f"need 32 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
     out_dir = Path(out_dir)
-    for folder in (*(name for name, _ in _FOLDERS.values()), _MASKS):
+    for folder in (*(name for name, _ in _FOLDERS.values()), MASKS):
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
     jobs = [(_HEALTHY, i) for i in range(1, n_healthy + 1)] + [(_TUMOR, i) for i in range(1, n_tumor + 1)]
     for class_index, i in progress_bar(jobs, desc="synthetic CT", enabled=progress):
@@ -69,7 +73,115 @@ def generate(
         # compress_level=1: a third of the default's time for files ~15% larger
         Image.fromarray(image).save(out_dir / folder / name, compress_level=1)
         if mask is not None:
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / _MASKS / name, compress_level=1)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / MASKS / name, compress_level=1)
+
+
+LESIONS = ("tumor", "crescent", "blob")
+_BRAIN_WINDOW_HU = 80.0  # the 8-bit slices are a brain window: 0 -> 0 HU, 1 -> 80 HU
+_BONE = 0.85  # above this fraction of full scale the 8-bit slice shows bone (clipped by the window)
+
+
+def generate_volumes(
+    out_dir: Path,
+    patients: int,
+    slices: int,
+    size: int,
+    lesion_share: float,
+    seed: int,
+    progress: bool = True,
+) -> None:
+    """Write `out_dir/patient<i>/head.nii.gz` and its `head_mask.nii.gz` (empty for a clean scan).
+
+    Every patient's anatomy is one seeded head, cut at `slices` levels: the head's cross-section grows
+    from the skull base and shrinks to the skull top, the lowest levels are mostly bone and soft
+    tissue and the highest mostly skull, as in a real scan. A share `lesion_share` of the patients
+    carries one lesion over 2-4 consecutive middle slices, its kind drawn from LESIONS.
+    """
+    import nibabel as nib  # here: only the volume source needs it
+
+    for index in progress_bar(range(patients), desc="synthetic volumes", enabled=progress):
+        rng = np.random.default_rng((seed, 2, index))
+        lesion = LESIONS[int(rng.integers(len(LESIONS)))] if rng.random() < lesion_share else None
+        first = int(rng.integers(int(0.35 * slices), int(0.6 * slices)))
+        lesioned = range(first, first + int(rng.integers(2, 5))) if lesion else range(0)
+        with_tumor, tumor_mask = _render((seed, 2, index), size, size, tumor=lesion == "tumor")
+        clean_image = _render((seed, 2, index), size, size, tumor=False)[0] / np.float32(255)
+        tumor_image = with_tumor if lesion == "tumor" else None
+        found = _bright_lesion(clean_image, lesion, rng) if lesion in ("crescent", "blob") else None
+        volume = np.empty((size, size, slices), dtype=np.float32)
+        mask = np.zeros((size, size, slices), dtype=np.uint8)
+        for k in range(slices):
+            level = k / max(slices - 1, 1)
+            gray, lesion_mask = clean_image, None
+            if k in lesioned and tumor_image is not None:
+                gray, lesion_mask = tumor_image / np.float32(255), tumor_mask
+            elif k in lesioned and found is not None:
+                gray, lesion_mask = found
+            gray, lesion_mask = _at_level(gray, lesion_mask, level, rng)
+            volume[..., k] = _display_to_ras(_hounsfield(gray))
+            if lesion_mask is not None:
+                mask[..., k] = _display_to_ras(lesion_mask)
+        folder = Path(out_dir) / f"patient{index:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        affine = np.diag([0.8, 0.8, 5.0, 1.0])  # mm: in-plane pixels, thick axial slices
+        nib.save(nib.Nifti1Image(volume, affine), folder / "head.nii.gz")
+        nib.save(nib.Nifti1Image(mask, affine), folder / "head_mask.nii.gz")  # empty: a clean scan
+
+
+def _display_to_ras(image: np.ndarray) -> np.ndarray:
+    """A displayed slice (anterior up, patient's right on the left) -> the RAS+ (x, y) plane."""
+    return image.T[::-1, ::-1]
+
+
+def _hounsfield(gray: np.ndarray) -> np.ndarray:
+    """A brain-window slice (fractions of full scale) -> HU: air outside, bone where the window clips."""
+    hu = gray * _BRAIN_WINDOW_HU
+    hu = np.where(gray >= _BONE, 400 + (gray - _BONE) * 4000, hu)
+    return np.where(gray <= 0, -1000.0, hu).astype(np.float32)
+
+
+def _bright_lesion(gray: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A haemorrhage-like finding, bright in the brain window: a crescent along the skull's inner edge
+    (epidural or subdural) or a blob in the parenchyma; returns the slice with it and its mask."""
+    skull = gray >= _BONE
+    inside = ndimage.binary_fill_holes(skull) & ~skull
+    depth = ndimage.distance_transform_edt(inside)
+    y, x = np.nonzero(inside)
+    cy, cx = y.mean(), x.mean()
+    if kind == "crescent":
+        yy, xx = np.mgrid[: gray.shape[0], : gray.shape[1]]
+        angle = np.angle((xx - cx) + 1j * (yy - cy))
+        start = rng.uniform(-np.pi, np.pi)
+        sector = np.angle(np.exp(1j * (angle - start))) % (2 * np.pi) < rng.uniform(0.6, 1.2)
+        mask = inside & sector & (depth <= rng.uniform(2.0, 4.0) * gray.shape[0] / 96)
+    else:
+        deep = np.flatnonzero(depth.ravel() > depth.max() * 0.4)
+        centre = np.unravel_index(deep[int(rng.integers(len(deep)))], gray.shape)
+        radius = rng.uniform(0.04, 0.07) * gray.shape[0]
+        yy, xx = np.mgrid[: gray.shape[0], : gray.shape[1]]
+        mask = inside & (np.hypot(yy - centre[0], xx - centre[1]) <= radius)
+    bright = np.where(mask, rng.uniform(0.75, 0.82) + 0.02 * rng.standard_normal(gray.shape), gray)
+    return bright.astype(np.float32), mask
+
+
+def _at_level(
+    gray: np.ndarray, mask: np.ndarray | None, level: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The slice as it looks at `level` (0 skull base, 1 skull top): the head's cross-section scaled
+    about its centre; near the base the brain gives way to bone and soft tissue, near the top the
+    skull cap takes most of the slice."""
+    scale = 0.45 + 0.55 * math.sin(math.pi * (0.12 + 0.8 * level))
+    centre = (np.array(gray.shape) - 1) / 2
+    zoom = {"matrix": np.full(2, 1 / scale), "offset": centre - centre / scale}
+    scaled = ndimage.affine_transform(gray, order=1, **zoom)
+    mask = None if mask is None else ndimage.affine_transform(mask.astype(np.uint8), order=0, **zoom) > 0
+    head = scaled > 0.02
+    if level < 0.15:  # skull base: bone and soft tissue where the brain would be
+        base = 0.5 + 0.45 * ndimage.gaussian_filter(rng.random(gray.shape), 2.0)
+        scaled = np.where(head, np.maximum(scaled, base * (0.15 - level) / 0.15 + scaled * level / 0.15), 0)
+    elif level > 0.9:  # skull top: the cap's bone covers the slice
+        scaled = np.where(head, np.maximum(scaled, (level - 0.9) / 0.1), 0)
+    return scaled.astype(np.float32), mask
 
 
 def example_png(size: int = 256) -> bytes:

@@ -1,0 +1,137 @@
+"""CT volumes: NIfTI read in any orientation and mapped back exactly, the dataset layouts with their
+masks, each bad volume a reject with its reason, patient-level splits and scan-level results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import download, split
+from pipeline.config import Settings
+from pipeline.data.classes import mask_path
+from pipeline.data.manifest import read_manifest
+from pipeline.data.slicing import find_cases, slice_volumes
+from pipeline.data.volumes import read_mask, read_volume, to_volume
+from pipeline.scans import scan_metrics, scan_table
+from tests.volume_factory import head_volume, lesion_mask, write_volume
+
+# Identity, axes permuted and flipped with anisotropic voxels, and an oblique-free LPS-like flip.
+AFFINES = [
+    np.eye(4),
+    np.array([[0, -1, 0, 5], [0, 0, 2.5, 1], [-1.5, 0, 0, 3], [0, 0, 0, 1.0]]),
+    np.diag([-0.8, -0.8, 3.0, 1.0]),
+]
+
+
+@pytest.mark.parametrize("affine", AFFINES)
+def test_slices_run_feet_to_head_and_map_back_to_the_files_grid(affine: np.ndarray, tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(9, 7, 5)).astype(np.float32)
+    volume = read_volume(write_volume(tmp_path / "scan.nii.gz", data, affine))
+    np.testing.assert_array_equal(to_volume(volume.slices, volume), data)
+    codes = nib.aff2axcodes(affine)
+    superior = next(axis for axis, code in enumerate(codes) if code in "SI")
+    assert volume.slices.shape[0] == data.shape[superior]
+    mask = write_volume(tmp_path / "scan_mask.nii.gz", (data > 1).astype(np.uint8), affine)
+    np.testing.assert_array_equal(to_volume(read_mask(mask, volume), volume), data > 1)
+
+
+def test_the_first_slice_is_the_lowest(tmp_path: Path) -> None:
+    """With the head's top at the file's first index (an I-S flipped affine), slice 0 is still the lowest."""
+    data = np.zeros((4, 4, 6), dtype=np.float32)
+    data[..., 0] = 7  # the top of the head: z = 0 maps to the highest world position
+    volume = read_volume(write_volume(tmp_path / "flipped.nii.gz", data, np.diag([1.0, 1.0, -1.0, 1.0])))
+    assert (volume.slices[-1] == 7).all() and (volume.slices[0] == 0).all()
+
+
+def _dataset(root: Path, patients: int = 6) -> Path:
+    """`patients` folders with one scan each; every other patient has a lesion on slices 3-4."""
+    for p in range(patients):
+        hu = head_volume(seed=p)
+        write_volume(root / f"patient{p}" / "head.nii.gz", hu)
+        if p % 2 == 0:
+            write_volume(root / f"patient{p}" / "head_mask.nii.gz", lesion_mask(hu.shape, range(3, 5)))
+        else:
+            write_volume(root / "masks" / f"patient{p}" / "head.nii.gz", np.zeros(hu.shape, np.uint8))
+    return root
+
+
+def test_layouts_masks_patients_and_class_folders(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "in", patients=2)
+    write_volume(root / "Healthy" / "extra.nii.gz", head_volume())
+    cases = {case.name: case for case in find_cases(root)}
+    assert set(cases) == {"patient0/head", "patient1/head", "Healthy/extra"}
+    assert cases["patient0/head"].mask == root / "patient0" / "head_mask.nii.gz"
+    assert cases["patient1/head"].mask == root / "masks" / "patient1" / "head.nii.gz"
+    assert (cases["patient0/head"].patient, cases["Healthy/extra"].patient) == ("patient0", "extra")
+    assert cases["Healthy/extra"].healthy and cases["Healthy/extra"].mask is None
+
+
+def test_each_bad_volume_is_a_reject_and_the_rest_are_sliced(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "in", patients=2)
+    write_volume(root / "unlabelled.nii.gz", head_volume())
+    write_volume(root / "wrong.nii.gz", head_volume())
+    write_volume(root / "wrong_mask.nii.gz", np.zeros((10, 10, 8), np.uint8))
+    good = (root / "patient0" / "head.nii.gz").read_bytes()
+    (root / "cut.nii.gz").write_bytes(good[: len(good) // 2])
+    out = tmp_path / "raw"
+    rejects = dict(slice_volumes(root, out))
+    assert set(rejects) == {"unlabelled.nii.gz", "wrong.nii.gz", "cut.nii.gz"}
+    assert "cannot be labelled" in rejects["unlabelled.nii.gz"]
+    assert "differs from its image's (48, 48, 8)" in rejects["wrong.nii.gz"]
+    assert "cannot read NIfTI" in rejects["cut.nii.gz"]
+    tumor = sorted(p.relative_to(out).as_posix() for p in (out / "Tumor").rglob("*.dcm"))
+    assert tumor == ["Tumor/patient0/head_z003.dcm", "Tumor/patient0/head_z004.dcm"]
+    assert all((out / mask_path(path)).is_file() for path in tumor)
+    assert len(list((out / "Healthy").rglob("*.dcm"))) == 16 - 2
+
+
+def test_volumes_are_downloaded_and_split_by_patient(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    root = _dataset(tmp_path / "in", patients=8)
+    write_volume(root / "unlabelled.nii.gz", head_volume())
+    settings = make_settings("data=local", f"data.path={root}", "preprocess.image_size=32", base=())
+    download.run(settings)
+    manifest = read_manifest(settings.paths.manifests / "raw.csv")
+    assert manifest["patient"].nunique() == 8 and (manifest["slices"] == 8).all()
+    assert sorted(manifest.loc[manifest["patient"] == "patient0", "slice"]) == list(range(8))
+    rejects = pd.read_csv(settings.paths.manifests / "rejects.csv")
+    assert rejects["path"].tolist() == ["unlabelled.nii.gz"]
+    assert json.loads((settings.paths.reports / "data" / "download.json").read_text())["scans"] == 8
+    split.run(settings)
+    summary = json.loads((settings.paths.reports / "data" / "split.json").read_text())
+    assert summary["by_patient"] == 1
+    assert summary["patients_train"] + summary["patients_val"] + summary["patients_test"] == 8
+    assert summary["val_tumor"] > 0 and summary["test_tumor"] > 0 and "train_tumor" not in summary
+
+
+def test_a_scan_is_as_anomalous_as_its_top_slices() -> None:
+    frame = pd.DataFrame(
+        {
+            "path": [f"s{s}_z{k}" for s in range(4) for k in range(5)],
+            "series": [f"s{s}" for s in range(4) for _ in range(5)],
+            "patient": [f"p{s}" for s in range(4) for _ in range(5)],
+        }
+    )
+    labels = np.array([int(s >= 2 and k == 2) for s in range(4) for k in range(5)])
+    scores = np.array(
+        [
+            0.1 * k + (0.5 if label else 0) + 0.01 * s
+            for s in range(4)
+            for k, label in enumerate(labels[s * 5 : s * 5 + 5])
+        ]
+    )
+    table = scan_table(frame, labels, scores, top_k=2)
+    assert table["label"].tolist() == [0, 0, 1, 1] and table["anomalous_slices"].tolist() == [0, 0, 1, 1]
+    assert table.loc[2, "top_slice"] == "s2_z2" and table.loc[0, "top_slice"] == "s0_z4"
+    assert table.loc[2, "max_score"] == pytest.approx(0.72)
+    assert table.loc[2, "top_k_score"] == pytest.approx((0.72 + 0.42) / 2)
+    metrics = scan_metrics(table)
+    assert metrics["scans"] == 4 and metrics["anomalous_scans"] == 2 and metrics["scan_roc_auc"] == 1.0
+    assert scan_table(frame.drop(columns="series"), labels, scores, 2).empty
