@@ -24,7 +24,7 @@ from pipeline.data.images import blanked_png
 from pipeline.detector import Detector
 from pipeline.entrypoint import stage
 from pipeline.io import read_json, write_csv, write_json
-from pipeline.localization import pixel_metrics, tumor_outlines
+from pipeline.localization import pixel_intervals, pixel_metrics, tumor_outlines
 from pipeline.metrics import (
     bootstrap_intervals,
     detection_metrics,
@@ -154,7 +154,11 @@ def evaluation_metrics(scored: Scored, calibration: dict, settings: Settings) ->
         results["extra_tumor_detection_rate"] = detection_rate(scored.extra_scores, threshold)
     outlines = tumor_outlines(settings.paths.raw, scored.test.frame[labels == 1], settings.preprocess)
     if outlines is not None:
-        results |= pixel_metrics(scored.maps[labels == 1], outlines, calibration["pixel_threshold"])
+        tumor_maps = scored.maps[labels == 1]
+        results |= pixel_metrics(tumor_maps, outlines, calibration["pixel_threshold"])
+        results |= pixel_intervals(
+            tumor_maps, outlines, calibration["pixel_threshold"], settings.evaluate.bootstrap, settings.seed
+        )
     results |= scan_metrics(scored.scans) if len(scored.scans) else {}
     results.update(threshold=threshold, test_images=len(labels), extra_tumor_images=len(scored.extra_scores))
     return results

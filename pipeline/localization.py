@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from pipeline.config import PreprocessConfig
 from pipeline.data.classes import mask_path
@@ -34,14 +34,65 @@ def tumor_outlines(raw_dir: Path, frame: pd.DataFrame, config: PreprocessConfig)
     return np.stack(outlines)
 
 
+AUC_BINS = 512  # residual histogram bins behind the bootstrapped pixel ROC AUC
+
+
 def pixel_metrics(maps: np.ndarray, outlines: np.ndarray, pixel_threshold: float) -> dict[str, float]:
-    """Pixel ROC AUC of the residual maps against the outlines, over the scored pixels (maps > 0),
-    and the Dice overlap of the pixels above `pixel_threshold` with the outlines, over all slices."""
+    """Over the scored pixels (maps > 0): the pixel ROC AUC and PR AUC (average precision) of the
+    residual maps against the outlines; the Dice overlap of the pixels above `pixel_threshold` with the
+    outlines over all slices; and the mean over slices of each slice's best Dice at any threshold."""
     scored = maps > 0
     truth, values = outlines[scored], maps[scored]
     flagged = maps > pixel_threshold
     overlap = 2 * np.sum(flagged & outlines)
+    both = 0 < truth.sum() < truth.size
     return {
-        "pixel_roc_auc": float(roc_auc_score(truth, values)) if 0 < truth.sum() < truth.size else np.nan,
+        "pixel_roc_auc": float(roc_auc_score(truth, values)) if both else np.nan,
+        "pixel_pr_auc": float(average_precision_score(truth, values)) if both else np.nan,
         "dice": float(overlap / max(int(flagged.sum() + outlines.sum()), 1)),
+        "slice_best_dice": float(np.mean([_best_dice(m, o) for m, o in zip(maps, outlines, strict=True)])),
     }
+
+
+def _best_dice(residual: np.ndarray, outline: np.ndarray) -> float:
+    """The highest Dice a threshold on this slice's map reaches: flagging its k highest scored pixels."""
+    scored = residual > 0
+    order = np.argsort(-residual[scored], kind="stable")
+    hits = np.cumsum(outline[scored][order])
+    flagged = np.arange(1, len(order) + 1)
+    dice = 2 * hits / (flagged + outline.sum())
+    return float(dice.max()) if len(dice) and outline.any() else 0.0
+
+
+def pixel_intervals(
+    maps: np.ndarray, outlines: np.ndarray, pixel_threshold: float, n_resamples: int, seed: int
+) -> dict[str, float]:
+    """95% bootstrap intervals of the pixel ROC AUC and the Dice, resampling whole slices (pixels of
+    one slice are not independent). The AUC is computed from residual histograms, to the bins' width."""
+    scored = maps > 0
+    edges = np.linspace(0, max(float(maps.max()), 1e-12), AUC_BINS + 1)
+    positive = np.stack(
+        [np.histogram(m[s & o], edges)[0] for m, s, o in zip(maps, scored, outlines, strict=True)]
+    )
+    negative = np.stack(
+        [np.histogram(m[s & ~o], edges)[0] for m, s, o in zip(maps, scored, outlines, strict=True)]
+    )
+    flagged = maps > pixel_threshold
+    overlap, sizes = (
+        (flagged & outlines).sum(axis=(1, 2)),
+        flagged.sum(axis=(1, 2)) + outlines.sum(axis=(1, 2)),
+    )
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(maps), np.full(len(maps), 1 / len(maps)), size=n_resamples)
+    pos, neg = weights @ positive, weights @ negative
+    below = np.cumsum(neg, axis=1) - neg  # negatives in lower bins
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((pos * below).sum(axis=1) + 0.5 * (pos * neg).sum(axis=1)) / pairs
+        dice = 2 * (weights @ overlap) / np.maximum(weights @ sizes, 1)
+    results = {}
+    for name, values in (("pixel_roc_auc", auc), ("dice", dice)):
+        finite = values[np.isfinite(values)]
+        low, high = np.percentile(finite, [2.5, 97.5]) if len(finite) else (np.nan, np.nan)
+        results |= {f"{name}_ci_low": float(low), f"{name}_ci_high": float(high)}
+    return results

@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.data import synthetic
 from pipeline.data.images import load_image, resize_square
-from pipeline.localization import pixel_metrics, tumor_outlines
+from pipeline.localization import pixel_intervals, pixel_metrics, tumor_outlines
 from pipeline.scoring import regions
 from tests.conftest import preprocess_config, score_config
 
@@ -107,7 +107,8 @@ def test_a_perfect_map_has_pixel_auc_and_dice_one() -> None:
     outlines = _outlines()
     maps = np.where(outlines, 0.8, 0.2)
     maps[1, 3, :] = 0.0  # unscored pixels (outside the head) do not count
-    assert pixel_metrics(maps, outlines, 0.5) == {"pixel_roc_auc": 1.0, "dice": 1.0}
+    perfect = pixel_metrics(maps, outlines, 0.5)
+    assert perfect == {"pixel_roc_auc": 1.0, "pixel_pr_auc": 1.0, "dice": 1.0, "slice_best_dice": 1.0}
     assert pixel_metrics(maps, outlines, 0.9)["dice"] == 0.0  # nothing flagged
     # Everything scored flagged: 5 tumor pixels among 28 flagged, Dice = 2 * 5 / (28 + 5).
     assert pixel_metrics(maps, outlines, 0.1)["dice"] == pytest.approx(10 / 33)
@@ -138,3 +139,25 @@ def test_auc_is_undefined_without_tumor_or_without_other_pixels() -> None:
     all_tumor = np.ones((1, 4, 4), dtype=bool)
     metrics = pixel_metrics(np.full((1, 4, 4), 0.3), all_tumor, 0.2)
     assert np.isnan(metrics["pixel_roc_auc"]) and metrics["dice"] == 1.0
+
+
+def test_best_dice_per_slice_takes_each_slices_best_threshold() -> None:
+    """Slice 0 is perfect at threshold 0.5, slice 1 only when its 0.3 pixel is flagged: one threshold
+    for both cannot do what each slice's own can."""
+    outlines = _outlines()
+    maps = np.where(outlines, 0.8, 0.2)
+    maps[1] = np.where(outlines[1], 0.3, 0.1)
+    assert pixel_metrics(maps, outlines, 0.5)["slice_best_dice"] == 1.0
+    assert pixel_metrics(maps, outlines, 0.5)["dice"] < 1.0
+
+
+def test_pixel_intervals_resample_slices_and_hold_the_estimate() -> None:
+    rng = np.random.default_rng(0)
+    outlines = rng.random((30, 16, 16)) < 0.1
+    maps = np.clip(0.3 * outlines + rng.random((30, 16, 16)) * 0.7, 0.01, 1)
+    point = pixel_metrics(maps, outlines, 0.6)
+    intervals = pixel_intervals(maps, outlines, 0.6, n_resamples=500, seed=0)
+    for name in ("pixel_roc_auc", "dice"):
+        assert intervals[f"{name}_ci_low"] <= point[name] <= intervals[f"{name}_ci_high"]
+        assert intervals[f"{name}_ci_high"] - intervals[f"{name}_ci_low"] < 0.2
+    assert intervals == pixel_intervals(maps, outlines, 0.6, n_resamples=500, seed=0)
