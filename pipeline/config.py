@@ -50,13 +50,24 @@ class SyntheticVolumes(Section):
     lesion_share: float = Field(gt=0, lt=1)  # of the patients
 
 
+class ClassFolders(Section):
+    """The names of a dataset's class folders (any letter case): e.g. `normal` / `anomalous`."""
+
+    healthy: str = Field(default="Healthy", min_length=1)
+    tumor: str = Field(default="Tumor", min_length=1)  # the anomalous class, whatever the anomaly
+
+
 class LocalData(Section):
     source: Literal["local"]
     path: Path
+    folders: ClassFolders = ClassFolders()
+    labels: Path | None = None  # a CSV of `path` (below `path`) -> `class`, instead of class folders
 
-    @field_validator("path")
+    @field_validator("path", "labels")
     @classmethod
-    def _exists(cls, path: Path) -> Path:
+    def _exists(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
         path = path.expanduser()
         if not path.exists():
             raise ValueError(f"'{path}' does not exist")

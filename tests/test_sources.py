@@ -13,8 +13,8 @@ from pipeline.data.sources import CT_FOLDER, SOURCES, fetch, find_dataset_root
 from pipeline.errors import ConfigError, DataError
 
 
-def _dataset(root: Path, n: int = 2) -> Path:
-    for cls in ("Healthy", "Tumor"):
+def _dataset(root: Path, n: int = 2, folders: tuple[str, str] = ("Healthy", "Tumor")) -> Path:
+    for cls in folders:
         (root / cls).mkdir(parents=True)
         for i in range(n):
             Image.new("L", (8, 8), 40 * i).save(root / cls / f"ct_{cls.lower()} ({i + 1}).png")
@@ -114,3 +114,38 @@ def test_unknown_source_lists_the_registered_ones() -> None:
         r"\(available: kaggle, local, synthetic, synthetic_volumes\)",
     ):
         SOURCES.get("ftp")
+
+
+def test_class_folders_may_have_other_names(tmp_path: Path) -> None:
+    """`data.folders`: a dataset with normal/ and anomalous/ lands in the raw folder's Healthy/ and Tumor/."""
+    root = _dataset(tmp_path / "in", folders=("normal", "anomalous"))
+    config = LocalData(source="local", path=root, folders={"healthy": "normal", "tumor": "anomalous"})
+    fetch(config, tmp_path / "raw", 0)
+    assert sorted(p.parent.name for p in (tmp_path / "raw").rglob("*.png")) == ["Healthy"] * 2 + ["Tumor"] * 2
+    with pytest.raises(DataError, match=r"no Healthy/ and Tumor/ folders found .*data\.folders\.healthy"):
+        fetch(LocalData(source="local", path=root), tmp_path / "raw2", 0)
+
+
+def test_a_labels_csv_instead_of_class_folders(tmp_path: Path) -> None:
+    """`data.labels`: each listed file goes to its class (by name or by the class folder names); an
+    unlisted file is a reject; a bad row stops the download with its line."""
+    root = tmp_path / "flat"
+    (root / "scans").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        Image.new("L", (8, 8), 50).save(root / "scans" / f"{name}.png")
+    labels = root / "labels.csv"
+    labels.write_text("path,class\nscans/a.png,healthy\nscans/b.png,anomalous\n")
+    config = LocalData(
+        source="local", path=root, labels=labels, folders={"healthy": "normal", "tumor": "anomalous"}
+    )
+    rejects = fetch(config, tmp_path / "raw", 0)
+    assert (tmp_path / "raw/Healthy/scans/a.png").is_file() and (tmp_path / "raw/Tumor/scans/b.png").is_file()
+    assert rejects == [("scans/c.png", "not in the labels CSV labels.csv")]
+    labels.write_text("path,class\nscans/a.png,healthy\nscans/b.png,sick\n")
+    with pytest.raises(
+        DataError, match=r"labels.csv: 1 row\(s\) whose class is not one of .*line 3: scans/b.png"
+    ):
+        fetch(config, tmp_path / "raw2", 0)
+    labels.write_text("path,class\nscans/zz.png,healthy\n")
+    with pytest.raises(DataError, match=r"file does not exist, e.g. line 2: scans/zz.png"):
+        fetch(config, tmp_path / "raw3", 0)

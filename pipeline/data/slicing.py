@@ -53,10 +53,11 @@ def has_volumes(root: Path) -> bool:
     return any(is_volume(path) for path in root.rglob("*") if path.is_file())
 
 
-def find_cases(root: Path) -> list[Case]:
-    """Every image volume under `root` with its mask (if any), patient and class folder."""
-    healthy_folder = FOLDERS[HEALTHY].lower()
-    class_folders = {folder.lower() for folder in FOLDERS.values()}
+def find_cases(root: Path, folders: dict[str, str] = FOLDERS) -> list[Case]:
+    """Every image volume under `root` with its mask (if any), patient and class folder (`folders`:
+    class -> the dataset's name for its folder)."""
+    healthy_folder = folders[HEALTHY].lower()
+    class_folders = {folder.lower() for folder in folders.values()}
     cases = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and is_volume(p)):
         relative = path.relative_to(root)
@@ -79,7 +80,7 @@ def _write_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
-def write_case(case: Case, out_dir: Path) -> int:
+def write_case(case: Case, out_dir: Path, healthy_folder: str = FOLDERS[HEALTHY]) -> int:
     """Write the case's slices (and anomalous slices' masks) under `out_dir`; return the slice count.
     Raises ImageDecodeError naming the file when the volume or its mask cannot be used."""
     volume = read_volume(case.image)
@@ -91,7 +92,7 @@ def write_case(case: Case, out_dir: Path) -> int:
         raise ImageDecodeError(
             case.image,
             f"no mask ({case.name}{MASK_SUFFIX}.nii.gz or {MASKS_FOLDER}/...) and not under a "
-            f"{FOLDERS[HEALTHY]}/ folder: its slices cannot be labelled",
+            f"{healthy_folder}/ folder: its slices cannot be labelled",
         )
     for index, (hu, mask) in enumerate(zip(volume.slices, masks, strict=True)):
         anomalous = bool(mask.any())
@@ -105,12 +106,12 @@ def write_case(case: Case, out_dir: Path) -> int:
     return len(volume.slices)
 
 
-def slice_volumes(root: Path, out_dir: Path) -> list[tuple[str, str]]:
+def slice_volumes(root: Path, out_dir: Path, folders: dict[str, str] = FOLDERS) -> list[tuple[str, str]]:
     """Slice every case under `root` into `out_dir`; return (volume path, reason) for those rejected."""
     rejects = []
-    for case in progress(find_cases(root), desc="volumes", unit="volume"):
+    for case in progress(find_cases(root, folders), desc="volumes", unit="volume"):
         try:
-            write_case(case, out_dir)
+            write_case(case, out_dir, folders[HEALTHY])
         except ImageDecodeError as err:
             rejects.append((case.image.relative_to(root).as_posix(), err.reason))
     return rejects

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from pipeline.config import DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
 from pipeline.data import slicing, synthetic
 from pipeline.data.classes import FOLDERS
@@ -27,23 +29,26 @@ log = logging.getLogger(__name__)
 Rejects = list[tuple[str, str]]
 Fetcher = Callable[[Any, Path, int], Rejects]
 SOURCES: Registry[Fetcher] = Registry("data source", "data.source")
-CLASSES = tuple(FOLDERS.values())
+Folders = dict[str, str]  # class -> the name of its folder in a user's dataset
 CT_FOLDER = "Brain Tumor CT scan Images"  # the CT half of the public dataset (beside an MRI half)
 
 
-def _class_dirs(folder: Path) -> dict[str, Path] | None:
-    """The folder's Healthy and Tumor subfolders (any letter case), or None if either is missing."""
+def _class_dirs(folder: Path, folders: Folders) -> dict[str, Path] | None:
+    """The folder's class subfolders (any letter case) by class, or None if one is missing."""
     children = {child.name.lower(): child for child in folder.iterdir() if child.is_dir()}
-    found = {name: children.get(name.lower()) for name in CLASSES}
+    found = {cls: children.get(name.lower()) for cls, name in folders.items()}
     return found if all(found.values()) else None  # type: ignore[return-value]
 
 
-def find_dataset_root(path: Path) -> Path:
-    """The folder holding Healthy/ and Tumor/: `path` itself, else its `Brain Tumor CT scan Images`
-    folder, else the one folder below it that has both."""
-    if _class_dirs(path):
+def find_dataset_root(path: Path, folders: Folders = FOLDERS) -> Path:
+    """The folder holding the class folders (Healthy/ and Tumor/ unless `folders` names others):
+    `path` itself, else its `Brain Tumor CT scan Images` folder, else the one folder below it that
+    has both."""
+    if _class_dirs(path, folders):
         return path
-    below = [folder for folder in sorted(path.rglob("*")) if folder.is_dir() and _class_dirs(folder)]
+    named = ",".join(folders.values())
+    pair = "/ and ".join(folders.values())
+    below = [folder for folder in sorted(path.rglob("*")) if folder.is_dir() and _class_dirs(folder, folders)]
     ct = [folder for folder in below if folder.name.lower() == CT_FOLDER.lower()]
     for candidates in (ct, below):
         if len(candidates) == 1:
@@ -51,11 +56,11 @@ def find_dataset_root(path: Path) -> Path:
         if len(candidates) > 1:
             listed = ", ".join(str(c) for c in candidates)
             raise DataError(
-                f"{path}: several folders hold Healthy/ and Tumor/ ({listed}); point data.path at one of them"
+                f"{path}: several folders hold {pair}/ ({listed}); point data.path at one of them"
             )
     raise DataError(
-        f"{path}: no Healthy/ and Tumor/ folders found (expected "
-        f"'{CT_FOLDER}/{{Healthy,Tumor}}' or '{{Healthy,Tumor}}' directly)"
+        f"{path}: no {pair}/ folders found (expected '{CT_FOLDER}/{{{named}}}' or '{{{named}}}' directly, "
+        "or CT volumes; other class folder names: data.folders.healthy=... data.folders.tumor=...)"
     )
 
 
@@ -75,19 +80,54 @@ def safe_extract(archive: Path, target: Path) -> None:
         raise DataError(f"{archive}: not a readable zip archive ({err})") from None
 
 
-def copy_classes(root: Path, out_dir: Path) -> None:
-    """Copy every file under root's Healthy/ and Tumor/ into out_dir, keeping relative paths.
-    Every file is copied, images or not: the manifest decides, and lists what it rejects."""
-    dirs = _class_dirs(root)
+def copy_classes(root: Path, out_dir: Path, folders: Folders = FOLDERS) -> None:
+    """Copy every file under root's class folders into out_dir's Healthy/ and Tumor/, keeping relative
+    paths. Every file is copied, images or not: the manifest decides, and lists what it rejects."""
+    dirs = _class_dirs(root, folders)
     assert dirs is not None, root
     files = {name: sorted(p for p in folder.rglob("*") if p.is_file()) for name, folder in dirs.items()}
     for name, found in files.items():
         if not found:
-            raise DataError(f"{dirs[name]}: the {name} class folder is empty")
-    jobs = [(path, out_dir / name / path.relative_to(dirs[name])) for name in CLASSES for path in files[name]]
+            raise DataError(f"{dirs[name]}: the {folders[name]} class folder is empty")
+    jobs = [
+        (path, out_dir / FOLDERS[cls] / path.relative_to(dirs[cls])) for cls in dirs for path in files[cls]
+    ]
     for source, destination in progress(jobs, desc="copy", unit="file"):
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
+
+
+def copy_labelled(root: Path, out_dir: Path, labels: Path, folders: Folders) -> Rejects:
+    """Copy the files a labels CSV lists (`path` relative to `root`, `class`: healthy/tumor or the
+    class folders' names) into out_dir's class folders; files it does not list are rejects."""
+    try:
+        table = pd.read_csv(labels, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{labels}: not a readable CSV ({err})") from None
+    if not {"path", "class"} <= set(table.columns):
+        raise DataError(f"{labels}: needs the columns 'path' and 'class' (has {', '.join(table.columns)})")
+    classes = {name.lower(): cls for cls, name in folders.items()} | {cls: cls for cls in folders}
+    table = table.assign(label=table["class"].str.lower().map(classes))
+    problems = {
+        "class is not one of " + ", ".join(sorted(classes)): table["label"].isna(),
+        "file does not exist": ~table["path"].map(lambda path: (root / path).is_file()),
+    }
+    for what, bad in problems.items():
+        if bad.any():
+            rows = "; ".join(f"line {i + 2}: {table.at[i, 'path']}" for i in table.index[bad][:3])
+            raise DataError(f"{labels}: {int(bad.sum())} row(s) whose {what}, e.g. {rows}")
+    for path, label in progress(
+        list(zip(table["path"], table["label"], strict=True)), desc="copy", unit="file"
+    ):
+        destination = out_dir / FOLDERS[label] / path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / path, destination)
+    listed = {root / path for path in table["path"]} | {labels}
+    return [
+        (file.relative_to(root).as_posix(), f"not in the labels CSV {labels.name}")
+        for file in sorted(root.rglob("*"))
+        if file.is_file() and not file.name.startswith(".") and file not in listed
+    ]
 
 
 @SOURCES.register("synthetic")
@@ -114,21 +154,25 @@ def fetch_local(data: LocalData, out_dir: Path, seed: int) -> Rejects:
     if path.is_file() and zipfile.is_zipfile(path):
         with tempfile.TemporaryDirectory(dir=out_dir.parent) as extracted:
             safe_extract(path, Path(extracted))
-            return _from_folder(Path(extracted), out_dir)
+            return _from_folder(Path(extracted), out_dir, data)
     if path.is_dir():
-        return _from_folder(path, out_dir)
+        return _from_folder(path, out_dir, data)
     raise DataError(f"{path}: neither a folder nor a zip archive")
 
 
-def _from_folder(root: Path, out_dir: Path) -> Rejects:
-    """CT volumes are sliced; otherwise the class folders' images are copied."""
+def _from_folder(root: Path, out_dir: Path, data: LocalData | None = None) -> Rejects:
+    """CT volumes are sliced; files listed in a labels CSV are copied by their class; otherwise the
+    class folders' images are copied."""
+    folders = data.folders.model_dump() if data else FOLDERS
+    if data and data.labels:
+        return copy_labelled(root, out_dir, data.labels, folders)
     if slicing.has_volumes(root):
-        rejects = slicing.slice_volumes(root, out_dir)
+        rejects = slicing.slice_volumes(root, out_dir, folders)
         if not any(out_dir.rglob("*.dcm")):
             listed = "; ".join(f"{file}: {reason}" for file, reason in rejects)
             raise DataError(f"{root}: none of its volumes could be used ({listed})")
         return rejects
-    copy_classes(find_dataset_root(root), out_dir)
+    copy_classes(find_dataset_root(root, folders), out_dir, folders)
     return []
 
 
