@@ -16,6 +16,7 @@ from pipeline.data.manifest import (
     content_hash,
 )
 from tests.conftest import BRAIN_WINDOW
+from tests.dicom_factory import write_ct_slice
 
 
 @pytest.fixture
@@ -63,3 +64,24 @@ def test_content_hash_follows_content_not_names(raw: Path) -> None:
     assert content_hash(renamed) == content_hash(manifest)
     relabelled = manifest.assign(**{"class": "healthy"})
     assert content_hash(relabelled) != content_hash(manifest)
+
+
+def test_slices_of_a_dicom_series_are_numbered_by_position(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two series mixed in one folder are told apart by their UIDs; a missing slice leaves a gap in
+    the numbers (and a warning) instead of shifting the slices above it."""
+    folder = tmp_path / "Healthy" / "mixed"
+    folder.mkdir(parents=True)
+    hu = np.full((16, 16), 30.0)
+    for position in (0.0, 5.0, 10.0, 20.0, 25.0):  # 15.0 is missing
+        write_ct_slice(folder / f"a{position:04.0f}.dcm", hu, patient="p1", series="a", position=position)
+    for position in (2.5, 0.0):
+        write_ct_slice(folder / f"b{position:04.0f}.dcm", hu, patient="p2", series="b", position=position)
+    (tmp_path / "Tumor").mkdir()
+    with caplog.at_level("WARNING"):
+        manifest, _ = build_manifest(tmp_path, BRAIN_WINDOW, progress=False)
+    by_patient = manifest.sort_values("path").groupby("patient")
+    assert by_patient["slice"].apply(list).to_dict() == {"p1": [0, 1, 2, 4, 5], "p2": [0, 1]}
+    assert by_patient["slices"].first().to_dict() == {"p1": 6, "p2": 2}
+    assert "1 of its 6 slice positions hold no slice" in caplog.text

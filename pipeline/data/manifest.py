@@ -5,6 +5,7 @@ rejects list (file and reason) for everything that cannot be decoded."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from pipeline.data.images import decode
 from pipeline.errors import ImageDecodeError
 from pipeline.progress import progress as progress_bar
 
+log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ["path", "class", "sha256", "phash", "width", "height", "mode", "format"]
 # Of a slice of a scan (empty for a lone image): its patient, its scan, and its place in the scan
 # (slice = rank from the feet up, slices = the scan's slice count; level = slice / (slices - 1)).
@@ -49,11 +51,27 @@ def inspect(raw_dir: Path, path: Path, class_name: str, window: DicomWindow) -> 
 
 
 def _place_in_scan(entries: pd.DataFrame) -> pd.DataFrame:
-    """Each scan's slices ranked by position (feet to head) and counted."""
-    in_scan = entries["series"] != ""
-    ranked = entries[in_scan].groupby("series")["position"]
-    entries["slice"] = ranked.rank(method="first").sub(1).astype("Int64")
-    entries["slices"] = ranked.transform("size").astype("Int64")
+    """Each scan's slices numbered by position from the feet up, in steps of the scan's usual slice
+    spacing, so that a missing slice leaves a gap in the numbers instead of shifting every slice above
+    it; `slices` spans the whole scan. Scans with gaps are logged."""
+    entries["slice"] = entries["slices"] = pd.NA
+    for series, scan in entries[entries["series"] != ""].groupby("series"):
+        position = scan["position"].to_numpy(dtype=float)
+        steps = np.diff(np.sort(position))
+        spacing = float(np.median(steps)) if len(steps) and np.median(steps) > 0 else 1.0
+        index = np.rint((position - position.min()) / spacing).astype(int)
+        if np.isnan(position).any() or len(np.unique(index)) < len(index):  # no usable positions
+            index = np.argsort(np.argsort(np.nan_to_num(position, nan=np.inf), kind="stable"), kind="stable")
+        entries.loc[scan.index, "slice"], entries.loc[scan.index, "slices"] = index, index.max() + 1
+        if index.max() + 1 > len(scan):
+            log.warning(
+                "scan %s (%s): %d of its %d slice positions hold no slice (missing files?)",
+                series,
+                scan["patient"].iloc[0],
+                index.max() + 1 - len(scan),
+                index.max() + 1,
+            )
+    entries[["slice", "slices"]] = entries[["slice", "slices"]].astype("Int64")
     return entries.drop(columns="position")
 
 
