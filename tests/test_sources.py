@@ -149,3 +149,12 @@ def test_a_labels_csv_instead_of_class_folders(tmp_path: Path) -> None:
     labels.write_text("path,class\nscans/zz.png,healthy\n")
     with pytest.raises(DataError, match=r"file does not exist, e.g. line 2: scans/zz.png"):
         fetch(config, tmp_path / "raw3", 0)
+
+
+def test_lesion_masks_beside_the_class_folders_come_along(tmp_path: Path) -> None:
+    """A 2D dataset's `masks/` (any letter case) is the pixel truth: copied to the raw folder's Masks/."""
+    root = _dataset(tmp_path / "in")
+    (root / "masks").mkdir()
+    Image.new("L", (8, 8), 255).save(root / "masks" / "ct_tumor (1).png")
+    fetch(LocalData(source="local", path=root), tmp_path / "raw", 0)
+    assert (tmp_path / "raw" / "Masks" / "ct_tumor (1).png").is_file()

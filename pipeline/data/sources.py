@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline.config import DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
 from pipeline.data import slicing, synthetic
-from pipeline.data.classes import FOLDERS
+from pipeline.data.classes import FOLDERS, MASKS
 from pipeline.errors import DataError
 from pipeline.progress import progress
 from pipeline.registry import Registry
@@ -82,7 +82,9 @@ def safe_extract(archive: Path, target: Path) -> None:
 
 def copy_classes(root: Path, out_dir: Path, folders: Folders = FOLDERS) -> None:
     """Copy every file under root's class folders into out_dir's Healthy/ and Tumor/, keeping relative
-    paths. Every file is copied, images or not: the manifest decides, and lists what it rejects."""
+    paths, and root's `Masks/` (lesion masks: `Masks/<a slice's path below its class folder>.png`, the
+    pixel truth of evaluate's localisation metrics). Every file is copied, images or not: the manifest
+    decides, and lists what it rejects."""
     dirs = _class_dirs(root, folders)
     assert dirs is not None, root
     files = {name: sorted(p for p in folder.rglob("*") if p.is_file()) for name, folder in dirs.items()}
@@ -92,6 +94,15 @@ def copy_classes(root: Path, out_dir: Path, folders: Folders = FOLDERS) -> None:
     jobs = [
         (path, out_dir / FOLDERS[cls] / path.relative_to(dirs[cls])) for cls in dirs for path in files[cls]
     ]
+    masks = next(
+        (child for child in root.iterdir() if child.is_dir() and child.name.lower() == MASKS.lower()), None
+    )
+    if masks is not None:
+        jobs += [
+            (path, out_dir / MASKS / path.relative_to(masks))
+            for path in sorted(masks.rglob("*"))
+            if path.is_file()
+        ]
     for source, destination in progress(jobs, desc="copy", unit="file"):
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
