@@ -124,7 +124,7 @@ def write_scans(folder: Path) -> dict[str, Path]:
     import numpy as np
     from PIL import Image
 
-    from tests.dicom_factory import write_ct_slice
+    from pipeline.data.dicom import write_ct_slice
 
     rng = np.random.default_rng(1)
     (folder / "a" / "b").mkdir(parents=True)

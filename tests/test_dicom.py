@@ -13,9 +13,8 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless
 
-from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield
+from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield, write_ct_slice
 from pipeline.errors import ImageDecodeError
-from tests.dicom_factory import write_ct_slice
 
 # Air, water, brain, bone, and values either side of the brain window.
 HU = np.array([[-1024, -1000, 0, 40], [80, 1000, 3071, -2]], dtype=np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.data.dicom import write_ct_slice
 from pipeline.data.manifest import (
     MANIFEST_COLUMNS,
     REJECT_COLUMNS,
@@ -16,7 +17,6 @@ from pipeline.data.manifest import (
     content_hash,
 )
 from tests.conftest import BRAIN_WINDOW
-from tests.dicom_factory import write_ct_slice
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from PIL import Image
 from pipeline import download, split
 from pipeline.config import Settings
 from pipeline.data.datasets import load_split
+from pipeline.data.dicom import write_ct_slice
 from pipeline.data.manifest import read_manifest
 from pipeline.data.synthetic import generate
 from pipeline.errors import DataError
 from pipeline.params import ROOT
-from tests.dicom_factory import write_ct_slice
 
 
 def test_a_config_error_is_one_line_not_a_traceback() -> None:
