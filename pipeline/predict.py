@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import tempfile
 import zipfile
@@ -24,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from pipeline import hardware
+from pipeline import maps as maps_io
 from pipeline.config import RuntimeConfig
 from pipeline.data.images import to_slice
 from pipeline.data.sources import safe_extract
@@ -42,7 +41,6 @@ from pipeline.serving import default_model, load_detector
 log = logging.getLogger(__name__)
 COLUMNS = ["path", "slice", "score", "is_anomaly", "threshold", "model", "run_id", "error"]
 CHUNK = 64  # files (or a volume's slices) decoded and scored at a time: memory stays flat on large folders
-MAP_SCALE = 65535  # a 16-bit map PNG holds residual * MAP_SCALE (residuals are in [0, 1])
 
 
 @dataclass(frozen=True)
@@ -78,21 +76,6 @@ def collect(path: Path, extract_to: Path) -> list[InputFile]:
     ]
 
 
-def check_maps_folder(maps: Path) -> None:
-    if maps.exists() and not maps.is_dir():
-        raise DataError(f"--maps {maps}: exists and is not a folder")
-
-
-def check_can_map(detector: Detector, maps: Path) -> None:
-    """`--maps` needs a folder to write to and a detector that can draw anomaly masks."""
-    check_maps_folder(maps)
-    if math.isnan(detector.pixel_threshold):
-        raise PipelineError(
-            "--maps needs a detector with a pixel threshold; this one was packaged before anomaly "
-            "masks existed (run `dvc repro` to calibrate and package it again)"
-        )
-
-
 def map_paths(maps: Path, item: InputFile) -> tuple[Path, Path]:
     """Where an input's anomaly map and mask go: its relative path under `maps`, with `.map.png` and
     `.mask.png` added (a volume: `<case>.map.nii.gz` and `<case>.mask.nii.gz` beside its folder's)."""
@@ -101,14 +84,6 @@ def map_paths(maps: Path, item: InputFile) -> tuple[Path, Path]:
         return folder / f"{case}.map.nii.gz", folder / f"{case}.mask.nii.gz"
     folder, name = maps / item.relative.parent, item.relative.name
     return folder / f"{name}.map.png", folder / f"{name}.mask.png"
-
-
-def write_map_pngs(anomaly_map: np.ndarray, mask: np.ndarray, paths: tuple[Path, Path]) -> None:
-    """A slice's map as 16-bit grayscale (residual * 65535) and its mask as 8-bit (255 = anomalous)."""
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    scaled = np.round(np.clip(anomaly_map, 0.0, 1.0) * MAP_SCALE).astype(np.uint16)
-    Image.fromarray(scaled).save(paths[0], format="PNG")
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(paths[1], format="PNG")
 
 
 def _heatmap(heatmaps: Path, item: InputFile, arrays: tuple[np.ndarray, ...], label: str) -> None:
@@ -146,7 +121,7 @@ def _score_files(
             _heatmap(heatmaps, item, arrays, f"{item.relative.name}\nscore {score:.3g}")
         if maps is not None:
             anomaly_map = to_slice(residuals[row], batch.geometries[row])
-            write_map_pngs(anomaly_map, detector.anomaly_mask(anomaly_map), map_paths(maps, item))
+            maps_io.write_pngs(anomaly_map, detector.anomaly_mask(anomaly_map), map_paths(maps, item))
     return rows
 
 
@@ -219,7 +194,8 @@ def predict(
     """Score every file (every slice of a volume); unreadable ones get a row with the reason instead of a
     score. `maps`: a folder for each input's anomaly map and mask on its own pixel grid."""
     if maps is not None:
-        check_can_map(detector, maps)
+        maps_io.check_folder(maps)
+        maps_io.check_detector(detector)
     rows = []
     images = [order for order, item in enumerate(files) if not is_volume(item.file)]
     volumes = [order for order, item in enumerate(files) if is_volume(item.file)]
@@ -289,12 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.maps is not None:
-            check_maps_folder(args.maps)
+            maps_io.check_folder(args.maps)
         hardware.configure(params_section("runtime", RuntimeConfig).threads)
         model = args.model or str(default_model())
         detector = load_detector(model)
         if args.maps is not None:
-            check_can_map(detector, args.maps)
+            maps_io.check_detector(detector)
         with tempfile.TemporaryDirectory(prefix="predict-") as extracted:
             files = collect(args.path, Path(extracted))
             scores = predict(detector, files, model, args.heatmaps, args.maps)

@@ -1,0 +1,64 @@
+"""Anomaly maps and masks on the input's own pixel grid, in the formats viewers open.
+
+A 2-D image's map is a 16-bit grayscale PNG (residual * 65535; residuals lie in [0, 1]) and its mask
+an 8-bit PNG (255 = anomalous), both the image's size. Volumes get NIfTI files with the scan's affine
+(and a DICOM series a DICOM-SEG too, `pipeline.data.series`), written by `pipeline.predict`.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.detector import Detector
+from pipeline.errors import DataError, PipelineError
+
+MAP_SCALE = 65535  # a 16-bit map PNG holds residual * MAP_SCALE
+
+
+def check_folder(maps: Path) -> None:
+    if maps.exists() and not maps.is_dir():
+        raise DataError(f"--maps {maps}: exists and is not a folder")
+
+
+def check_detector(detector: Detector) -> None:
+    """Masks need the pixel threshold that calibration sets."""
+    if math.isnan(detector.pixel_threshold):
+        raise PipelineError(
+            "anomaly maps need a detector with a pixel threshold; this one was packaged before anomaly "
+            "masks existed (run `dvc repro` to calibrate and package it again)"
+        )
+
+
+def map_png(anomaly_map: np.ndarray) -> bytes:
+    """A (rows, columns) residual map as a 16-bit grayscale PNG file's bytes."""
+    scaled = np.round(np.clip(anomaly_map, 0.0, 1.0) * MAP_SCALE).astype(np.uint16)
+    return _png(scaled)
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A (rows, columns) boolean mask as an 8-bit PNG file's bytes (255 = anomalous)."""
+    return _png(np.where(mask, 255, 0).astype(np.uint8))
+
+
+def read_map_png(data: bytes | Path) -> np.ndarray:
+    """A map PNG back to residuals in [0, 1]."""
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+        return np.asarray(image, dtype=np.float32) / MAP_SCALE
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_pngs(anomaly_map: np.ndarray, mask: np.ndarray, paths: tuple[Path, Path]) -> None:
+    """A 2-D image's map and mask, to `paths` (map, mask)."""
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    paths[0].write_bytes(map_png(anomaly_map))
+    paths[1].write_bytes(mask_png(mask))
