@@ -18,8 +18,12 @@ import logging
 import sys
 import tempfile
 import zipfile
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -28,8 +32,9 @@ from pipeline import hardware
 from pipeline import maps as maps_io
 from pipeline.config import RuntimeConfig
 from pipeline.data.images import to_slice
+from pipeline.data.series import Series, find_series, write_segmentation
 from pipeline.data.sources import safe_extract
-from pipeline.data.volumes import case_name, is_mask, is_volume, read_volume, save_like, to_volume
+from pipeline.data.volumes import case_name, is_mask, is_volume, read_volume, save_nifti, to_volume
 from pipeline.detector import Detector
 from pipeline.errors import DataError, ImageDecodeError, PipelineError
 from pipeline.io import write_csv
@@ -39,7 +44,8 @@ from pipeline.progress import progress
 from pipeline.serving import default_model, load_detector
 
 log = logging.getLogger(__name__)
-COLUMNS = ["path", "slice", "score", "is_anomaly", "threshold", "model", "run_id", "error"]
+COLUMNS = ["path", "scan", "slice", "score", "is_anomaly", "threshold", "model", "run_id", "error"]
+SOFTWARE = version("brain-ct-anomaly")  # what made a DICOM-SEG, in its header
 CHUNK = 64  # files (or a volume's slices) decoded and scored at a time: memory stays flat on large folders
 
 
@@ -76,14 +82,28 @@ def collect(path: Path, extract_to: Path) -> list[InputFile]:
     ]
 
 
-def map_paths(maps: Path, item: InputFile) -> tuple[Path, Path]:
+@dataclass(frozen=True)
+class Scan:
+    """A DICOM series among the inputs, scored slice by slice like any DICOM file."""
+
+    series: Series
+    orders: list[int]  # its slices' places in the input files, in the series' order
+    name: str  # how the CSV's `scan` column names it: its folder (+ `_s<n>` where one folder holds several)
+    relative: Path  # its place under PATH: where its maps go under --maps
+
+
+def map_paths(maps: Path, item: InputFile | Scan) -> tuple[Path, Path]:
     """Where an input's anomaly map and mask go: its relative path under `maps`, with `.map.png` and
-    `.mask.png` added (a volume: `<case>.map.nii.gz` and `<case>.mask.nii.gz` beside its folder's)."""
-    if is_volume(item.file):
+    `.mask.png` added; a NIfTI volume's `<case>.map.nii.gz` and `<case>.mask.nii.gz` beside its
+    folder's; a DICOM series' `<folder>.map.nii.gz`, `<folder>.mask.nii.gz` (and `<folder>.seg.dcm`)."""
+    if isinstance(item, Scan):
+        folder, case = maps / item.relative.parent, item.relative.name
+    elif is_volume(item.file):
         folder, case = maps / item.relative.parent, case_name(item.relative)
-        return folder / f"{case}.map.nii.gz", folder / f"{case}.mask.nii.gz"
-    folder, name = maps / item.relative.parent, item.relative.name
-    return folder / f"{name}.map.png", folder / f"{name}.mask.png"
+    else:
+        folder, name = maps / item.relative.parent, item.relative.name
+        return folder / f"{name}.map.png", folder / f"{name}.mask.png"
+    return folder / f"{case}.map.nii.gz", folder / f"{case}.mask.nii.gz"
 
 
 def _heatmap(heatmaps: Path, item: InputFile, arrays: tuple[np.ndarray, ...], label: str) -> None:
@@ -93,9 +113,10 @@ def _heatmap(heatmaps: Path, item: InputFile, arrays: tuple[np.ndarray, ...], la
 
 
 def _score_files(
-    detector: Detector, files: list[InputFile], orders: list[int], heatmaps: Path | None, maps: Path | None
-) -> list[dict]:
-    """Score the 2-D files at `orders` (their places in `files`) as one batch."""
+    detector: Detector, files: list[InputFile], orders: list[int], heatmaps: Path | None, with_maps: bool
+) -> tuple[list[dict], dict[int, np.ndarray]]:
+    """Score the 2-D files at `orders` (their places in `files`) as one batch; with `with_maps`, also
+    return each decoded file's anomaly map on its own pixel grid, by order."""
     chunk = [files[order] for order in orders]
     rows = []
     batch = detector.decode([item.file for item in chunk], [item.path for item in chunk])
@@ -111,17 +132,76 @@ def _score_files(
         )
     for index, reason in batch.errors.items():
         rows.append({"order": orders[index], "path": chunk[index].path, "error": reason})
-    if heatmaps is None and maps is None:
-        return rows
+    slice_maps: dict[int, np.ndarray] = {}
+    if (heatmaps is None and not with_maps) or not len(batch.decoded):
+        return rows, slice_maps
     residuals = detector.residual_maps(batch.images, reconstructions)
     for row, index in enumerate(batch.decoded):
         item, score, one = chunk[index], scores[row], slice(row, row + 1)
         if heatmaps is not None:
             arrays = (batch.images[one], reconstructions[one], residuals[one])
             _heatmap(heatmaps, item, arrays, f"{item.relative.name}\nscore {score:.3g}")
-        if maps is not None:
-            anomaly_map = to_slice(residuals[row], batch.geometries[row])
-            maps_io.write_pngs(anomaly_map, detector.anomaly_mask(anomaly_map), map_paths(maps, item))
+        if with_maps:
+            slice_maps[orders[index]] = to_slice(residuals[row], batch.geometries[row])
+    return rows, slice_maps
+
+
+def _score_images(
+    detector: Detector, files: list[InputFile], orders: list[int], heatmaps: Path | None, maps: Path | None
+) -> list[dict]:
+    """Score 2-D files as one batch; each gets its map and mask PNGs under `maps`."""
+    rows, slice_maps = _score_files(detector, files, orders, heatmaps, maps is not None)
+    for order, anomaly_map in slice_maps.items():
+        maps_io.write_pngs(anomaly_map, detector.anomaly_mask(anomaly_map), map_paths(maps, files[order]))
+    return rows
+
+
+def _log_scan_score(name: str, rows: list[dict]) -> None:
+    scored = [row for row in rows if "score" in row]
+    if scored:
+        top = max(scored, key=lambda row: row["score"])
+        log.info(
+            "%s: scan score %.6g (the highest of its %d slices, at slice %d)%s",
+            name,
+            top["score"],
+            len(scored),
+            top["slice"],
+            ", anomalous" if top["is_anomaly"] else "",
+        )
+
+
+def _score_series(
+    detector: Detector, files: list[InputFile], scan: Scan, heatmaps: Path | None, maps: Path | None
+) -> list[dict]:
+    """Score a DICOM series' slices (one row per file, numbered by position); under `maps`, its map and
+    mask as NIfTI with the series' affine and its mask as a DICOM-SEG referencing the series."""
+    columns, rows_, count = scan.series.shape
+    stack = np.zeros((count, rows_, columns), dtype=np.float32) if maps is not None else None
+    place = {order: index for index, order in enumerate(scan.orders)}
+    rows = []
+    for start in range(0, count, CHUNK):
+        part, slice_maps = _score_files(
+            detector, files, scan.orders[start : start + CHUNK], heatmaps, stack is not None
+        )
+        rows.extend(part)
+        for order, anomaly_map in slice_maps.items():
+            stack[place[order]] = anomaly_map
+    for row in rows:
+        row.update(scan=scan.name, slice=place[row["order"]])
+    _log_scan_score(scan.name, rows)
+    if stack is not None:
+        map_path, mask_path = map_paths(maps, scan)
+        mask = detector.anomaly_mask(stack)
+        write_segmentation(scan.series, mask, mask_path.with_name(f"{scan.relative.name}.seg.dcm"), SOFTWARE)
+        if scan.series.regular:
+            save_nifti(scan.series.to_voxels(stack), scan.series.affine, map_path)
+            save_nifti(scan.series.to_voxels(mask).astype(np.uint8), scan.series.affine, mask_path)
+        else:
+            log.warning(
+                "%s: its slices are unevenly spaced (a missing slice?): no NIfTI map, whose grid must be "
+                "regular; the DICOM-SEG, which references each slice, is written",
+                scan.name,
+            )
     return rows
 
 
@@ -132,7 +212,7 @@ def _score_volume(
     try:
         volume = read_volume(item.file)
     except ImageDecodeError as err:
-        return [{"order": order, "path": item.path, "error": err.reason}]
+        return [{"order": order, "path": item.path, "scan": item.path, "error": err.reason}]
     rows = []
     volume_maps = np.zeros(volume.slices.shape, dtype=np.float32) if maps is not None else None
     best: tuple[float, int, tuple[np.ndarray, ...]] | None = None  # the top slice, for --heatmaps
@@ -144,13 +224,22 @@ def _score_volume(
                 {
                     "order": order,
                     "path": item.path,
+                    "scan": item.path,
                     "slice": start + int(index),
                     "score": float(score),
                     "is_anomaly": bool(detector.is_anomaly(score)),
                 }
             )
         for index, reason in batch.errors.items():
-            rows.append({"order": order, "path": item.path, "slice": start + int(index), "error": reason})
+            rows.append(
+                {
+                    "order": order,
+                    "path": item.path,
+                    "scan": item.path,
+                    "slice": start + int(index),
+                    "error": reason,
+                }
+            )
         if heatmaps is None and maps is None:
             continue
         residuals = detector.residual_maps(batch.images, reconstructions)
@@ -163,25 +252,35 @@ def _score_volume(
                 one = slice(top, top + 1)
                 arrays = (batch.images[one], reconstructions[one], residuals[one])
                 best = (float(scores[top]), start + int(batch.decoded[top]), arrays)
-    scored = [row for row in rows if "score" in row]
-    if scored:
-        top = max(scored, key=lambda row: row["score"])
-        log.info(
-            "%s: volume score %.6g (the highest of its %d slices, at slice %d)%s",
-            item.path,
-            top["score"],
-            len(scored),
-            top["slice"],
-            ", anomalous" if top["is_anomaly"] else "",
-        )
+    _log_scan_score(item.path, rows)
     if heatmaps is not None and best is not None:  # the volume's figure: its highest-scoring slice
         _heatmap(heatmaps, item, best[2], f"{item.relative.name} slice {best[1]}\nscore {best[0]:.3g}")
     if volume_maps is not None:
         map_path, mask_path = map_paths(maps, item)
-        save_like(to_volume(volume_maps, volume).astype(np.float32), volume, map_path)
+        save_nifti(to_volume(volume_maps, volume).astype(np.float32), volume.affine, map_path)
         mask = to_volume(detector.anomaly_mask(volume_maps), volume).astype(np.uint8)
-        save_like(mask, volume, mask_path)
+        save_nifti(mask, volume.affine, mask_path)
     return rows
+
+
+def find_scans(files: list[InputFile], orders: list[int]) -> tuple[list[Scan], list[int]]:
+    """The DICOM series among the files at `orders`, and the orders of the files in none."""
+    by_file = {files[order].file: order for order in orders}
+    found, single = find_series([files[order].file for order in orders])
+    per_folder = Counter(series.files[0].parent for series in found)
+    seen: Counter[Path] = Counter()
+    scans = []
+    for series in found:
+        first = files[by_file[series.files[0]]]
+        folder = series.files[0].parent
+        seen[folder] += 1
+        suffix = f"_s{seen[folder]}" if per_folder[folder] > 1 else ""
+        shown = PurePosixPath(first.path).parent
+        stem = f"{shown.name or 'series'}{suffix}"
+        parent = first.relative.parent
+        relative = parent.with_name(stem) if parent.name else Path(stem)
+        scans.append(Scan(series, [by_file[f] for f in series.files], str(shown) + suffix, relative))
+    return scans, sorted(by_file[file] for file in single)
 
 
 def predict(
@@ -196,16 +295,16 @@ def predict(
     if maps is not None:
         maps_io.check_folder(maps)
         maps_io.check_detector(detector)
-    rows = []
-    images = [order for order, item in enumerate(files) if not is_volume(item.file)]
     volumes = [order for order, item in enumerate(files) if is_volume(item.file)]
-    # a job: up to CHUNK images scored as one batch, or one volume (its slices scored CHUNK at a time)
-    jobs = [images[start : start + CHUNK] for start in range(0, len(images), CHUNK)] + [[v] for v in volumes]
-    for job in progress(jobs, desc="predict", unit="batch"):
-        if is_volume(files[job[0]].file):
-            rows.extend(_score_volume(detector, files[job[0]], job[0], heatmaps, maps))
-        else:
-            rows.extend(_score_files(detector, files, job, heatmaps, maps))
+    scans, images = find_scans(files, [order for order, item in enumerate(files) if not is_volume(item.file)])
+    # a job: up to CHUNK images scored as one batch, a volume or a series (their slices CHUNK at a time)
+    jobs: list[Callable[[], list[dict]]] = [
+        partial(_score_images, detector, files, images[start : start + CHUNK], heatmaps, maps)
+        for start in range(0, len(images), CHUNK)
+    ]
+    jobs += [partial(_score_volume, detector, files[order], order, heatmaps, maps) for order in volumes]
+    jobs += [partial(_score_series, detector, files, scan, heatmaps, maps) for scan in scans]
+    rows = [row for job in progress(jobs, desc="predict", unit="batch") for row in job()]
     frame = pd.DataFrame(rows, columns=["order", *COLUMNS]).assign(
         threshold=detector.threshold, model=model, run_id=detector.info.get("run_id", "")
     )
@@ -244,18 +343,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def summary(scores: pd.DataFrame, threshold: float) -> str:
-    """What was scored, per file (a volume is flagged when any of its slices is)."""
+    """What was scored, per input: an image, or a scan (a volume or a DICOM series, flagged when any of
+    its slices is)."""
     ok = scores[scores["error"].isna()]
-    per_file = ok.groupby("path", sort=False)["is_anomaly"].agg(lambda flags: bool(flags.eq(True).any()))
-    volumes = ok[ok["slice"].notna()]
+    inputs = ok.assign(input=ok["scan"].fillna(ok["path"]))
+    per_input = inputs.groupby("input", sort=False)["is_anomaly"].agg(
+        lambda flags: bool(flags.eq(True).any())
+    )
+    in_scans = ok[ok["scan"].notna()]
     text = (
-        f"{len(per_file)} files scored, {int(per_file.sum())} flagged as anomalous (threshold "
+        f"{len(per_input)} inputs scored, {int(per_input.sum())} flagged as anomalous (threshold "
         f"{threshold:.6g}), {int(scores['error'].notna().sum())} unreadable"
     )
-    if len(volumes):
+    if len(in_scans):
         text += (
-            f"; the {volumes['path'].nunique()} volume(s) among them: {len(volumes)} slices, "
-            f"{int(volumes['is_anomaly'].eq(True).sum())} flagged"
+            f"; the {in_scans['scan'].nunique()} scan(s) among them: {len(in_scans)} slices, "
+            f"{int(in_scans['is_anomaly'].eq(True).sum())} flagged"
         )
     return text
 

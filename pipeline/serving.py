@@ -2,9 +2,15 @@
 
 Input: a DataFrame with one column `image`, the bytes of an image file (PNG, JPEG, DICOM, ...); over
 REST each is a base64 string (`{"dataframe_split": {"columns": ["image"], "data": [["<base64>"]]}}`).
-Output: `score` and `is_anomaly` per row. The model folder carries the Keras model, the threshold,
-the preprocessing config and a copy of the modules inference imports (`pipeline.codebase`), pinned to
-the distributions those import, so a fresh process scores exactly as the pipeline did.
+Output: `score` and `is_anomaly` per row. With the inference parameter `maps` true (`predict(df,
+params={"maps": True})`; over REST `"params": {"maps": true}` beside `dataframe_split`) each row also
+gets `map` and `mask`, its anomaly map and anomaly mask on the input image's own pixel grid as PNG
+files' bytes (`pipeline.maps`: 16-bit, residual * 65535; 8-bit, 255 = anomalous), which the scoring
+server's JSON gives as base64 strings (MIME style, a line break every 76 characters); a detector
+packaged without a pixel threshold answers a maps request with a client error. The model folder
+carries the Keras model, the threshold, the preprocessing config and a copy of the modules inference
+imports (`pipeline.codebase`), pinned to the distributions those import, so a fresh process scores
+exactly as the pipeline did.
 """
 
 from __future__ import annotations
@@ -15,24 +21,36 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from pipeline import codebase, tracking
+from pipeline import maps as maps_io
 from pipeline.config import MlflowConfig, Paths
+from pipeline.data.images import Geometry, to_slice
 from pipeline.detector import Detector
 from pipeline.errors import PipelineError
 from pipeline.params import ROOT, params_section
 
 ARTIFACT = "detector"  # the Detector folder inside the MLflow model, and the model's name in a run
 INPUT_COLUMN = "image"
+MAPS = "maps"  # the inference parameter that asks for each row's anomaly map and mask
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
-    outputs=Schema([ColSpec("double", "score"), ColSpec("boolean", "is_anomaly")]),
+    outputs=Schema(
+        [
+            ColSpec("double", "score"),
+            ColSpec("boolean", "is_anomaly"),
+            ColSpec("binary", "map", required=False),  # only with params {"maps": true}: PNG bytes
+            ColSpec("binary", "mask", required=False),
+        ]
+    ),
+    params=ParamSchema([ParamSpec(MAPS, "boolean", False)]),
 )
 ENTRY_MODULE = "pipeline.serving_model"  # what MLflow loads; inference imports what it imports
 
@@ -48,7 +66,18 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Score every row; a row that is not a decodable image fails the request with a client
-        error naming the row and the reason (HTTP 400 from the scoring server)."""
+        error naming the row and the reason (HTTP 400 from the scoring server). `params["maps"]`
+        adds each row's anomaly map and mask as PNG bytes (columns `map` and `mask`)."""
+        maps = (params or {}).get(MAPS) or False
+        if not isinstance(maps, bool):
+            raise MlflowException(
+                f"the parameter '{MAPS}' must be a boolean, got {maps!r}", INVALID_PARAMETER_VALUE
+            )
+        if maps:
+            try:
+                maps_io.check_detector(self.detector)
+            except PipelineError as err:
+                raise MlflowException(f"parameter '{MAPS}': {err}", INVALID_PARAMETER_VALUE) from None
         if INPUT_COLUMN not in model_input.columns:
             raise MlflowException(
                 f"the input needs a column '{INPUT_COLUMN}' with the bytes of an image file "
@@ -68,8 +97,23 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
             raise MlflowException(
                 "; ".join(f"row {i}: {reason}" for i, reason in batch.errors.items()), INVALID_PARAMETER_VALUE
             )
-        scores = self.detector.score(batch.images).astype("float64")
-        return pd.DataFrame({"score": scores, "is_anomaly": self.detector.is_anomaly(scores)})
+        reconstructions, scores = self.detector.reconstruct_and_score(batch.images)
+        scores = scores.astype("float64")
+        result = pd.DataFrame({"score": scores, "is_anomaly": self.detector.is_anomaly(scores)})
+        if maps:  # every row decoded (an error fails the request), so row i is input row i
+            residuals = self.detector.residual_maps(batch.images, reconstructions)
+            pngs = [
+                self._map_and_mask(residual, geometry)
+                for residual, geometry in zip(residuals, batch.geometries, strict=True)
+            ]
+            result["map"] = [map_png for map_png, _ in pngs]
+            result["mask"] = [mask_png for _, mask_png in pngs]
+        return result
+
+    def _map_and_mask(self, residual: np.ndarray, geometry: Geometry) -> tuple[bytes, bytes]:
+        """One row's residual map (on the model's grid) -> its map and mask PNGs on its image's grid."""
+        anomaly_map = to_slice(residual, geometry)
+        return maps_io.map_png(anomaly_map), maps_io.mask_png(self.detector.anomaly_mask(anomaly_map))
 
 
 def inference_code(target: Path) -> Path:

@@ -15,10 +15,12 @@ from PIL import Image
 
 from pipeline.data.head import bounding_box, head_mask
 from pipeline.data.images import decode, preprocess, preprocess_with_geometry, to_slice
+from pipeline.data.series import find_series, read_segmentation
 from pipeline.detector import Detector
 from pipeline.predict import COLUMNS, main
 from pipeline.serving import ARTIFACT
 from tests.conftest import preprocess_config, score_config, write_scans
+from tests.volume_factory import write_series
 
 SIZE = 32
 
@@ -203,6 +205,48 @@ def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
     from scipy import ndimage
 
     return ndimage.binary_dilation(mask, iterations=iterations)
+
+
+def test_a_dicom_series_gets_nifti_maps_with_its_geometry_and_a_dicom_seg(
+    mapping_detector: tuple[Path, float], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder, pixel_threshold = mapping_detector
+    scans = tmp_path / "scans"
+    slices = np.stack([_head_slice(50, 70, seed) * 80 for seed in range(5)])  # rows 50, columns 70
+    tilted = (1, 0, 0, 0, float(np.cos(0.2)), float(np.sin(0.2)))  # a tilted gantry: still axial
+    names = ["c.dcm", "a.dcm", "e.dcm", "b.dcm", "d.dcm"]  # not in position order
+    files = write_series(scans / "p01" / "ct", slices, orientation=tilted, names=names)
+    write_series(scans / "p02" / "sag", slices[:3], orientation=(0, 1, 0, 0, 0, -1), patient="p2")
+    write_series(scans / "p03" / "gap", slices, patient="p3")[2].unlink()
+    maps = tmp_path / "maps"
+    assert _run(scans, "--model", folder, "--out", tmp_path / "s.csv", "--maps", maps) == 0
+
+    scores = pd.read_csv(tmp_path / "s.csv")
+    series = scores[scores["scan"] == (scans / "p01" / "ct").as_posix()].set_index("path")
+    assert [series.at[file.as_posix(), "slice"] for file in files] == list(range(5))
+    sagittal = scores[scores["scan"] == (scans / "p02" / "sag").as_posix()]
+    assert len(sagittal) == 3 and sagittal["error"].str.contains("a sagittal slice").all()
+
+    (found,), _ = find_series(files)
+    map_image = nib.load(maps / "p01" / "ct.map.nii.gz")
+    mask_image = nib.load(maps / "p01" / "ct.mask.nii.gz")
+    for image in (map_image, mask_image):
+        assert image.shape == (70, 50, 5)
+        np.testing.assert_allclose(image.affine, found.affine, atol=1e-5)
+    anomaly_map, mask = np.asarray(map_image.dataobj), np.asarray(mask_image.dataobj)
+    np.testing.assert_array_equal(mask, (anomaly_map > pixel_threshold).astype(np.uint8))
+    assert 0 < mask.sum() < mask.size
+    # each slice of the stack is the map that slice gets when scored on its own, transposed to (i, j)
+    single = tmp_path / "single"
+    assert _run(files[3], "--model", folder, "--out", tmp_path / "one.csv", "--maps", single) == 0
+    alone = np.asarray(Image.open(single / "b.dcm.map.png")).astype(np.float64) / 65535
+    np.testing.assert_allclose(anomaly_map[:, :, 3].T, alone, atol=1 / 65535)
+
+    segmentation = read_segmentation(maps / "p01" / "ct.seg.dcm", found)
+    np.testing.assert_array_equal(segmentation, np.transpose(mask, (2, 1, 0)).astype(bool))
+    assert (maps / "p03" / "gap.seg.dcm").is_file() and not (maps / "p03" / "gap.map.nii.gz").exists()
+    assert "p03/gap: its slices are unevenly spaced" in caplog.text
+    assert not list(maps.rglob("*.png"))  # series slices get no per-file PNGs
 
 
 def test_maps_that_is_a_file_is_one_error_before_scoring(

@@ -179,4 +179,4 @@ def test_a_volume_is_scored_slice_by_slice_as_its_slices_would_be(
         direct = detector.score(load_image(dicom, detector.preprocess)[None, ..., None])[0]
         assert rows["score"].iloc[k] == pytest.approx(direct, rel=1e-5)
     top = rows["score"].max()
-    assert f"{volume_file.as_posix()}: volume score {top:.6g}" in caplog.text
+    assert f"{volume_file.as_posix()}: scan score {top:.6g}" in caplog.text

@@ -1,10 +1,13 @@
 """The packaged detector as an MLflow model: the pyfunc round trip scores like the Detector, the
-registry alias follows what publish points it at, the served code is what inference imports, and
-`mlflow models serve` answers HTTP requests."""
+registry alias follows what publish points it at, the served code is what inference imports, the
+anomaly map and mask come on request (params {"maps": true}), and `mlflow models serve` answers HTTP
+requests."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import io
 import os
 import signal
 import socket
@@ -20,11 +23,15 @@ import pandas as pd
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
+from PIL import Image
 
 from pipeline import serving
 from pipeline.config import MlflowConfig
-from pipeline.data.images import load_image
+from pipeline.data.images import load_image, to_slice
+from pipeline.detector import Detector
 from pipeline.errors import PipelineError
+from pipeline.maps import map_png, read_map_png
 from tests.conftest import write_scans
 
 
@@ -52,6 +59,81 @@ def test_pyfunc_names_the_row_that_is_not_an_image(packaged_detector: Path, scan
     model = mlflow.pyfunc.load_model(str(packaged_detector))
     with pytest.raises(MlflowException, match="row 1: not an image"):
         model.predict(pd.DataFrame({"image": [scans["png"].read_bytes(), b"hello"]}))
+
+
+@pytest.fixture(scope="module")
+def mapping_model(packaged_detector: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """The test detector with a pixel threshold (the median of an image's positive residuals, so its
+    mask splits), packaged as `package` does: (the MLflow model folder, the pixel threshold)."""
+    detector = Detector.load(packaged_detector / "artifacts" / serving.ARTIFACT)
+    example = _odd_image(tmp_path_factory.mktemp("odd"))
+    batch = detector.decode([example], ["odd"])
+    residuals = detector.residual_maps(batch.images, detector.reconstruct(batch.images))
+    anomaly_map = to_slice(residuals[0], batch.geometries[0])
+    mapping = dataclasses.replace(detector, pixel_threshold=float(np.median(anomaly_map[anomaly_map > 0])))
+    folder = tmp_path_factory.mktemp("mapping") / "detector"
+    serving.save(mapping, folder, example.read_bytes())
+    return folder, mapping.pixel_threshold
+
+
+def _odd_image(folder: Path) -> Path:
+    """A non-square 8-bit PNG, 70 wide and 50 high."""
+    path = folder / "odd.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (50, 70), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_maps_on_request_are_predicts_maps_on_the_inputs_grid(
+    mapping_model: tuple[Path, float], scans: dict[str, Path], tmp_path: Path
+) -> None:
+    """params {"maps": true} adds each row's map and mask PNGs: the image's own size, the map
+    `predict --maps` writes for that file (its steps, `pipeline.predict._score_files`, here), the mask
+    the map over the pixel threshold."""
+    folder, pixel_threshold = mapping_model
+    files = [_odd_image(tmp_path), scans["dicom"]]
+    model = mlflow.pyfunc.load_model(str(folder))
+    frame = pd.DataFrame({"image": [f.read_bytes() for f in files]})
+    plain = model.predict(frame)
+    assert list(plain.columns) == ["score", "is_anomaly"]  # without the parameter: as before
+    assert list(model.predict(frame, params={"maps": False}).columns) == ["score", "is_anomaly"]
+    result = model.predict(frame, params={"maps": True})
+    assert list(result.columns) == ["score", "is_anomaly", "map", "mask"]
+    pd.testing.assert_frame_equal(result[["score", "is_anomaly"]], plain)
+
+    detector = serving.load_detector(str(folder))
+    batch = detector.decode(files, [f.name for f in files])
+    reconstructions, _ = detector.reconstruct_and_score(batch.images)
+    residuals = detector.residual_maps(batch.images, reconstructions)
+    sizes = [(70, 50), (50, 50)]
+    for row, (size, served_map, served_mask) in enumerate(
+        zip(sizes, result["map"], result["mask"], strict=True)
+    ):
+        with (
+            Image.open(io.BytesIO(served_map)) as map_image,
+            Image.open(io.BytesIO(served_mask)) as mask_image,
+        ):
+            assert map_image.size == mask_image.size == size
+            assert map_image.mode == "I;16" and mask_image.mode == "L"
+            mask = np.asarray(mask_image)
+        anomaly_map = read_map_png(served_map)
+        expected = read_map_png(map_png(to_slice(residuals[row], batch.geometries[row])))
+        np.testing.assert_allclose(anomaly_map, expected, atol=1.5 / 65535)
+        assert set(np.unique(mask)) <= {0, 255}
+        clear = np.abs(anomaly_map - pixel_threshold) > 2 / 65535  # away from the 16-bit rounding
+        np.testing.assert_array_equal((mask == 255)[clear], (anomaly_map > pixel_threshold)[clear])
+    odd_mask = np.asarray(Image.open(io.BytesIO(result["mask"][0]))) == 255
+    assert 0 < odd_mask.sum() < odd_mask.size  # a real split
+
+
+def test_maps_from_a_detector_without_a_pixel_threshold_are_a_client_error(
+    packaged_detector: Path, scans: dict[str, Path]
+) -> None:
+    model = mlflow.pyfunc.load_model(str(packaged_detector))  # packaged without a pixel threshold
+    frame = pd.DataFrame({"image": [scans["png"].read_bytes()]})
+    with pytest.raises(MlflowException, match="maps.*need a detector with a pixel threshold") as raised:
+        model.predict(frame, params={"maps": True})
+    assert raised.value.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE)
+    assert list(model.predict(frame).columns) == ["score", "is_anomaly"]
 
 
 def _registry(tmp_path: Path) -> MlflowConfig:
@@ -145,8 +227,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(packaged_detector: Path) -> Iterator[str]:
-    """`mlflow models serve` on a loopback port, in this environment, stopped with its process group."""
+def server(mapping_model: tuple[Path, float]) -> Iterator[str]:
+    """`mlflow models serve` of the test detector with a pixel threshold on a loopback port, in this
+    environment, stopped with its process group."""
     port = _free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     process = subprocess.Popen(
@@ -155,7 +238,7 @@ def server(packaged_detector: Path) -> Iterator[str]:
             "models",
             "serve",
             "-m",
-            str(packaged_detector),
+            str(mapping_model[0]),
             "--env-manager",
             "local",
             "--host",
@@ -187,15 +270,20 @@ def server(packaged_detector: Path) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-def _payload(*images: bytes) -> dict:
+def _payload(*images: bytes, **params: object) -> dict:
     return {
-        "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in images]}
+        "dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(b).decode()] for b in images]},
+        **({"params": params} if params else {}),
     }
 
 
 @pytest.mark.slow
 def test_the_served_model_scores_like_the_pipeline(
-    server: str, packaged_detector: Path, scans: dict[str, Path]
+    server: str,
+    packaged_detector: Path,
+    mapping_model: tuple[Path, float],
+    scans: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
     files = [scans["png"], scans["dicom"]]
     answer = requests.post(
@@ -207,6 +295,26 @@ def test_the_served_model_scores_like_the_pipeline(
         [p["score"] for p in predictions], _direct_scores(packaged_detector, files), rtol=1e-5
     )
     assert [p["is_anomaly"] for p in predictions] == [p["score"] > 0.05 for p in predictions]
+    assert all(set(p) == {"score", "is_anomaly"} for p in predictions)
+
+    # params {"maps": true}: each row's map and mask, PNG files as base64 strings
+    odd = _odd_image(tmp_path)
+    with_maps = requests.post(f"{server}/invocations", json=_payload(odd.read_bytes(), maps=True), timeout=60)
+    assert with_maps.status_code == 200, with_maps.text
+    (row,) = with_maps.json()["predictions"]
+    in_process = mlflow.pyfunc.load_model(str(mapping_model[0])).predict(
+        pd.DataFrame({"image": [odd.read_bytes()]}), params={"maps": True}
+    )
+    np.testing.assert_allclose(row["score"], in_process["score"][0], rtol=1e-5)
+    anomaly_map = read_map_png(base64.b64decode(row["map"]))
+    assert anomaly_map.shape == (50, 70)
+    np.testing.assert_allclose(anomaly_map, read_map_png(in_process["map"][0]), atol=1.5 / 65535)
+    with Image.open(io.BytesIO(base64.b64decode(row["mask"]))) as mask:
+        assert mask.size == (70, 50) and mask.mode == "L"
+    not_a_boolean = requests.post(
+        f"{server}/invocations", json=_payload(odd.read_bytes(), maps="yes"), timeout=60
+    )
+    assert not_a_boolean.status_code == 400 and "maps" in not_a_boolean.json()["message"]
 
     not_an_image = requests.post(f"{server}/invocations", json=_payload(b"hello"), timeout=60)
     assert not_an_image.status_code == 400 and "row 0: not an image" in not_an_image.json()["message"]

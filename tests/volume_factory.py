@@ -33,3 +33,34 @@ def write_volume(path: Path, data: np.ndarray, affine: np.ndarray | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), path)
     return path
+
+
+def write_series(
+    folder: Path,
+    slices: np.ndarray,
+    *,
+    patient: str = "p1",
+    series: str = "ct",
+    step: float = 2.5,
+    spacing: float = 0.8,
+    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
+    names: list[str] | None = None,
+) -> list[Path]:
+    """A DICOM series of `slices` ((n, rows, columns) HU, feet to head), `step` mm apart; `names` are
+    the files' names in slice order (a scanner's names need not sort by position)."""
+    from pipeline.data.dicom import write_ct_slice
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = names or [f"IM{index:04d}.dcm" for index in range(len(slices))]
+    return [
+        write_ct_slice(
+            folder / name,
+            hu,
+            patient=patient,
+            series=series,
+            position=index * step,
+            spacing=spacing,
+            orientation=orientation,
+        )
+        for index, (name, hu) in enumerate(zip(names, slices, strict=True))
+    ]

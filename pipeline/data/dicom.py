@@ -18,6 +18,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pipeline.errors import ImageDecodeError
 
+PLANES = ("sagittal", "coronal", "axial")  # by the patient axis (x, y, z) a slice's normal runs along
 # PS3.10 section 7.1: a 128-byte preamble, then the 4-byte prefix "DICM".
 _PREAMBLE_LENGTH = 128
 _PREFIX = b"DICM"
@@ -103,6 +104,14 @@ def _read_hounsfield(source: Path | bytes, name: str | Path) -> tuple[np.ndarray
     dataset = pydicom.dcmread(io.BytesIO(source) if in_memory else Path(source), force=not prefixed)
     if "PixelData" not in dataset:
         raise ImageDecodeError(name, "no DICOM pixel data")
+    if (
+        dataset.get("ImageOrientationPatient") is not None
+        and plane(dataset.ImageOrientationPatient) != "axial"
+    ):
+        facing = plane(dataset.ImageOrientationPatient)
+        raise ImageDecodeError(
+            name, f"a {facing} slice: the detector reads axial slices (reformat the scan axially)"
+        )
     frames = int(dataset.get("NumberOfFrames") or 1)
     if frames > 1:
         raise ImageDecodeError(name, f"multi-frame DICOM ({frames} frames); expected one slice")
@@ -119,6 +128,13 @@ def _read_hounsfield(source: Path | bytes, name: str | Path) -> tuple[np.ndarray
         "format": "DICOM",
     }
     return _rescaled(stored, dataset), metadata
+
+
+def plane(orientation: Any) -> str:
+    """Which plane a slice with this ImageOrientationPatient lies in (a tilted gantry's axial slices
+    are still axial): the patient axis its normal runs closest to."""
+    row, column = np.asarray(orientation, dtype=float).reshape(2, 3)
+    return PLANES[int(np.argmax(np.abs(np.cross(row, column))))]
 
 
 def apply_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
@@ -163,14 +179,18 @@ def write_ct_slice(
     patient: str = "",
     series: str | None = None,
     position: float = 0.0,
+    spacing: float = 1.0,
+    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
 ) -> Path:
     """Write `hu` (2-D) as one 16-bit CT slice with stored values round((hu - intercept) / slope): how
     a volume's slices enter the slice pipeline (HU kept, windowed when read), and the tests' scans.
 
     The stored values are unsigned when none is negative, signed otherwise; values that fit neither
     raise ValueError rather than wrap. `series` names the volume (a UID is derived from it), `position`
-    is the slice's place along the scan's axis (mm). With `preamble=False` the file starts at its File
-    Meta group, with no preamble and no "DICM" prefix, as some old scanners write it.
+    is the slice's place along the scan's axis (mm), `spacing` the pixel size (mm) and `orientation`
+    the row and column directions (ImageOrientationPatient; axial by default). With `preamble=False`
+    the file starts at its File Meta group, with no preamble and no "DICM" prefix, as some old
+    scanners write it.
     """
     hu = np.asarray(hu, dtype=np.float64)
     if hu.ndim != 2:
@@ -195,10 +215,19 @@ def write_ct_slice(
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     dataset.Modality = "CT"
     dataset.PatientID = patient
+    for empty in ("PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID"):
+        dataset[empty] = pydicom.DataElement(empty, pydicom.datadict.dictionary_VR(empty), "")
+    dataset.StudyDate, dataset.StudyTime, dataset.ReferringPhysicianName = "20000101", "000000", ""
     dataset.StudyInstanceUID = generate_uid(entropy_srcs=[patient]) if series else generate_uid()
     dataset.SeriesInstanceUID = generate_uid(entropy_srcs=[patient, series]) if series else generate_uid()
-    dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    dataset.ImagePositionPatient = [0, 0, float(position)]
+    dataset.FrameOfReferenceUID = (
+        generate_uid(entropy_srcs=[patient, series, "frame"]) if series else generate_uid()
+    )
+    dataset.SeriesNumber = 1
+    row, column = np.asarray(orientation, dtype=float).reshape(2, 3)
+    dataset.ImageOrientationPatient = [float(v) for v in orientation]
+    dataset.ImagePositionPatient = [float(v) for v in np.cross(row, column) * float(position)]
+    dataset.PixelSpacing = [float(spacing), float(spacing)]
     dataset.Rows, dataset.Columns = hu.shape
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = photometric

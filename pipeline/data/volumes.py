@@ -97,7 +97,7 @@ def to_volume(slice_maps: np.ndarray, volume: Volume) -> np.ndarray:
     return nib.orientations.apply_orientation(canonical, back)
 
 
-def save_like(data: np.ndarray, volume: Volume, path: Path) -> None:
-    """Write `data` (on the file's voxel grid) as NIfTI with the volume's affine, so viewers overlay it."""
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    """Write `data` (on a scan's voxel grid) as NIfTI with the scan's affine, so viewers overlay it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, volume.affine), path)
+    nib.save(nib.Nifti1Image(data, affine), path)
