@@ -5,12 +5,14 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.config import KaggleData, LocalData
 from pipeline.data.sources import CT_FOLDER, SOURCES, fetch, find_dataset_root
 from pipeline.errors import ConfigError, DataError
+from tests.volume_factory import head_volume, write_series, write_volume
 
 
 def _dataset(root: Path, n: int = 2, folders: tuple[str, str] = ("Healthy", "Tumor")) -> Path:
@@ -147,7 +149,7 @@ def test_a_labels_csv_instead_of_class_folders(tmp_path: Path) -> None:
     ):
         fetch(config, tmp_path / "raw2", 0)
     labels.write_text("path,class\nscans/zz.png,healthy\n")
-    with pytest.raises(DataError, match=r"file does not exist, e.g. line 2: scans/zz.png"):
+    with pytest.raises(DataError, match=r"path does not exist, e.g. line 2: scans/zz.png"):
         fetch(config, tmp_path / "raw3", 0)
 
 
@@ -158,3 +160,35 @@ def test_lesion_masks_beside_the_class_folders_come_along(tmp_path: Path) -> Non
     Image.new("L", (8, 8), 255).save(root / "masks" / "ct_tumor (1).png")
     fetch(LocalData(source="local", path=root), tmp_path / "raw", 0)
     assert (tmp_path / "raw" / "Masks" / "ct_tumor (1).png").is_file()
+
+
+def test_a_labels_csv_labels_volumes_their_slices_and_whole_folders(tmp_path: Path) -> None:
+    """Rows may name a NIfTI volume (every slice), one slice of it (`slice`; unlisted slices are not
+    used), or a folder (a patient's, a series': every file below it, unless listed itself)."""
+    root = tmp_path / "scans"
+    write_volume(root / "vol" / "healthy.nii.gz", head_volume(slices=4))
+    write_volume(root / "vol" / "mixed.nii.gz", head_volume(slices=4))
+    write_series(root / "p7" / "ct", np.transpose(head_volume(slices=3), (2, 0, 1)), patient="p7")
+    write_series(root / "p7" / "ct2", np.transpose(head_volume(slices=2), (2, 0, 1)), patient="p7")
+    labels = root / "labels.csv"
+    labels.write_text(
+        "path,slice,class\nvol/healthy.nii.gz,,healthy\nvol/mixed.nii.gz,1,healthy\nvol/mixed.nii.gz,2,tumor\n"
+        "p7,,tumor\np7/ct2/IM0001.dcm,,healthy\n"
+    )
+    rejects = fetch(LocalData(source="local", path=root, labels=labels), tmp_path / "raw", 0)
+    assert rejects == []
+    found = sorted(p.relative_to(tmp_path / "raw").as_posix() for p in (tmp_path / "raw").rglob("*.dcm"))
+    assert found == [
+        "Healthy/p7/ct2/IM0001.dcm",
+        *(f"Healthy/vol/healthy_z{k:03d}.dcm" for k in range(4)),
+        "Healthy/vol/mixed_z001.dcm",
+        *(f"Tumor/p7/ct/IM{k:04d}.dcm" for k in range(3)),
+        "Tumor/p7/ct2/IM0000.dcm",
+        "Tumor/vol/mixed_z002.dcm",
+    ]
+    labels.write_text("path,slice,class\nvol/mixed.nii.gz,x,tumor\np7/ct/IM0000.dcm,0,tumor\n")
+    with pytest.raises(DataError, match=r"slice is not a whole number >= 0, e.g. line 2: vol/mixed.nii.gz"):
+        fetch(LocalData(source="local", path=root, labels=labels), tmp_path / "raw2", 0)
+    labels.write_text("path,slice,class\np7/ct/IM0000.dcm,0,tumor\n")
+    with pytest.raises(DataError, match=r"slice is given for a file that is not a volume, e.g. line 2"):
+        fetch(LocalData(source="local", path=root, labels=labels), tmp_path / "raw3", 0)

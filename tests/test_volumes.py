@@ -11,15 +11,17 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipeline import download, split
 from pipeline.config import Settings
 from pipeline.data.classes import mask_path
 from pipeline.data.manifest import read_manifest
-from pipeline.data.slicing import find_cases, slice_volumes
+from pipeline.data.series import find_series, write_segmentation
+from pipeline.data.slicing import find_cases, slice_scans
 from pipeline.data.volumes import read_mask, read_volume, to_volume
 from pipeline.scans import scan_metrics, scan_table
-from tests.volume_factory import head_volume, lesion_mask, write_volume
+from tests.volume_factory import head_volume, lesion_mask, write_series, write_volume
 
 # Identity, axes permuted and flipped with anisotropic voxels, and an oblique-free LPS-like flip.
 AFFINES = [
@@ -80,7 +82,7 @@ def test_each_bad_volume_is_a_reject_and_the_rest_are_sliced(tmp_path: Path) -> 
     good = (root / "patient0" / "head.nii.gz").read_bytes()
     (root / "cut.nii.gz").write_bytes(good[: len(good) // 2])
     out = tmp_path / "raw"
-    rejects = dict(slice_volumes(root, out))
+    rejects = dict(slice_scans(root, out))
     assert set(rejects) == {"unlabelled.nii.gz", "wrong.nii.gz", "cut.nii.gz"}
     assert "cannot be labelled" in rejects["unlabelled.nii.gz"]
     assert "differs from its image's (48, 48, 8)" in rejects["wrong.nii.gz"]
@@ -109,6 +111,41 @@ def test_volumes_are_downloaded_and_split_by_patient(
     assert summary["by_patient"] == 1
     assert summary["patients_train"] + summary["patients_val"] + summary["patients_test"] == 8
     assert summary["val_tumor"] > 0 and summary["test_tumor"] > 0 and "train_tumor" not in summary
+
+
+def test_dicom_series_are_labelled_by_their_dicom_seg_or_their_class_folder(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    root = tmp_path / "in"
+    lesion = np.transpose(head_volume(slices=5), (2, 0, 1))
+    files = write_series(root / "p1" / "ct", lesion, patient="anon-1", names=[f"{n}.dcm" for n in "qwert"])
+    (series,), _ = find_series(files)
+    mask = np.zeros((5, 48, 48), dtype=bool)
+    mask[2:4, 20:26, 20:26] = True
+    write_segmentation(series, mask, root / "annotations" / "lesion.dcm", "test")
+    write_series(
+        root / "Healthy" / "p2" / "ct",
+        np.transpose(head_volume(slices=4, seed=1), (2, 0, 1)),
+        patient="anon-2",
+    )
+    write_series(root / "p3" / "ct", np.transpose(head_volume(slices=3), (2, 0, 1)), patient="anon-3")
+    cases = {case.name: case for case in find_cases(root)}
+    assert cases["p1/ct"].mask == root / "annotations" / "lesion.dcm" and cases["p1/ct"].patient == "anon-1"
+    assert cases["Healthy/p2/ct"].healthy and cases["Healthy/p2/ct"].mask is None
+
+    settings = make_settings("data=local", f"data.path={root}", "preprocess.image_size=32", base=())
+    download.run(settings)
+    rejects = pd.read_csv(settings.paths.manifests / "rejects.csv")
+    assert rejects["path"].tolist() == ["p3/ct"] and "cannot be labelled" in rejects["reason"][0]
+    manifest = read_manifest(settings.paths.manifests / "raw.csv").set_index("path")
+    tumor = sorted(manifest.index[manifest["class"] == "tumor"])
+    assert tumor == ["Tumor/p1/ct/e.dcm", "Tumor/p1/ct/r.dcm"]  # slices 2 and 3 by position
+    assert manifest.loc["Tumor/p1/ct/e.dcm", "patient"] == "anon-1"
+    assert manifest.loc["Tumor/p1/ct/e.dcm", "slice"] == 2
+    assert (manifest["class"] == "healthy").sum() == 3 + 4
+    raw = settings.paths.raw
+    pixels = np.asarray(Image.open(raw / mask_path("Tumor/p1/ct/e.dcm"))) > 0
+    np.testing.assert_array_equal(pixels, mask[2])
 
 
 def test_a_scan_is_as_anomalous_as_its_top_slices() -> None:

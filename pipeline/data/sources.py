@@ -5,6 +5,7 @@ its fetcher under the `source` tag of its config class (`pipeline.config.DataCon
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -18,7 +19,8 @@ import pandas as pd
 from pipeline.config import DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
 from pipeline.data import slicing, synthetic
 from pipeline.data.classes import FOLDERS, MASKS
-from pipeline.errors import DataError
+from pipeline.data.volumes import is_mask, is_volume
+from pipeline.errors import DataError, ImageDecodeError
 from pipeline.progress import progress
 from pipeline.registry import Registry
 
@@ -108,9 +110,10 @@ def copy_classes(root: Path, out_dir: Path, folders: Folders = FOLDERS) -> None:
         shutil.copyfile(source, destination)
 
 
-def copy_labelled(root: Path, out_dir: Path, labels: Path, folders: Folders) -> Rejects:
-    """Copy the files a labels CSV lists (`path` relative to `root`, `class`: healthy/tumor or the
-    class folders' names) into out_dir's class folders; files it does not list are rejects."""
+def read_labels(labels: Path, root: Path, folders: Folders) -> pd.DataFrame:
+    """A labels CSV: `path` (below `root`: an image, a NIfTI volume, or a folder such as a patient's or
+    a series'), `class` (healthy/tumor or the class folders' names), optionally `slice` (one slice of a
+    volume, inferior to superior from 0); each row checked, with the lines at fault named."""
     try:
         table = pd.read_csv(labels, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as err:
@@ -118,26 +121,61 @@ def copy_labelled(root: Path, out_dir: Path, labels: Path, folders: Folders) -> 
     if not {"path", "class"} <= set(table.columns):
         raise DataError(f"{labels}: needs the columns 'path' and 'class' (has {', '.join(table.columns)})")
     classes = {name.lower(): cls for cls, name in folders.items()} | {cls: cls for cls in folders}
-    table = table.assign(label=table["class"].str.lower().map(classes))
+    slices = table["slice"] if "slice" in table.columns else pd.Series("", index=table.index)
+    table = table.assign(label=table["class"].str.lower().map(classes), slice=slices.str.strip())
+    volume = table["path"].map(is_volume)
     problems = {
         "class is not one of " + ", ".join(sorted(classes)): table["label"].isna(),
-        "file does not exist": ~table["path"].map(lambda path: (root / path).is_file()),
+        "path does not exist": ~table["path"].map(lambda path: (root / path).exists()),
+        "slice is not a whole number >= 0": (table["slice"] != "") & ~table["slice"].str.isdigit(),
+        "slice is given for a file that is not a volume": (table["slice"] != "") & ~volume,
     }
     for what, bad in problems.items():
         if bad.any():
             rows = "; ".join(f"line {i + 2}: {table.at[i, 'path']}" for i in table.index[bad][:3])
             raise DataError(f"{labels}: {int(bad.sum())} row(s) whose {what}, e.g. {rows}")
-    for path, label in progress(
-        list(zip(table["path"], table["label"], strict=True)), desc="copy", unit="file"
-    ):
-        destination = out_dir / FOLDERS[label] / path
+    return table
+
+
+def copy_labelled(root: Path, out_dir: Path, labels: Path, folders: Folders) -> Rejects:
+    """Bring what a labels CSV lists (`read_labels`) into out_dir's class folders: files are copied, a
+    folder's files take its class (unless listed themselves), a volume is sliced with its class or its
+    listed slices' classes (`slicing.write_case`). Files it does not list are rejects."""
+    table = read_labels(labels, root, folders)
+    files: dict[Path, str] = {}
+    for path, label in zip(table["path"], table["label"], strict=True):  # folders first, files override
+        if (root / path).is_dir():
+            files |= {file: label for file in sorted((root / path).rglob("*")) if file.is_file()}
+    listed = table[~table["path"].map(lambda path: (root / path).is_dir())]
+    files |= {root / path: label for path, label in zip(listed["path"], listed["label"], strict=True)}
+    files = {file: label for file, label in files.items() if not is_mask(file.relative_to(root))}
+    per_slice = {
+        path: {int(s) if s else None: label for s, label in zip(rows["slice"], rows["label"], strict=True)}
+        for path, rows in listed[listed["path"].map(is_volume)].groupby("path")
+    }
+    rejects: Rejects = []
+    for file, label in sorted(files.items()):
+        if not is_volume(file):
+            continue
+        relative = file.relative_to(root).as_posix()
+        case = dataclasses.replace(slicing.volume_case(root, file, folders), mask=None)
+        try:
+            slicing.write_case(case, out_dir, per_slice.get(relative, {None: label}))
+        except ImageDecodeError as err:
+            rejects.append((relative, err.reason))
+    images = {file: label for file, label in files.items() if not is_volume(file)}
+    for file, label in progress(sorted(images.items()), desc="copy", unit="file"):
+        destination = out_dir / FOLDERS[label] / file.relative_to(root)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(root / path, destination)
-    listed = {root / path for path in table["path"]} | {labels}
-    return [
+        shutil.copyfile(file, destination)
+    return rejects + [
         (file.relative_to(root).as_posix(), f"not in the labels CSV {labels.name}")
         for file in sorted(root.rglob("*"))
-        if file.is_file() and not file.name.startswith(".") and file not in listed
+        if file.is_file()
+        and not file.name.startswith(".")
+        and file not in files
+        and file != labels
+        and not is_mask(file.relative_to(root))
     ]
 
 
@@ -177,11 +215,11 @@ def _from_folder(root: Path, out_dir: Path, data: LocalData | None = None) -> Re
     folders = data.folders.model_dump() if data else FOLDERS
     if data and data.labels:
         return copy_labelled(root, out_dir, data.labels, folders)
-    if slicing.has_volumes(root):
-        rejects = slicing.slice_volumes(root, out_dir, folders)
+    if slicing.has_scans(root):
+        rejects = slicing.slice_scans(root, out_dir, folders)
         if not any(out_dir.rglob("*.dcm")):
             listed = "; ".join(f"{file}: {reason}" for file, reason in rejects)
-            raise DataError(f"{root}: none of its volumes could be used ({listed})")
+            raise DataError(f"{root}: none of its scans could be used ({listed})")
         return rejects
     copy_classes(find_dataset_root(root, folders), out_dir, folders)
     return []
