@@ -129,6 +129,8 @@ def test_dicom_series_are_labelled_by_their_dicom_seg_or_their_class_folder(
         patient="anon-2",
     )
     write_series(root / "p3" / "ct", np.transpose(head_volume(slices=3), (2, 0, 1)), patient="anon-3")
+    sagittal = np.transpose(head_volume(slices=2, seed=2), (2, 0, 1))
+    write_series(root / "Healthy" / "p4" / "sag", sagittal, patient="anon-4", orientation=(0, 1, 0, 0, 0, -1))
     cases = {case.name: case for case in find_cases(root)}
     assert cases["p1/ct"].mask == root / "annotations" / "lesion.dcm" and cases["p1/ct"].patient == "anon-1"
     assert cases["Healthy/p2/ct"].healthy and cases["Healthy/p2/ct"].mask is None
@@ -136,7 +138,10 @@ def test_dicom_series_are_labelled_by_their_dicom_seg_or_their_class_folder(
     settings = make_settings("data=local", f"data.path={root}", "preprocess.image_size=32", base=())
     download.run(settings)
     rejects = pd.read_csv(settings.paths.manifests / "rejects.csv")
-    assert rejects["path"].tolist() == ["p3/ct"] and "cannot be labelled" in rejects["reason"][0]
+    reasons = dict(zip(rejects["path"], rejects["reason"], strict=True))
+    assert "cannot be labelled" in reasons.pop("p3/ct")
+    assert set(reasons) == {f"Healthy/Healthy/p4/sag/IM000{k}.dcm" for k in range(2)}
+    assert all("a sagittal slice: the detector reads axial" in reason for reason in reasons.values())
     manifest = read_manifest(settings.paths.manifests / "raw.csv").set_index("path")
     tumor = sorted(manifest.index[manifest["class"] == "tumor"])
     assert tumor == ["Tumor/p1/ct/e.dcm", "Tumor/p1/ct/r.dcm"]  # slices 2 and 3 by position
