@@ -48,6 +48,7 @@ class SyntheticVolumes(Section):
     slices: int = Field(ge=4, le=512)  # per scan, skull base to skull top
     size: int = Field(ge=32, le=1024)  # pixels per side
     lesion_share: float = Field(gt=0, lt=1)  # of the patients
+    format: Literal["nifti", "dicom"] = "nifti"  # NIfTI volumes + masks, or DICOM series + DICOM-SEG
 
 
 class ClassFolders(Section):

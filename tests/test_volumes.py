@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline import download, split
 from pipeline.config import Settings
 from pipeline.data.classes import mask_path
+from pipeline.data.dicom import read_hounsfield
 from pipeline.data.manifest import read_manifest
 from pipeline.data.series import find_series, write_segmentation
 from pipeline.data.slicing import find_cases, slice_scans
@@ -151,6 +152,44 @@ def test_dicom_series_are_labelled_by_their_dicom_seg_or_their_class_folder(
     raw = settings.paths.raw
     pixels = np.asarray(Image.open(raw / mask_path("Tumor/p1/ct/e.dcm"))) > 0
     np.testing.assert_array_equal(pixels, mask[2])
+
+
+def test_the_built_in_scans_as_dicom_series_with_dicom_seg_equal_their_nifti_form(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The same phantoms written as NIfTI + masks and as DICOM series + DICOM-SEG come out of download
+    as the same slices (pixels in HU, displayed alike), labels, masks and patients."""
+    manifests = {}
+    for file_format in ("nifti", "dicom"):
+        settings = make_settings(
+            "data=synthetic_volumes",
+            "data.patients=6",
+            "data.slices=6",
+            "data.size=32",
+            f"data.format={file_format}",
+            "preprocess.image_size=32",
+            f"paths.raw={tmp_path / file_format / 'raw'}",
+            f"paths.manifests={tmp_path / file_format / 'manifests'}",
+            base=(),
+        )
+        download.run(settings)
+        manifest = read_manifest(settings.paths.manifests / "raw.csv")
+        manifests[file_format] = (
+            manifest.set_index(["patient", "slice"]).sort_index().assign(raw=settings.paths.raw)
+        )
+    nifti, dicom = manifests["nifti"], manifests["dicom"]
+    assert len(nifti) == 36 and nifti.index.get_level_values("patient").nunique() == 6
+    assert nifti.index.equals(dicom.index) and nifti["class"].tolist() == dicom["class"].tolist()
+    assert (dicom["class"] == "tumor").any() and dicom["path"].str.match(
+        r"(Healthy|Tumor)/patient\d{3}/ct/"
+    ).all()
+    for (_, a), (_, b) in zip(nifti.iterrows(), dicom.iterrows(), strict=True):
+        np.testing.assert_array_equal(
+            read_hounsfield(a.raw / a.path, a.path)[0], read_hounsfield(b.raw / b.path, b.path)[0]
+        )
+        if a["class"] == "tumor":
+            masks = [np.asarray(Image.open(row.raw / mask_path(row.path))) for row in (a, b)]
+            np.testing.assert_array_equal(*masks)
 
 
 def test_a_scan_is_as_anomalous_as_its_top_slices() -> None:

@@ -18,6 +18,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pipeline.errors import ImageDecodeError
 
+HU_RANGE = (-1024.0, 3071.0)  # what a 12-bit CT stores; a volume's HU beyond are clipped
 PLANES = ("sagittal", "coronal", "axial")  # by the patient axis (x, y, z) a slice's normal runs along
 # PS3.10 section 7.1: a 128-byte preamble, then the 4-byte prefix "DICM".
 _PREAMBLE_LENGTH = 128

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.data.classes import FOLDERS, HEALTHY, TUMOR, mask_path
-from pipeline.data.dicom import is_dicom, write_ct_slice
+from pipeline.data.dicom import HU_RANGE, is_dicom, write_ct_slice
 from pipeline.data.series import Series, find_series, is_segmentation, read_header, read_segmentation
 from pipeline.data.volumes import (
     MASK_SUFFIX,
@@ -44,9 +44,6 @@ from pipeline.data.volumes import (
 )
 from pipeline.errors import ImageDecodeError
 from pipeline.progress import progress
-
-HU_RANGE = (-1024.0, 3071.0)  # what a 12-bit CT stores; anything beyond is clipped
-
 
 Labels = dict[int | None, str]  # slice index (None: every slice) -> class, from a labels CSV
 

@@ -189,10 +189,17 @@ def fetch_synthetic(data: SyntheticData, out_dir: Path, seed: int) -> Rejects:
 
 @SOURCES.register("synthetic_volumes")
 def fetch_synthetic_volumes(data: SyntheticVolumes, out_dir: Path, seed: int) -> Rejects:
-    """Phantom scans written as NIfTI volumes with masks, then sliced like a user's volumes."""
+    """Phantom scans written as NIfTI volumes with masks (or DICOM series with DICOM-SEGs), then sliced
+    like a user's scans."""
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as volumes:
         synthetic.generate_volumes(
-            Path(volumes), data.patients, data.slices, data.size, data.lesion_share, seed
+            Path(volumes),
+            data.patients,
+            data.slices,
+            data.size,
+            data.lesion_share,
+            seed,
+            file_format=data.format,
         )
         return _from_folder(Path(volumes), out_dir)
 

@@ -11,10 +11,11 @@ public Kaggle brain-CT dataset, so every later stage treats both sources alike:
 Healthy and tumor slices come from one anatomy generator with the same size, noise and format, so
 the tumor (mass, oedema, mass effect) is the only thing that tells the classes apart.
 
-`generate_volumes` writes the same anatomy as whole scans instead: one NIfTI volume per patient in
-Hounsfield units, from the skull base (little brain, much bone) to the skull top, with a lesion mask
-for the patients that have one (a tumor, a haemorrhage-like crescent against the skull's inner edge,
-or a bright parenchymal blob, over a few middle slices), for the volume path of `data=local`.
+`generate_volumes` writes the same anatomy as whole scans instead: one NIfTI volume (or DICOM series)
+per patient in Hounsfield units, from the skull base (little brain, much bone) to the skull top, with
+a lesion mask (or DICOM-SEG) for the patients that have one (a tumor, a haemorrhage-like crescent
+against the skull's inner edge, or a bright parenchymal blob, over a few middle slices), for the
+scan path of `data=local`.
 """
 
 from __future__ import annotations
@@ -89,16 +90,17 @@ def generate_volumes(
     lesion_share: float,
     seed: int,
     progress: bool = True,
+    file_format: str = "nifti",
 ) -> None:
-    """Write `out_dir/patient<i>/head.nii.gz` and its `head_mask.nii.gz` (empty for a clean scan).
+    """Write one scan per patient: `out_dir/patient<i>/head.nii.gz` and its `head_mask.nii.gz`, or with
+    `file_format="dicom"` a DICOM series `out_dir/patient<i>/ct/` and its DICOM-SEG `lesion.seg.dcm` (both
+    masks empty for a clean scan).
 
     Every patient's anatomy is one seeded head, cut at `slices` levels: the head's cross-section grows
     from the skull base and shrinks to the skull top, the lowest levels are mostly bone and soft
     tissue and the highest mostly skull, as in a real scan. A share `lesion_share` of the patients
     carries one lesion over 2-4 consecutive middle slices, its kind drawn from LESIONS.
     """
-    import nibabel as nib  # here: only the volume source needs it
-
     for index in progress_bar(range(patients), desc="synthetic volumes", enabled=progress):
         rng = np.random.default_rng((seed, 2, index))
         lesion = LESIONS[int(rng.integers(len(LESIONS)))] if rng.random() < lesion_share else None
@@ -108,8 +110,8 @@ def generate_volumes(
         clean_image = _render((seed, 2, index), size, size, tumor=False)[0] / np.float32(255)
         tumor_image = with_tumor if lesion == "tumor" else None
         found = _bright_lesion(clean_image, lesion, rng) if lesion in ("crescent", "blob") else None
-        volume = np.empty((size, size, slices), dtype=np.float32)
-        mask = np.zeros((size, size, slices), dtype=np.uint8)
+        hounsfield = np.empty((slices, size, size), dtype=np.float32)  # displayed slices, feet to head
+        masks = np.zeros((slices, size, size), dtype=bool)
         for k in range(slices):
             level = k / max(slices - 1, 1)
             gray, lesion_mask = clean_image, None
@@ -118,14 +120,46 @@ def generate_volumes(
             elif k in lesioned and found is not None:
                 gray, lesion_mask = found
             gray, lesion_mask = _at_level(gray, lesion_mask, level, rng)
-            volume[..., k] = _display_to_ras(_hounsfield(gray))
+            hounsfield[k] = _hounsfield(gray)
             if lesion_mask is not None:
-                mask[..., k] = _display_to_ras(lesion_mask)
+                masks[k] = lesion_mask
         folder = Path(out_dir) / f"patient{index:03d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        affine = np.diag([0.8, 0.8, 5.0, 1.0])  # mm: in-plane pixels, thick axial slices
-        nib.save(nib.Nifti1Image(volume, affine), folder / "head.nii.gz")
-        nib.save(nib.Nifti1Image(mask, affine), folder / "head_mask.nii.gz")  # empty: a clean scan
+        (_write_dicom if file_format == "dicom" else _write_nifti)(folder, hounsfield, masks)
+
+
+_PIXEL_MM, _SLICE_MM = 0.8, 5.0  # in-plane pixels, thick axial slices
+
+
+def _write_nifti(folder: Path, hounsfield: np.ndarray, masks: np.ndarray) -> None:
+    import nibabel as nib  # here: only the volume source needs it
+
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([_PIXEL_MM, _PIXEL_MM, _SLICE_MM, 1.0])
+    volume = np.stack([_display_to_ras(image) for image in hounsfield], axis=2)
+    mask = np.stack([_display_to_ras(image) for image in masks], axis=2).astype(np.uint8)
+    nib.save(nib.Nifti1Image(volume, affine), folder / "head.nii.gz")
+    nib.save(nib.Nifti1Image(mask, affine), folder / "head_mask.nii.gz")  # empty: a clean scan
+
+
+def _write_dicom(folder: Path, hounsfield: np.ndarray, masks: np.ndarray) -> None:
+    """An axial series as a scanner writes it (a displayed slice is the stored pixel order) + its SEG."""
+    from pipeline.data.dicom import HU_RANGE, write_ct_slice
+    from pipeline.data.series import find_series, write_segmentation
+
+    (folder / "ct").mkdir(parents=True, exist_ok=True)
+    files = [
+        write_ct_slice(
+            folder / "ct" / f"{k:03d}.dcm",
+            np.clip(image, *HU_RANGE),
+            patient=folder.name,
+            series=f"{folder.name}/ct",
+            position=k * _SLICE_MM,
+            spacing=_PIXEL_MM,
+        )
+        for k, image in enumerate(hounsfield)
+    ]
+    (series,), _ = find_series(files)
+    write_segmentation(series, masks, folder / "lesion.seg.dcm", "synthetic")  # empty: a clean scan
 
 
 def _display_to_ras(image: np.ndarray) -> np.ndarray:
