@@ -1,6 +1,7 @@
 """Stage `calibrate`: every threshold rule (`pipeline.thresholds`) on the validation scores, the
 configured one applied; how well each kind of score ranks the validation tumors above the healthy
-slices; and the pixel threshold for localisation. Tuning never looks at the test set."""
+slices (and, with `score.kind: auto`, which kind the detector applies); and the pixel threshold for
+localisation. Tuning never looks at the test set."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pipeline.io import write_csv, write_json
 from pipeline.metrics import bootstrap_intervals, ranking_metrics
 from pipeline.models import load_model
 from pipeline.plots import error_histogram, save_figure
+from pipeline.scoring import AUTO, choose_kind
 from pipeline.thresholds import calibrate_thresholds, label_free
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,14 @@ def run(settings: Settings) -> None:
     val = load_split(settings, "val")
     reconstructions = detector.reconstruct(val.images)
     scores = detector.all_scores(val.images, reconstructions)
-    applied = scores[settings.score.kind]
     is_tumor = val.labels == 1
+    by_kind = (
+        {kind: ranking_metrics(val.labels, values)["roc_auc"] for kind, values in scores.items()}
+        if is_tumor.any()
+        else {}
+    )
+    kind = choose_kind(settings.score.kind, by_kind)
+    applied = scores[kind]
     healthy, tumor = applied[~is_tumor], applied[is_tumor]
     thresholds = calibrate_thresholds(healthy, tumor, settings.threshold)
     method = settings.threshold.method
@@ -47,7 +55,8 @@ def run(settings: Settings) -> None:
     summary = {
         "threshold": thresholds[method],
         "method": method,
-        "score": settings.score.kind,
+        "score": kind,
+        "score_configured": settings.score.kind,
         "thresholds": thresholds,
         "pixel_threshold": float(np.percentile(healthy_maps[healthy_maps > 0], PIXEL_PERCENTILE)),
         "val_score_mean": float(np.mean(healthy)),
@@ -65,9 +74,7 @@ def run(settings: Settings) -> None:
             n_resamples=settings.evaluate.bootstrap,
         )["roc_auc"]
         summary.update(val_roc_auc_ci_low=low, val_roc_auc_ci_high=high)  # is a change beyond sampling?
-        summary["val_roc_auc_by_score"] = {
-            kind: ranking_metrics(val.labels, values)["roc_auc"] for kind, values in scores.items()
-        }
+        summary["val_roc_auc_by_score"] = by_kind
 
     out = settings.paths.stage_reports("calibrate")
     write_json(out / "threshold.json", summary)
@@ -77,13 +84,12 @@ def run(settings: Settings) -> None:
     )
     histogram = {"healthy validation": healthy} | ({"tumor validation": tumor} if len(tumor) else {})
     save_figure(
-        error_histogram(
-            histogram, summary["threshold"], f"{settings.score.kind} scores of the validation slices"
-        ),
+        error_histogram(histogram, summary["threshold"], f"{kind} scores of the validation slices"),
         out / "error_histogram.png",
     )
 
     with tracking.model_run(settings, "calibrate", detector.model):
+        mlflow.set_tag("score_applied", kind)  # what score.kind=auto chose, beside the configured kind
         mlflow.log_metrics(
             {k: v for k, v in summary.items() if isinstance(v, int | float)}
             | {f"threshold_{k}": v for k, v in thresholds.items()}
@@ -97,11 +103,12 @@ def run(settings: Settings) -> None:
         else "no validation tumors"
     )
     log.info(
-        "threshold %.6g (%s on %s scores of %d healthy validation slices); validation ROC AUC by score: %s",
+        "threshold %.6g (%s on %s scores of %d healthy validation slices)%s; validation ROC AUC by score: %s",
         summary["threshold"],
         method,
-        settings.score.kind,
+        kind,
         len(healthy),
+        " (score.kind=auto: the best on validation)" if settings.score.kind == AUTO else "",
         ranked,
     )
 

@@ -202,7 +202,7 @@ class RuntimeConfig(Section):
 class ScoreConfig(Section):
     """Which anomaly score (`pipeline.scoring`) a slice gets, and where it is read."""
 
-    kind: str  # a name registered in pipeline.scoring.SCORES
+    kind: str  # a name registered in pipeline.scoring.SCORES, or `auto`: calibrate picks on validation
     region: Literal["head", "image"]
     percentile: float = Field(gt=0, le=100)  # residual_percentile and symmetry; 100 = the maximum
     smoothing: float = Field(ge=0, le=16)  # Gaussian sigma (pixels) of the residual before the percentile
@@ -210,9 +210,9 @@ class ScoreConfig(Section):
     @field_validator("kind")
     @classmethod
     def _registered(cls, kind: str) -> str:
-        from pipeline.scoring import SCORES  # here: scoring imports this module
+        from pipeline.scoring import AUTO, SCORES  # here: scoring imports this module
 
-        return SCORES.check(kind)
+        return kind if kind == AUTO else SCORES.check(kind)
 
 
 class ThresholdConfig(Section):

@@ -56,6 +56,26 @@ class Detector:
         """A detector that scores but has no threshold yet: what calibration sets one from."""
         return cls(model, math.nan, preprocess, scoring)
 
+    @classmethod
+    def calibrated(
+        cls,
+        model: keras.Model,
+        calibration: dict[str, Any],
+        preprocess: PreprocessConfig,
+        scoring: ScoreConfig,
+        info: dict[str, Any] | None = None,
+    ) -> Detector:
+        """The detector calibrate's report (`threshold.json`) describes: its thresholds and the score
+        kind it applied (what `score.kind: auto` chose)."""
+        return cls(
+            model,
+            calibration["threshold"],
+            preprocess,
+            scoring.model_copy(update={"kind": calibration["score"]}),
+            info or {},
+            calibration["pixel_threshold"],
+        )
+
     def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:
         """Decode and preprocess files (or their bytes) in parallel; unreadable ones are reported. Each
         decoded slice's geometry comes along, for maps to be put back on its pixels."""

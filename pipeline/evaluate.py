@@ -1,9 +1,10 @@
 """Stage `evaluate`: detection quality on the held-out test set (healthy + tumor), with 95% bootstrap
 intervals, at the applied threshold and at every threshold rule calibrate computed; the same on a copy
 of the test slices blanked outside the head, and per image source (format, mode, size), both of which
-would expose a detector that scores the source instead of the anatomy; localisation where tumor
-outlines exist; the detection rate on the extra tumor-only set. All as DVC metrics and plots and in the
-model's MLflow run. Packaging the detector is the next stage's job (`package`)."""
+would expose a detector that scores the source instead of the anatomy; the shortcut audit
+(`pipeline.audit`: what metadata alone, or a slice's level in its scan, would achieve); localisation
+where tumor outlines exist; the detection rate on the extra tumor-only set. All as DVC metrics and
+plots and in the model's MLflow run. Packaging the detector is the next stage's job (`package`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import tracking
+from pipeline.audit import largest_mixed_source, levels, shortcut_audit, source_groups
 from pipeline.config import Settings
 from pipeline.data.classes import CLASSES
 from pipeline.data.datasets import Split, load_split
@@ -35,7 +37,14 @@ from pipeline.metrics import (
     size_groups,
 )
 from pipeline.models import load_model
-from pipeline.plots import confusion_figure, error_histogram, reconstruction_grid, roc_pr_figure, save_figure
+from pipeline.plots import (
+    confusion_figure,
+    error_histogram,
+    reconstruction_grid,
+    roc_pr_figure,
+    save_figure,
+    score_by_level,
+)
 from pipeline.scans import scan_metrics, scan_table
 
 log = logging.getLogger(__name__)
@@ -97,6 +106,7 @@ def _by_source(frame: pd.DataFrame, labels: np.ndarray, scores: np.ndarray, thre
     """Metrics per image format, mode and size: a detector that scored the source instead of the
     anatomy would flag the healthy slices of the tumor-heavy sources too."""
     groups = {
+        "source": source_groups(frame),
         "format": frame["format"],
         "mode": frame["mode"],
         "size": size_groups(frame["width"], frame["height"]),
@@ -160,6 +170,9 @@ def evaluation_metrics(scored: Scored, calibration: dict, settings: Settings) ->
             tumor_maps, outlines, calibration["pixel_threshold"], settings.evaluate.bootstrap, settings.seed
         )
     results |= scan_metrics(scored.scans) if len(scored.scans) else {}
+    results |= shortcut_audit(
+        scored.test.frame, labels, scores, settings.paths.raw, settings.preprocess.dicom_window, settings.seed
+    )
     results.update(threshold=threshold, test_images=len(labels), extra_tumor_images=len(scored.extra_scores))
     return results
 
@@ -206,14 +219,16 @@ def write_tables(scored: Scored, detector: Detector, out: Path) -> list[str]:
     return list(tables)
 
 
-def draw_figures(scored: Scored, results: dict[str, float], settings: Settings, out: Path) -> list[str]:
+def draw_figures(
+    scored: Scored, results: dict[str, float], detector: Detector, settings: Settings, out: Path
+) -> list[str]:
     labels, scores = scored.test.labels, scored.scores
     histogram = {name: scores[labels == label] for label, name in enumerate(CLASSES)}
     if len(scored.extra_scores):
         histogram["tumor (extra)"] = scored.extra_scores
     figures = {
         "error_histogram.png": error_histogram(
-            histogram, results["threshold"], f"{settings.score.kind} scores on the test sets"
+            histogram, results["threshold"], f"{detector.scoring.kind} scores on the test sets"
         ),
         "roc_pr.png": roc_pr_figure(labels, scores),
         "confusion.png": confusion_figure(results["tn"], results["fp"], results["fn"], results["tp"]),
@@ -229,6 +244,9 @@ def draw_figures(scored: Scored, results: dict[str, float], settings: Settings, 
             )
         ),
     }
+    level = levels(scored.test.frame)
+    if level is not None:
+        figures["score_by_level.png"] = score_by_level(level, labels, scores, results["threshold"])
     for name, figure in figures.items():
         save_figure(figure, out / name)
     return list(figures)
@@ -236,8 +254,8 @@ def draw_figures(scored: Scored, results: dict[str, float], settings: Settings, 
 
 def run(settings: Settings) -> None:
     calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
-    detector = Detector(
-        load_model(settings.paths.model_file), calibration["threshold"], settings.preprocess, settings.score
+    detector = Detector.calibrated(
+        load_model(settings.paths.model_file), calibration, settings.preprocess, settings.score
     )
     scored = score_test_sets(detector, settings)
     results = evaluation_metrics(scored, calibration, settings)
@@ -246,7 +264,7 @@ def run(settings: Settings) -> None:
     files = [
         "metrics.json",
         *write_tables(scored, detector, out),
-        *draw_figures(scored, results, settings, out),
+        *draw_figures(scored, results, detector, settings, out),
     ]
     with tracking.model_run(settings, "evaluate", detector.model):
         mlflow.log_metrics({f"test_{k}": v for k, v in results.items() if np.isfinite(v)})
@@ -254,7 +272,8 @@ def run(settings: Settings) -> None:
             mlflow.log_artifact(str(out / name), "evaluate")
     log.info(
         "test: ROC AUC %.3f [%.3f, %.3f], accuracy %.3f [%.3f, %.3f] at the %s threshold; "
-        "outside-head-blanked copy: ROC AUC %.3f; extra tumor-only set: %d slices, %s flagged",
+        "outside-head-blanked copy: ROC AUC %.3f; extra tumor-only set: %d slices, %s flagged; "
+        "shortcut audit: metadata alone ROC AUC %.3f, metadata + score %.3f, inside %s %.3f",
         results["roc_auc"],
         results["roc_auc_ci_low"],
         results["roc_auc_ci_high"],
@@ -265,6 +284,10 @@ def run(settings: Settings) -> None:
         results["blanked_roc_auc"],
         len(scored.extra_scores),
         f"{results['extra_tumor_detection_rate']:.1%}" if len(scored.extra_scores) else "none",
+        results["metadata_roc_auc"],
+        results["metadata_score_roc_auc"],
+        largest_mixed_source(scored.test.frame, scored.test.labels) or "no mixed source group",
+        results.get("source_roc_auc", float("nan")),
     )
 
 

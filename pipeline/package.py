@@ -20,13 +20,12 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings) -> None:
     calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
-    detector = Detector(
+    detector = Detector.calibrated(
         load_model(settings.paths.model_file),
-        calibration["threshold"],
+        calibration,
         settings.preprocess,
         settings.score,
         {"model": settings.model.name, "threshold_method": calibration["method"]},
-        calibration["pixel_threshold"],
     )
     example = example_png()
     with tracking.model_run(settings, "package", detector.model) as run_id:

@@ -1,4 +1,5 @@
-"""Report figures for the evaluate stage (error histograms, ROC/PR, confusion matrix, reconstructions)
+"""Report figures for the evaluate stage (error histograms, ROC/PR, confusion matrix, reconstructions,
+score by slice level)
 and for comparisons of several runs (ROC overlay, histogram panels).
 
 Figures are built with matplotlib's object-oriented API (`Figure`, no pyplot), as matplotlib
@@ -89,6 +90,22 @@ def roc_overlay(curves: dict[str, pd.DataFrame]) -> Figure:
         aspect="equal",
     )
     ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def score_by_level(levels: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float) -> Figure:
+    """Each test slice's score against its level in its scan: a detector that scores the level (skull
+    base, skull top) rather than the lesion shows healthy slices climbing at both ends."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for label, name in enumerate(CLASSES):
+        chosen = labels == label
+        ax.scatter(levels[chosen], scores[chosen], s=12, alpha=0.6, label=f"{name} (n={int(chosen.sum())})")
+    ax.axhline(finite_number(threshold), color="black", linestyle="--", label="threshold")
+    ax.set_xlabel("level in the scan (0 = lowest slice, 1 = highest)")
+    ax.set_ylabel("anomaly score")
+    ax.set_title("score by slice level")
+    ax.legend()
     return fig
 
 

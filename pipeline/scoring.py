@@ -9,7 +9,8 @@ background outside it cannot make a slice look anomalous. The kinds:
 - `symmetry`: the same percentile of the smoothed difference between the slice and its mirror image
   (no model needed): brain CT is nearly left-right symmetric and most tumors are one-sided.
 Each kind is a function registered in `SCORES`; the config accepts exactly the registered names, so a
-new kind is one registered function.
+new kind is one registered function. `score.kind: auto` lets calibrate choose (`choose_kind`): the kinds
+rank differently from one dataset to the next, so each dataset's own validation split decides.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from skimage.metrics import structural_similarity
 
 from pipeline.config import ScoreConfig
 from pipeline.data.head import head_mask
+from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 
 # (x, r, masks, config) -> one score per slice; x, r are (n, h, w) float64 with r == x outside the masks.
 ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray, ScoreConfig], np.ndarray]
 SCORES: Registry[ScoreFn] = Registry("score", "score.kind")
+AUTO = "auto"  # score.kind: the kind with the best validation ROC AUC
 
 
 def reconstruct(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -122,6 +125,20 @@ def score_all(
     # carries a residual from outside the head into it.
     r = np.where(masks, reconstructions[..., 0], x)
     return {kind: function(x, r, masks, config) for kind, function in functions.items()}
+
+
+def choose_kind(configured: str, roc_auc_by_kind: dict[str, float]) -> str:
+    """The kind a detector applies: the configured one, or under `auto` the best validation ROC AUC
+    (ties: the first registered). Without anomalous validation slices there is nothing to choose on."""
+    if configured != AUTO:
+        return configured
+    finite = {kind: auc for kind, auc in roc_auc_by_kind.items() if np.isfinite(auc)}
+    if not finite:
+        raise PipelineError(
+            "score.kind=auto chooses the score on anomalous validation slices, and the validation split "
+            f"has none: name a kind ({', '.join(SCORES.names())})"
+        )
+    return max(finite, key=lambda kind: finite[kind])
 
 
 def reconstruct_and_score(

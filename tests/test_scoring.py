@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from pipeline import scoring
 from pipeline.config import ScoreConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.scoring import SCORES, reconstruct_and_score, regions, residual_maps, score_all
 from tests.conftest import score_config
 
@@ -229,3 +230,18 @@ def test_reconstruct_and_score_uses_the_model_and_the_configured_kind() -> None:
     empty = np.empty((0, SIZE, SIZE, 1), dtype=np.float32)
     reconstructions, scores = reconstruct_and_score(model, empty, _config("l1"), THRESHOLD)
     assert reconstructions.shape == empty.shape and scores.shape == (0,)
+
+
+def test_auto_chooses_the_kind_with_the_best_validation_roc_auc_and_a_named_kind_stays() -> None:
+    by_kind = {"mse": 0.61, "ssim": 0.83, "symmetry": float("nan"), "l1": 0.83}
+    assert scoring.choose_kind(scoring.AUTO, by_kind) == "ssim"  # ties: the first registered
+    assert scoring.choose_kind("mse", by_kind) == "mse"
+    assert scoring.choose_kind("mse", {}) == "mse"
+    with pytest.raises(PipelineError, match="score.kind=auto .* has none: name a kind"):
+        scoring.choose_kind(scoring.AUTO, {})
+
+
+def test_the_config_accepts_auto_beside_the_registered_kinds() -> None:
+    assert ScoreConfig(kind="auto", region="head", percentile=99, smoothing=0).kind == "auto"
+    with pytest.raises(ConfigError, match="unknown score 'best'"):
+        ScoreConfig(kind="best", region="head", percentile=99, smoothing=0)

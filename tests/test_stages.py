@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -19,7 +20,11 @@ from pipeline.data.dicom import write_ct_slice
 from pipeline.data.manifest import read_manifest
 from pipeline.data.synthetic import generate
 from pipeline.errors import DataError
+from pipeline.io import read_json
 from pipeline.params import ROOT
+from pipeline.scoring import SCORES
+from pipeline.serving import load_detector
+from pipeline.stages import runner
 
 
 def test_a_config_error_is_one_line_not_a_traceback() -> None:
@@ -124,3 +129,23 @@ def test_a_folder_of_dicom_slices_is_a_training_source(
         Path(p).stem for p in loaded["png"].frame["path"]
     ]
     np.testing.assert_allclose(loaded["dicom"].images, loaded["png"].images, atol=1e-5)
+
+
+def test_score_kind_auto_applies_the_best_validation_kind_through_evaluate_and_package(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings("score.kind=auto")
+    for name in ("download", "split", "train", "calibrate", "evaluate", "package"):
+        runner(name)(settings)
+    calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
+    by_kind = calibration["val_roc_auc_by_score"]
+    assert calibration["score_configured"] == "auto" and calibration["score"] in SCORES.names()
+    assert by_kind[calibration["score"]] == max(by_kind.values())
+    assert calibration["val_roc_auc"] == by_kind[calibration["score"]]
+    detector = load_detector(str(settings.paths.detector))
+    assert detector.scoring.kind == calibration["score"]
+    scores = pd.read_csv(settings.paths.stage_reports("evaluate") / "scores.csv")
+    test = load_split(settings, "test")
+    np.testing.assert_allclose(
+        scores.loc[scores["split"] == "test", "score"], detector.score(test.images), rtol=1e-5
+    )
