@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.io import write_csv, write_json
 from pipeline.metrics import bootstrap_intervals, ranking_metrics
 from pipeline.models import load_model
+from pipeline.normalization import ContentNormalizer
 from pipeline.plots import error_histogram, save_figure
 from pipeline.scoring import AUTO, choose_kind
 from pipeline.thresholds import calibrate_thresholds, label_free
@@ -36,6 +37,14 @@ def run(settings: Settings) -> None:
     reconstructions = detector.reconstruct(val.images)
     scores = detector.all_scores(val.images, reconstructions)
     is_tumor = val.labels == 1
+    normalizers = {}
+    if settings.score.normalize == "content":  # each kind relative to healthy slices of as much brain
+        content = detector.brain_content(val.images)
+        normalizers = {
+            kind: ContentNormalizer.fit(content[~is_tumor], values[~is_tumor])
+            for kind, values in scores.items()
+        }
+        scores = {kind: normalizers[kind].apply(values, content) for kind, values in scores.items()}
     by_kind = (
         {kind: ranking_metrics(val.labels, values)["roc_auc"] for kind, values in scores.items()}
         if is_tumor.any()
@@ -57,6 +66,7 @@ def run(settings: Settings) -> None:
         "method": method,
         "score": kind,
         "score_configured": settings.score.kind,
+        "normalizer": normalizers[kind].as_dict() if normalizers else None,
         "thresholds": thresholds,
         "pixel_threshold": float(np.percentile(healthy_maps[healthy_maps > 0], PIXEL_PERCENTILE)),
         "val_score_mean": float(np.mean(healthy)),

@@ -27,6 +27,7 @@ from pipeline.data.images import Geometry, Source, decode, preprocess_with_geome
 from pipeline.errors import ImageDecodeError, PipelineError
 from pipeline.io import read_json, write_json
 from pipeline.models import load_model
+from pipeline.normalization import ContentNormalizer, brain_content
 
 MODEL_FILE = "model.keras"
 SETTINGS_FILE = "detector.json"
@@ -50,6 +51,7 @@ class Detector:
     scoring: ScoreConfig
     info: dict[str, Any] = field(default_factory=dict)  # provenance: run id, model name, ...
     pixel_threshold: float = math.nan  # a residual-map pixel above it is anomalous (the anomaly mask)
+    normalizer: ContentNormalizer | None = None  # score.normalize=content: scores relative to brain content
 
     @classmethod
     def uncalibrated(cls, model: keras.Model, preprocess: PreprocessConfig, scoring: ScoreConfig) -> Detector:
@@ -74,6 +76,7 @@ class Detector:
             scoring.model_copy(update={"kind": calibration["score"]}),
             info or {},
             calibration["pixel_threshold"],
+            _normalizer(calibration.get("normalizer")),
         )
 
     def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:
@@ -122,7 +125,16 @@ class Detector:
 
     def reconstruct_and_score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions and scores of a preprocessed batch (from `decode`, or a cached split)."""
-        return scoring.reconstruct_and_score(self.model, images, self.scoring, self.preprocess.head.threshold)
+        reconstructions, scores = scoring.reconstruct_and_score(
+            self.model, images, self.scoring, self.preprocess.head.threshold
+        )
+        if self.normalizer is not None and len(scores):
+            scores = self.normalizer.apply(scores, self.brain_content(images))
+        return reconstructions, scores
+
+    def brain_content(self, images: np.ndarray) -> np.ndarray:
+        """Each slice's share of soft tissue in its scored region (`pipeline.normalization`)."""
+        return brain_content(images, scoring.regions(images, self.scoring, self.preprocess.head.threshold))
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         return scoring.reconstruct(self.model, images)
@@ -160,6 +172,7 @@ class Detector:
                 "pixel_threshold": self.pixel_threshold,
                 "preprocess": self.preprocess.model_dump(mode="json"),
                 "score": self.scoring.model_dump(mode="json"),
+                "normalizer": self.normalizer.as_dict() if self.normalizer is not None else None,
                 "info": self.info,
             },
         )
@@ -188,4 +201,9 @@ class Detector:
             sections["score"],
             saved.get("info", {}),
             float(pixel_threshold) if isinstance(pixel_threshold, int | float) else math.nan,
+            _normalizer(saved.get("normalizer")),
         )
+
+
+def _normalizer(saved: dict[str, Any] | None) -> ContentNormalizer | None:
+    return ContentNormalizer.from_dict(saved) if saved else None

@@ -131,10 +131,12 @@ def test_a_folder_of_dicom_slices_is_a_training_source(
     np.testing.assert_allclose(loaded["dicom"].images, loaded["png"].images, atol=1e-5)
 
 
-def test_score_kind_auto_applies_the_best_validation_kind_through_evaluate_and_package(
+def test_score_kind_auto_and_content_normalisation_go_from_calibrate_through_evaluate_and_package(
     make_settings: Callable[..., Settings],
 ) -> None:
-    settings = make_settings("score.kind=auto")
+    """calibrate chooses the kind on normalised validation scores; evaluate and the packaged detector
+    apply that kind and that normaliser."""
+    settings = make_settings("score.kind=auto", "score.normalize=content")
     for name in ("download", "split", "train", "calibrate", "evaluate", "package"):
         runner(name)(settings)
     calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
@@ -144,6 +146,7 @@ def test_score_kind_auto_applies_the_best_validation_kind_through_evaluate_and_p
     assert calibration["val_roc_auc"] == by_kind[calibration["score"]]
     detector = load_detector(str(settings.paths.detector))
     assert detector.scoring.kind == calibration["score"]
+    assert detector.normalizer is not None and detector.normalizer.as_dict() == calibration["normalizer"]
     scores = pd.read_csv(settings.paths.stage_reports("evaluate") / "scores.csv")
     test = load_split(settings, "test")
     np.testing.assert_allclose(
