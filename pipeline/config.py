@@ -207,6 +207,7 @@ class ScoreConfig(Section):
     percentile: float = Field(gt=0, le=100)  # residual_percentile and symmetry; 100 = the maximum
     smoothing: float = Field(ge=0, le=16)  # Gaussian sigma (pixels) of the residual before the percentile
     normalize: Literal["none", "content"] = "none"  # content: relative to healthy slices of as much brain
+    tta: Literal["none", "flip"] = "none"  # flip: reconstructions averaged with the mirror image's
 
     @field_validator("kind")
     @classmethod

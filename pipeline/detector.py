@@ -137,7 +137,7 @@ class Detector:
         return brain_content(images, scoring.regions(images, self.scoring, self.preprocess.head.threshold))
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
-        return scoring.reconstruct(self.model, images)
+        return scoring.reconstruct(self.model, images, self.scoring.tta)
 
     def all_scores(self, images: np.ndarray, reconstructions: np.ndarray) -> dict[str, np.ndarray]:
         """Every registered kind of score, read in this detector's region: how calibration compares

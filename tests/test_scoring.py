@@ -245,3 +245,12 @@ def test_the_config_accepts_auto_beside_the_registered_kinds() -> None:
     assert ScoreConfig(kind="auto", region="head", percentile=99, smoothing=0).kind == "auto"
     with pytest.raises(ConfigError, match="unknown score 'best'"):
         ScoreConfig(kind="best", region="head", percentile=99, smoothing=0)
+
+
+def test_flip_tta_averages_the_reconstruction_of_the_mirror_image_mirrored_back() -> None:
+    ramp = np.linspace(0.0, 0.2, 8, dtype=np.float32)[None, None, :, None]  # left-right biased model
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda x: x + ramp)])
+    images = np.random.default_rng(0).random((3, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(scoring.reconstruct(model, images), images + ramp, atol=1e-6)
+    np.testing.assert_allclose(scoring.reconstruct(model, images, "flip"), images + 0.1, atol=1e-6)
+    assert scoring.reconstruct(model, images[:0], "flip").shape == (0, 8, 8, 1)
