@@ -55,7 +55,8 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
     validation = json.loads((project / "reports/calibrate/threshold.json").read_text())
     assert validation["val_roc_auc_ci_low"] <= validation["val_roc_auc"] <= validation["val_roc_auc_ci_high"]
     by_source = pd.read_csv(project / "reports/evaluate/by_source.csv")
-    assert set(by_source["by"]) == {"format", "mode", "size"}
+    assert set(by_source["by"]) == {"source", "format", "mode", "size"}
+    assert {"metadata_roc_auc", "metadata_score_roc_auc"} <= set(metrics)  # the shortcut audit
     for name in ("roc.csv", "pr.csv", "confusion.csv", "error_histogram.png", "reconstructions.png"):
         assert (project / "reports/evaluate" / name).stat().st_size > 0
 
