@@ -47,6 +47,10 @@ METRICS = {
     "specificity": ("test_specificity", "{:.3f}"),
     "F1": ("test_f1", "{:.3f}"),
     "ROC AUC, outside head blanked": ("test_blanked_roc_auc", "{:.3f}"),
+    "ROC AUC inside the largest source": ("test_source_roc_auc", "{:.3f}"),
+    "metadata alone ROC AUC": ("test_metadata_roc_auc", "{:.3f}"),
+    "mid-level ROC AUC": ("test_mid_level_roc_auc", "{:.3f}"),
+    "scan ROC AUC": ("test_scan_roc_auc", "{:.3f}"),
     "threshold": ("threshold", "{:.4g}"),
     "val ROC AUC": ("val_roc_auc", "{:.3f}"),
     "epochs": ("epochs_run", "{:.0f}"),
@@ -58,6 +62,8 @@ PARAMS = {
     "image size": "preprocess.image_size",
     "head mask": "preprocess.head.mask",
     "score": "score.kind",
+    "normalize": "score.normalize",
+    "TTA": "score.tta",
     "smoothing": "score.smoothing",
     "threshold rule": "threshold.method",
     "precision": "precision",
@@ -159,6 +165,7 @@ def table(compared: list[Compared]) -> pd.DataFrame:
             "model parameters": _model_params(run),
         }
         row.update({column: run.data.params.get(key, "") for column, key in PARAMS.items()})
+        row["score applied"] = run.data.tags.get("score_applied", "")  # what score.kind=auto chose
         row.update({column: _with_interval(metrics, key, fmt) for column, (key, fmt) in METRICS.items()})
         if "error" in run.data.tags:
             row["status"] += f": {run.data.tags['error'][:120]}"

@@ -17,13 +17,10 @@ import argparse
 import logging
 import sys
 import tempfile
-import zipfile
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,11 +29,11 @@ from pipeline import hardware
 from pipeline import maps as maps_io
 from pipeline.config import RuntimeConfig
 from pipeline.data.images import to_slice
-from pipeline.data.series import Series, find_series, write_segmentation
-from pipeline.data.sources import safe_extract
-from pipeline.data.volumes import case_name, is_mask, is_volume, read_volume, save_nifti, to_volume
+from pipeline.data.series import write_segmentation
+from pipeline.data.volumes import case_name, is_volume, read_volume, save_nifti, to_volume
 from pipeline.detector import Detector
-from pipeline.errors import DataError, ImageDecodeError, PipelineError
+from pipeline.errors import ImageDecodeError, PipelineError
+from pipeline.inputs import InputFile, Scan, collect, find_scans
 from pipeline.io import write_csv
 from pipeline.params import params_section
 from pipeline.plots import reconstruction_grid, save_figure
@@ -47,49 +44,6 @@ log = logging.getLogger(__name__)
 COLUMNS = ["path", "scan", "slice", "score", "is_anomaly", "threshold", "model", "run_id", "error"]
 SOFTWARE = version("brain-ct-anomaly")  # what made a DICOM-SEG, in its header
 CHUNK = 64  # files (or a volume's slices) decoded and scored at a time: memory stays flat on large folders
-
-
-@dataclass(frozen=True)
-class InputFile:
-    file: Path  # where to read it
-    path: str  # how the CSV names it (inside a zip: archive.zip/inner/path)
-    relative: Path  # its place under PATH, which its heat map mirrors
-
-
-def collect(path: Path, extract_to: Path) -> list[InputFile]:
-    """Every file PATH stands for; hidden files (.DS_Store, ...) and lesion-mask volumes (named as in
-    the dataset layouts: `<case>_mask.nii.gz`, `masks/...`) are skipped."""
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_file() and zipfile.is_zipfile(path):
-        safe_extract(path, extract_to)
-        root, shown = extract_to, path
-    elif path.is_file():
-        return [InputFile(path, str(path), Path(path.name))]
-    else:
-        root, shown = path, path
-    files = [
-        file
-        for file in sorted(root.rglob("*"))
-        if file.is_file()
-        and not any(part.startswith(".") for part in file.relative_to(root).parts)
-        and not is_mask(file.relative_to(root))
-    ]
-    if not files:
-        raise DataError(f"{path}: no files to score")
-    return [
-        InputFile(file, (shown / file.relative_to(root)).as_posix(), file.relative_to(root)) for file in files
-    ]
-
-
-@dataclass(frozen=True)
-class Scan:
-    """A DICOM series among the inputs, scored slice by slice like any DICOM file."""
-
-    series: Series
-    orders: list[int]  # its slices' places in the input files, in the series' order
-    name: str  # how the CSV's `scan` column names it: its folder (+ `_s<n>` where one folder holds several)
-    relative: Path  # its place under PATH: where its maps go under --maps
 
 
 def map_paths(maps: Path, item: InputFile | Scan) -> tuple[Path, Path]:
@@ -261,26 +215,6 @@ def _score_volume(
         mask = to_volume(detector.anomaly_mask(volume_maps), volume).astype(np.uint8)
         save_nifti(mask, volume.affine, mask_path)
     return rows
-
-
-def find_scans(files: list[InputFile], orders: list[int]) -> tuple[list[Scan], list[int]]:
-    """The DICOM series among the files at `orders`, and the orders of the files in none."""
-    by_file = {files[order].file: order for order in orders}
-    found, single = find_series([files[order].file for order in orders])
-    per_folder = Counter(series.files[0].parent for series in found)
-    seen: Counter[Path] = Counter()
-    scans = []
-    for series in found:
-        first = files[by_file[series.files[0]]]
-        folder = series.files[0].parent
-        seen[folder] += 1
-        suffix = f"_s{seen[folder]}" if per_folder[folder] > 1 else ""
-        shown = PurePosixPath(first.path).parent
-        stem = f"{shown.name or 'series'}{suffix}"
-        parent = first.relative.parent
-        relative = parent.with_name(stem) if parent.name else Path(stem)
-        scans.append(Scan(series, [by_file[f] for f in series.files], str(shown) + suffix, relative))
-    return scans, sorted(by_file[file] for file in single)
 
 
 def predict(

@@ -85,7 +85,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     experiment = tracking.experiment_id(EXPERIMENT, config)
     ids = {}
     for seed, (variant, (params, metrics)) in enumerate(RUNS.items()):
-        with mlflow.start_run(experiment_id=experiment, tags={"model": variant, "stage": "evaluate"}) as run:
+        tags = {"model": variant, "stage": "evaluate", "score_applied": "mse" if variant == "cae" else "ssim"}
+        with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
             mlflow.log_params({"model.name": variant, "train.learning_rate": "0.001", **params})
             mlflow.log_metrics(metrics)
             mlflow.log_artifacts(str(_evaluate_artifacts(tmp_path / variant, seed)), "evaluate")
@@ -125,6 +126,7 @@ def test_compare_tabulates_every_run_of_an_experiment(store: dict[str, str], tmp
     ]  # an interval where one was logged
     assert table.loc["vae", "model parameters"] == "beta=1.0 latent_dim=64 width=8"
     assert table["precision"].tolist() == ["mixed_bfloat16", "float32", ""]  # what training resolved to
+    assert table["score applied"].tolist() == ["mse", "ssim", ""]  # what score.kind=auto chose
     assert table.loc["deep_cae", "status"].startswith("FAILED: ConfigError: model.width")
     assert table.loc["deep_cae", "ROC AUC"] == ""
     assert (out / "roc.png").stat().st_size > 0 and (out / "histograms.png").stat().st_size > 0

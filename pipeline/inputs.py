@@ -1,0 +1,81 @@
+"""What a predict PATH stands for: its files (a folder searched recursively, a zip's entries), and among
+them the DICOM series, each one scan.
+
+Hidden files (.DS_Store, ...) and lesion-mask volumes (named as in the dataset layouts:
+`<case>_mask.nii.gz`, `masks/...`) are not inputs.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pipeline.data.series import Series, find_series
+from pipeline.data.sources import safe_extract
+from pipeline.data.volumes import is_mask
+from pipeline.errors import DataError
+
+
+@dataclass(frozen=True)
+class InputFile:
+    file: Path  # where to read it
+    path: str  # how the CSV names it (inside a zip: archive.zip/inner/path)
+    relative: Path  # its place under PATH, which its heat map mirrors
+
+
+def collect(path: Path, extract_to: Path) -> list[InputFile]:
+    """Every file PATH stands for; hidden files (.DS_Store, ...) and lesion-mask volumes (named as in
+    the dataset layouts: `<case>_mask.nii.gz`, `masks/...`) are skipped."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file() and zipfile.is_zipfile(path):
+        safe_extract(path, extract_to)
+        root, shown = extract_to, path
+    elif path.is_file():
+        return [InputFile(path, str(path), Path(path.name))]
+    else:
+        root, shown = path, path
+    files = [
+        file
+        for file in sorted(root.rglob("*"))
+        if file.is_file()
+        and not any(part.startswith(".") for part in file.relative_to(root).parts)
+        and not is_mask(file.relative_to(root))
+    ]
+    if not files:
+        raise DataError(f"{path}: no files to score")
+    return [
+        InputFile(file, (shown / file.relative_to(root)).as_posix(), file.relative_to(root)) for file in files
+    ]
+
+
+@dataclass(frozen=True)
+class Scan:
+    """A DICOM series among the inputs, scored slice by slice like any DICOM file."""
+
+    series: Series
+    orders: list[int]  # its slices' places in the input files, in the series' order
+    name: str  # how the CSV's `scan` column names it: its folder (+ `_s<n>` where one folder holds several)
+    relative: Path  # its place under PATH: where its maps go under --maps
+
+
+def find_scans(files: list[InputFile], orders: list[int]) -> tuple[list[Scan], list[int]]:
+    """The DICOM series among the files at `orders`, and the orders of the files in none."""
+    by_file = {files[order].file: order for order in orders}
+    found, single = find_series([files[order].file for order in orders])
+    per_folder = Counter(series.files[0].parent for series in found)
+    seen: Counter[Path] = Counter()
+    scans = []
+    for series in found:
+        first = files[by_file[series.files[0]]]
+        folder = series.files[0].parent
+        seen[folder] += 1
+        suffix = f"_s{seen[folder]}" if per_folder[folder] > 1 else ""
+        shown = PurePosixPath(first.path).parent
+        stem = f"{shown.name or 'series'}{suffix}"
+        parent = first.relative.parent
+        relative = parent.with_name(stem) if parent.name else Path(stem)
+        scans.append(Scan(series, [by_file[f] for f in series.files], str(shown) + suffix, relative))
+    return scans, sorted(by_file[file] for file in single)
