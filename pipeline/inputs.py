@@ -1,8 +1,8 @@
 """What a predict PATH stands for: its files (a folder searched recursively, a zip's entries), and among
 them the DICOM series, each one scan.
 
-Hidden files (.DS_Store, ...) and lesion-mask volumes (named as in the dataset layouts:
-`<case>_mask.nii.gz`, `masks/...`) are not inputs.
+Hidden files (.DS_Store, ...), lesion-mask volumes (named as in the dataset layouts:
+`<case>_mask.nii.gz`, `masks/...`) and DICOM-SEG files are not inputs.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pipeline.data.series import Series, find_series
+from pipeline.data.series import Series, find_series, is_segmentation, read_header
 from pipeline.data.sources import safe_extract
 from pipeline.data.volumes import is_mask
 from pipeline.errors import DataError
@@ -62,7 +62,8 @@ class Scan:
 
 
 def find_scans(files: list[InputFile], orders: list[int]) -> tuple[list[Scan], list[int]]:
-    """The DICOM series among the files at `orders`, and the orders of the files in none."""
+    """The DICOM series among the files at `orders`, and the orders of the files in none; DICOM-SEG
+    files (lesion masks, like mask volumes) are neither."""
     by_file = {files[order].file: order for order in orders}
     found, single = find_series([files[order].file for order in orders])
     per_folder = Counter(series.files[0].parent for series in found)
@@ -78,4 +79,4 @@ def find_scans(files: list[InputFile], orders: list[int]) -> tuple[list[Scan], l
         parent = first.relative.parent
         relative = parent.with_name(stem) if parent.name else Path(stem)
         scans.append(Scan(series, [by_file[f] for f in series.files], str(shown) + suffix, relative))
-    return scans, sorted(by_file[file] for file in single)
+    return scans, sorted(by_file[file] for file in single if not is_segmentation(read_header(file)))

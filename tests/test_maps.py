@@ -15,7 +15,7 @@ from PIL import Image
 
 from pipeline.data.head import bounding_box, head_mask
 from pipeline.data.images import decode, preprocess, preprocess_with_geometry, to_slice
-from pipeline.data.series import find_series, read_segmentation
+from pipeline.data.series import find_series, read_segmentation, write_segmentation
 from pipeline.detector import Detector
 from pipeline.predict import COLUMNS, main
 from pipeline.serving import ARTIFACT
@@ -218,6 +218,8 @@ def test_a_dicom_series_gets_nifti_maps_with_its_geometry_and_a_dicom_seg(
     files = write_series(scans / "p01" / "ct", slices, orientation=tilted, names=names)
     write_series(scans / "p02" / "sag", slices[:3], orientation=(0, 1, 0, 0, 0, -1), patient="p2")
     write_series(scans / "p03" / "gap", slices, patient="p3")[2].unlink()
+    (found,), _ = find_series(files)
+    write_segmentation(found, np.zeros((5, 50, 70), dtype=bool), scans / "p01" / "lesion.seg.dcm", "test")
     maps = tmp_path / "maps"
     assert _run(scans, "--model", folder, "--out", tmp_path / "s.csv", "--maps", maps) == 0
 
@@ -227,7 +229,7 @@ def test_a_dicom_series_gets_nifti_maps_with_its_geometry_and_a_dicom_seg(
     sagittal = scores[scores["scan"] == (scans / "p02" / "sag").as_posix()]
     assert len(sagittal) == 3 and sagittal["error"].str.contains("a sagittal slice").all()
 
-    (found,), _ = find_series(files)
+    assert not scores["path"].str.endswith("lesion.seg.dcm").any()  # a mask, not an input
     map_image = nib.load(maps / "p01" / "ct.map.nii.gz")
     mask_image = nib.load(maps / "p01" / "ct.mask.nii.gz")
     for image in (map_image, mask_image):

@@ -25,6 +25,7 @@ from pipeline.data.dicom import is_dicom
 from pipeline.errors import ImageDecodeError
 
 log = logging.getLogger(__name__)
+logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every attribute it copies, at INFO
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Type-2 attributes a DICOM-SEG copies from its source; anonymisers often strip them.
 _COPIED_EMPTY = (
