@@ -125,12 +125,9 @@ class Detector:
 
     def reconstruct_and_score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions and scores of a preprocessed batch (from `decode`, or a cached split)."""
-        reconstructions, scores = scoring.reconstruct_and_score(
-            self.model, images, self.scoring, self.preprocess.head.threshold
+        return scoring.reconstruct_and_score(
+            self.model, images, self.scoring, self.preprocess.head.threshold, self.normalizer
         )
-        if self.normalizer is not None and len(scores):
-            scores = self.normalizer.apply(scores, self.brain_content(images))
-        return reconstructions, scores
 
     def brain_content(self, images: np.ndarray) -> np.ndarray:
         """Each slice's share of soft tissue in its scored region (`pipeline.normalization`)."""

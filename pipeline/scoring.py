@@ -25,6 +25,7 @@ from skimage.metrics import structural_similarity
 from pipeline.config import ScoreConfig
 from pipeline.data.head import head_mask
 from pipeline.errors import PipelineError
+from pipeline.normalization import ContentNormalizer, brain_content
 from pipeline.registry import Registry
 
 # (x, r, masks, config) -> one score per slice; x, r are (n, h, w) float64 with r == x outside the masks.
@@ -123,14 +124,16 @@ def score_all(
     config: ScoreConfig,
     head_threshold: float,
     kinds: Sequence[str] | None = None,
+    masks: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """The requested kinds of score (None: every registered kind) for a batch, sharing the head masks:
-    calibration compares them on the validation slices, so a kind is chosen on validation, never on test.
-    An unknown kind is a ConfigError that lists the registered ones."""
+    """The requested kinds of score (None: every registered kind) for a batch, sharing the head masks
+    (`regions`, computed here unless given): calibration compares them on the validation slices, so a
+    kind is chosen on validation, never on test. An unknown kind is a ConfigError that lists the
+    registered ones."""
     functions = {kind: SCORES.get(kind) for kind in (SCORES.names() if kinds is None else kinds)}
     if not len(images):
         return {kind: np.empty(0) for kind in functions}
-    masks = regions(images, config, head_threshold)
+    masks = regions(images, config, head_threshold) if masks is None else masks
     x = images[..., 0].astype(np.float64)
     # Outside the region the reconstruction counts as perfect, so that no smoothing or SSIM window
     # carries a residual from outside the head into it.
@@ -153,12 +156,19 @@ def choose_kind(configured: str, roc_auc_by_kind: dict[str, float]) -> str:
 
 
 def reconstruct_and_score(
-    model: keras.Model, images: np.ndarray, config: ScoreConfig, head_threshold: float
+    model: keras.Model,
+    images: np.ndarray,
+    config: ScoreConfig,
+    head_threshold: float,
+    normalizer: ContentNormalizer | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reconstructions and the configured anomaly score of a preprocessed batch (an empty batch gives
-    empty arrays)."""
+    empty arrays); with a `normalizer`, relative to healthy slices with as much brain."""
     if not len(images):
         return images, np.empty(0, dtype=np.float64)
     reconstructions = reconstruct(model, images, config.tta)
-    scores = score_all(images, reconstructions, config, head_threshold, (config.kind,))
-    return reconstructions, scores[config.kind]
+    masks = regions(images, config, head_threshold)
+    scores = score_all(images, reconstructions, config, head_threshold, (config.kind,), masks)[config.kind]
+    if normalizer is not None:
+        scores = normalizer.apply(scores, brain_content(images, masks))
+    return reconstructions, scores
