@@ -9,7 +9,9 @@ so the jobs of a sweep share one download and split and none of them touches the
 Runs go to the project's MLflow store, tagged with the sweep and the job; each run holds its packaged
 detector, which is not registered (the registry alias stays on the DVC pipeline's) unless
 `mlflow.register_detector=true` is given. A job that fails is marked
-FAILED in MLflow and the sweep goes on with the next one.
+FAILED in MLflow and the sweep goes on with the next one; SIGTERM marks the job's run KILLED and ends
+the sweep. Each run gets an output folder of its own (`outputs/<date>/<time>-<token>`, conf/config.yaml),
+so runs started in the same second never share one.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import hardware, tracking
+from pipeline import hardware, lifecycle, tracking
 from pipeline.config import MlflowConfig, Settings, flatten
 from pipeline.entrypoint import CONF_DIR, load_settings
 from pipeline.errors import PipelineError
@@ -114,10 +116,11 @@ def main(cfg: DictConfig) -> float:
     tags = configure_job(cfg)
     settings = None
     try:
-        settings = load_settings(cfg)
-        hardware.configure(settings.runtime.threads)
-        with tracking.tagged(tags):
-            return run_all(settings)
+        with lifecycle.sigterm_stops():  # SIGTERM ends the job's open run KILLED and stops the sweep
+            settings = load_settings(cfg)
+            hardware.configure(settings.runtime.threads)
+            with tracking.tagged(tags):
+                return run_all(settings)
     except Exception as err:
         _record(cfg, settings, tags, err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -24,8 +24,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
-from pipeline.config import DicomWindow
-from pipeline.data.images import decode
+from pipeline.config import PreprocessConfig
+from pipeline.data.images import DECODE_WORKERS, decode
 from pipeline.metrics import size_groups
 
 FOREGROUND = 0.05  # a pixel brighter than this (of full scale) is not background
@@ -33,17 +33,17 @@ MID_LEVELS = (0.3, 0.9)  # of a scan's height: where its slices hold brain
 FOLDS = 5
 
 
-def _file_facts(path: Path, window: DicomWindow) -> tuple[float, float, float]:
+def _file_facts(path: Path, config: PreprocessConfig) -> tuple[float, float, float]:
     """Bytes per pixel, mean intensity and foreground fraction of one file."""
-    decoded = decode(path, window)
+    decoded = decode(path, config)
     pixels = decoded.pixels
     return path.stat().st_size / pixels.size, float(pixels.mean()), float((pixels > FOREGROUND).mean())
 
 
-def metadata_features(frame: pd.DataFrame, raw_dir: Path, window: DicomWindow) -> pd.DataFrame:
+def metadata_features(frame: pd.DataFrame, raw_dir: Path, config: PreprocessConfig) -> pd.DataFrame:
     """What a shortcut could key on, per slice of `frame` (a split's manifest rows)."""
-    with ThreadPoolExecutor() as pool:
-        facts = list(pool.map(lambda path: _file_facts(raw_dir / path, window), frame["path"]))
+    with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
+        facts = list(pool.map(lambda path: _file_facts(raw_dir / path, config), frame["path"]))
     features = pd.DataFrame(facts, columns=["bytes_per_pixel", "mean_intensity", "foreground"])
     features["log_width"] = np.log(frame["width"].to_numpy(dtype=float))
     features["log_height"] = np.log(frame["height"].to_numpy(dtype=float))
@@ -105,12 +105,17 @@ def _roc_auc_where(inside: np.ndarray, labels: np.ndarray, scores: np.ndarray) -
 
 
 def shortcut_audit(
-    frame: pd.DataFrame, labels: np.ndarray, scores: np.ndarray, raw_dir: Path, window: DicomWindow, seed: int
+    frame: pd.DataFrame,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    raw_dir: Path,
+    config: PreprocessConfig,
+    seed: int,
 ) -> dict[str, float]:
     """The audit's metrics for the test slices in `frame` (a split's manifest rows) and their scores."""
     frame = frame.reset_index(drop=True)
     groups = _groups(frame)
-    features = metadata_features(frame, raw_dir, window)
+    features = metadata_features(frame, raw_dir, config)
     results = {
         "metadata_roc_auc": cross_validated_auc(features, labels, groups, seed),
         "metadata_score_roc_auc": cross_validated_auc(features.assign(score=scores), labels, groups, seed),

@@ -13,20 +13,59 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.config import Settings
-from pipeline.data.datasets import load_split
+from pipeline.data.classes import HEALTHY
+from pipeline.data.datasets import Split, load_split
 from pipeline.detector import Detector
 from pipeline.entrypoint import stage
 from pipeline.errors import PipelineError
+from pipeline.features import SCALE, FeatureScore, PatchMemory
 from pipeline.io import write_csv, write_json
 from pipeline.metrics import bootstrap_intervals, ranking_metrics
 from pipeline.models import load_model
-from pipeline.normalization import ContentNormalizer
+from pipeline.normalization import ContentNormalizer, brain_content
 from pipeline.plots import error_histogram, save_figure
 from pipeline.scoring import AUTO, choose_kind
 from pipeline.thresholds import calibrate_thresholds, label_free
 
 log = logging.getLogger(__name__)
 PIXEL_PERCENTILE = 99.5  # of healthy validation residuals inside the head: a pixel above it is anomalous
+
+
+def choose_features(
+    detector: Detector, settings: Settings, val: Split, scores: np.ndarray
+) -> tuple[FeatureScore | None, np.ndarray, dict[str, float]]:
+    """Fit the feature-space memory on the healthy training slices (always: it is a stage output) and
+    decide whether the detector adds its score to `scores` (the applied kind's, normalised):
+    `score.features=always`, or under `auto` where that raises validation ROC AUC. Returns the
+    feature score added (or None), the validation scores with it, and the validation ROC AUC with it."""
+    train = load_split(settings, "train", only_class=HEALTHY)
+    memory = PatchMemory.fit(detector.model, train.images, detector.regions(train.images), settings.seed)
+    memory.save(settings.paths.patches)
+    configured = settings.score.features
+    if settings.score.normalize != "content":  # the config allows only `never` then: nothing to add to
+        return None, scores, {}
+    if not memory.usable:
+        if configured == "always":
+            raise PipelineError(
+                f"score.features=always: model '{settings.model.name}' has no encoder feature map at "
+                f"1/{SCALE} of its input; use score.features=never"
+            )
+        return None, scores, {}
+    is_tumor = val.labels == 1
+    masks = detector.regions(val.images)
+    content = brain_content(val.images, masks)
+    distances = memory.scores(detector.model, val.images, masks, settings.score.percentile)
+    feature_score = FeatureScore(memory, ContentNormalizer.fit(content[~is_tumor], distances[~is_tumor]))
+    combined = scores + feature_score.normalizer.apply(distances, content)
+    if not is_tumor.any():
+        add = configured == "always"  # auto has nothing to decide on: it leaves the score as it is
+        return (feature_score, combined, {}) if add else (None, scores, {})
+    with_features = ranking_metrics(val.labels, combined)["roc_auc"]
+    add = configured == "always" or (
+        configured == "auto" and with_features > ranking_metrics(val.labels, scores)["roc_auc"]
+    )
+    report = {"val_roc_auc_with_features": with_features}
+    return (feature_score, combined, report) if add else (None, scores, report)
 
 
 def run(settings: Settings) -> None:
@@ -52,6 +91,7 @@ def run(settings: Settings) -> None:
     )
     kind = choose_kind(settings.score.kind, by_kind)
     applied = scores[kind]
+    features, applied, with_features = choose_features(detector, settings, val, applied)
     healthy, tumor = applied[~is_tumor], applied[is_tumor]
     thresholds = calibrate_thresholds(healthy, tumor, settings.threshold)
     method = settings.threshold.method
@@ -67,6 +107,8 @@ def run(settings: Settings) -> None:
         "score": kind,
         "score_configured": settings.score.kind,
         "normalizer": normalizers[kind].as_dict() if normalizers else None,
+        "features": features is not None,
+        "feature_normalizer": features.normalizer.as_dict() if features is not None else None,
         "thresholds": thresholds,
         "pixel_threshold": float(np.percentile(healthy_maps[healthy_maps > 0], PIXEL_PERCENTILE)),
         "val_score_mean": float(np.mean(healthy)),
@@ -85,6 +127,7 @@ def run(settings: Settings) -> None:
         )["roc_auc"]
         summary.update(val_roc_auc_ci_low=low, val_roc_auc_ci_high=high)  # is a change beyond sampling?
         summary["val_roc_auc_by_score"] = by_kind
+        summary.update(with_features)
 
     out = settings.paths.stage_reports("calibrate")
     write_json(out / "threshold.json", summary)
@@ -113,13 +156,19 @@ def run(settings: Settings) -> None:
         else "no validation tumors"
     )
     log.info(
-        "threshold %.6g (%s on %s scores of %d healthy validation slices)%s; validation ROC AUC by score: %s",
+        "threshold %.6g (%s on %s scores%s of %d healthy validation slices)%s; "
+        "validation ROC AUC by score: %s%s",
         summary["threshold"],
         method,
         kind,
+        " + the feature-space score" if features is not None else "",
         len(healthy),
         " (score.kind=auto: the best on validation)" if settings.score.kind == AUTO else "",
         ranked,
+        f"; with the feature-space score {with_features['val_roc_auc_with_features']:.3f} "
+        f"(score.features={settings.score.features}: {'added' if features is not None else 'not added'})"
+        if with_features
+        else "",
     )
 
 

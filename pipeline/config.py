@@ -24,6 +24,7 @@ class Section(BaseModel):
 
 
 ImageSize = Annotated[int, Field(ge=16, le=1024)]
+MAX_PIXELS = 4096 * 4096  # preprocess.max_pixels unless set: far above any CT slice (512 x 512)
 
 
 class SyntheticData(Section):
@@ -112,6 +113,18 @@ class PreprocessConfig(Section):
     dicom_window: DicomWindow
     head: HeadConfig
     normalize: bool  # stretch the head's 1st..99th intensity percentiles to 0..1
+    # a file with more pixels is refused from its header, before they are decoded (detectors packaged
+    # before the limit existed get the default)
+    max_pixels: int = Field(default=MAX_PIXELS, ge=1)
+
+
+class ArchiveLimits(Section):
+    """What a .zip of inputs (`data=local`, predict's PATH) may declare, checked before anything is
+    extracted: a small archive that would fill the disk is refused."""
+
+    max_size: int = Field(default=4 * 1024**3, ge=1)  # bytes, all entries uncompressed together
+    # an entry's uncompressed / compressed size; CT images deflate 2-10x, a zip bomb ~1000x
+    max_ratio: float = Field(default=100, ge=1)
 
 
 class ModelConfig(BaseModel):
@@ -208,6 +221,8 @@ class ScoreConfig(Section):
     smoothing: float = Field(ge=0, le=16)  # Gaussian sigma (pixels) of the residual before the percentile
     normalize: Literal["none", "content"] = "none"  # content: relative to healthy slices of as much brain
     tta: Literal["none", "flip"] = "none"  # flip: reconstructions averaged with the mirror image's
+    # add the feature-space score (pipeline.features): when it raises validation ROC AUC, always, never
+    features: Literal["auto", "always", "never"] = "never"
 
     @field_validator("kind")
     @classmethod
@@ -215,6 +230,15 @@ class ScoreConfig(Section):
         from pipeline.scoring import AUTO, SCORES  # here: scoring imports this module
 
         return kind if kind == AUTO else SCORES.check(kind)
+
+    @model_validator(mode="after")
+    def _features_need_a_common_scale(self) -> ScoreConfig:
+        if self.features != "never" and self.normalize != "content":
+            raise ValueError(
+                f"score.features={self.features} adds two scores, which needs them on one scale: "
+                "set score.normalize=content or score.features=never"
+            )
+        return self
 
 
 class ThresholdConfig(Section):
@@ -268,6 +292,11 @@ class Paths(Section):
         return self.model / "model.keras"
 
     @property
+    def patches(self) -> Path:
+        """Calibrate's memory of healthy feature vectors (`pipeline.features`)."""
+        return self.model / "patches.npz"
+
+    @property
     def detector(self) -> Path:
         """The packaged detector (an MLflow model folder): what `pipeline.predict` uses by default."""
         return self.model / "detector"
@@ -298,6 +327,7 @@ class Settings(Section):
     mlflow: MlflowConfig
     paths: Paths
     runtime: RuntimeConfig
+    archive: ArchiveLimits
 
     @model_validator(mode="after")
     def _model_fits(self) -> Settings:

@@ -10,6 +10,7 @@ folder as an MLflow pyfunc model.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,14 +24,17 @@ from pydantic import ValidationError
 from pipeline import scoring
 from pipeline.config import PreprocessConfig, ScoreConfig
 from pipeline.data.dicom import apply_window
-from pipeline.data.images import Geometry, Source, decode, preprocess_with_geometry
+from pipeline.data.guards import check_content
+from pipeline.data.images import DECODE_WORKERS, Geometry, Source, decode, preprocess_with_geometry
 from pipeline.errors import ImageDecodeError, PipelineError
+from pipeline.features import FeatureScore, PatchMemory
 from pipeline.io import read_json, write_json
 from pipeline.models import load_model
 from pipeline.normalization import ContentNormalizer, brain_content
 
 MODEL_FILE = "model.keras"
 SETTINGS_FILE = "detector.json"
+PATCHES_FILE = "patches.npz"  # the feature-space score's memory, where the detector adds that score
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Detector:
     info: dict[str, Any] = field(default_factory=dict)  # provenance: run id, model name, ...
     pixel_threshold: float = math.nan  # a residual-map pixel above it is anomalous (the anomaly mask)
     normalizer: ContentNormalizer | None = None  # score.normalize=content: scores relative to brain content
+    features: FeatureScore | None = None  # the feature-space score, where calibrate chose to add it
 
     @classmethod
     def uncalibrated(cls, model: keras.Model, preprocess: PreprocessConfig, scoring: ScoreConfig) -> Detector:
@@ -65,10 +70,12 @@ class Detector:
         calibration: dict[str, Any],
         preprocess: PreprocessConfig,
         scoring: ScoreConfig,
+        patches: Path,
         info: dict[str, Any] | None = None,
     ) -> Detector:
-        """The detector calibrate's report (`threshold.json`) describes: its thresholds and the score
-        kind it applied (what `score.kind: auto` chose)."""
+        """The detector calibrate's report (`threshold.json`) describes: its thresholds, the score
+        kind it applied (what `score.kind: auto` chose) and, where it chose to add the feature-space
+        score, the memory calibrate left in `patches`."""
         return cls(
             model,
             calibration["threshold"],
@@ -77,6 +84,7 @@ class Detector:
             info or {},
             calibration["pixel_threshold"],
             _normalizer(calibration.get("normalizer")),
+            _features(calibration.get("feature_normalizer"), patches),
         )
 
     def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:
@@ -84,7 +92,7 @@ class Detector:
         decoded slice's geometry comes along, for maps to be put back on its pixels."""
 
         def prepare(index: int) -> tuple[np.ndarray, Geometry]:
-            gray = decode(sources[index], self.preprocess.dicom_window, names[index]).pixels
+            gray = decode(sources[index], self.preprocess, names[index]).pixels
             image, _, geometry = preprocess_with_geometry(gray, self.preprocess)
             return image, geometry
 
@@ -93,18 +101,21 @@ class Detector:
     def prepare_hounsfield(self, slices: Sequence[np.ndarray] | np.ndarray) -> DecodedBatch:
         """Slices already decoded to Hounsfield units (e.g. a CT volume's axial slices) -> the model's
         batch with each slice's geometry: seen through `preprocess.dicom_window` as a DICOM slice is,
-        then preprocessed, in parallel. Non-finite voxels count as the window's floor (black)."""
+        then preprocessed, in parallel. Non-finite voxels count as the window's floor (black); a slice
+        with nothing to score (above or below the head) is an error, as a file would be."""
         window = self.preprocess.dicom_window
 
         def prepare(index: int) -> tuple[np.ndarray, Geometry]:
             gray = np.nan_to_num(apply_window(slices[index], window.level, window.width), nan=0.0)
+            check_content(f"slice {index}", gray, self.preprocess.head.threshold)
             image, _, geometry = preprocess_with_geometry(gray, self.preprocess)
             return image, geometry
 
         return self._prepare(len(slices), prepare)
 
     def _prepare(self, count: int, prepare: Callable[[int], tuple[np.ndarray, Geometry]]) -> DecodedBatch:
-        """Run `prepare` on every index in parallel; an ImageDecodeError is that index's error."""
+        """Run `prepare` on every index, `DECODE_WORKERS` at a time; an ImageDecodeError is that index's
+        error."""
         size = self.preprocess.image_size
         images = np.empty((count, size, size, 1), dtype=np.float32)
         geometries: dict[int, Geometry] = {}
@@ -116,7 +127,7 @@ class Detector:
             except ImageDecodeError as err:
                 errors[index] = err.reason
 
-        with ThreadPoolExecutor() as pool:
+        with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
             list(pool.map(run, range(count)))
         decoded = np.array([i for i in range(count) if i not in errors], dtype=np.int64)
         return DecodedBatch(
@@ -126,12 +137,16 @@ class Detector:
     def reconstruct_and_score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstructions and scores of a preprocessed batch (from `decode`, or a cached split)."""
         return scoring.reconstruct_and_score(
-            self.model, images, self.scoring, self.preprocess.head.threshold, self.normalizer
+            self.model, images, self.scoring, self.preprocess.head.threshold, self.normalizer, self.features
         )
+
+    def regions(self, images: np.ndarray) -> np.ndarray:
+        """(n, h, w) masks of where each slice is scored (its head, or the whole image)."""
+        return scoring.regions(images, self.scoring, self.preprocess.head.threshold)
 
     def brain_content(self, images: np.ndarray) -> np.ndarray:
         """Each slice's share of soft tissue in its scored region (`pipeline.normalization`)."""
-        return brain_content(images, scoring.regions(images, self.scoring, self.preprocess.head.threshold))
+        return brain_content(images, self.regions(images))
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         return scoring.reconstruct(self.model, images, self.scoring.tta)
@@ -162,6 +177,8 @@ class Detector:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save(directory / MODEL_FILE)
+        if self.features is not None:
+            self.features.memory.save(directory / PATCHES_FILE)
         write_json(
             directory / SETTINGS_FILE,
             {
@@ -170,18 +187,26 @@ class Detector:
                 "preprocess": self.preprocess.model_dump(mode="json"),
                 "score": self.scoring.model_dump(mode="json"),
                 "normalizer": self.normalizer.as_dict() if self.normalizer is not None else None,
+                "feature_normalizer": None if self.features is None else self.features.normalizer.as_dict(),
                 "info": self.info,
             },
         )
 
     @classmethod
     def load(cls, directory: Path) -> Detector:
-        """Read a saved detector; a folder without a threshold or preprocessing is a clear error."""
-        settings_file = Path(directory) / SETTINGS_FILE
+        """Read a saved detector; an unreadable folder, a corrupt or incomplete `detector.json` and a
+        missing or truncated model are each one clear error."""
+        directory = Path(directory)
+        if directory.is_dir() and not os.access(directory, os.R_OK | os.X_OK):
+            raise PipelineError(f"{directory}: cannot read this detector folder (permissions)")
+        settings_file = directory / SETTINGS_FILE
         if not settings_file.is_file():
             raise PipelineError(f"{directory}: not a detector (no {SETTINGS_FILE} with a threshold)")
-        saved = read_json(settings_file)
-        if not isinstance(saved.get("threshold"), int | float):
+        try:
+            saved = read_json(settings_file)
+        except (OSError, ValueError) as err:  # ValueError: not UTF-8, not JSON (a truncated file)
+            raise PipelineError(f"{settings_file}: cannot be read as JSON ({err})") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("threshold"), int | float):
             raise PipelineError(f"{settings_file}: no numeric 'threshold'")
         sections = {}
         for key, section in (("preprocess", PreprocessConfig), ("score", ScoreConfig)):
@@ -189,7 +214,14 @@ class Detector:
                 sections[key] = section.model_validate(saved.get(key))
             except ValidationError as err:
                 raise PipelineError(f"{settings_file}: invalid '{key}': {err}") from None
-        model = load_model(Path(directory) / MODEL_FILE)
+        model_file = directory / MODEL_FILE
+        if not model_file.is_file():
+            raise PipelineError(f"{directory}: not a detector (no {MODEL_FILE})")
+        try:
+            model = load_model(model_file)
+        except Exception as err:  # noqa: BLE001 -- Keras raises ValueError ("File not found"), zip errors, ...
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise PipelineError(f"{model_file}: cannot load the Keras model (truncated?): {reason}") from None
         pixel_threshold = saved.get("pixel_threshold")  # detectors packaged before issue 13 lack it
         return cls(
             model,
@@ -199,8 +231,16 @@ class Detector:
             saved.get("info", {}),
             float(pixel_threshold) if isinstance(pixel_threshold, int | float) else math.nan,
             _normalizer(saved.get("normalizer")),
+            _features(saved.get("feature_normalizer"), directory / PATCHES_FILE),
         )
 
 
 def _normalizer(saved: dict[str, Any] | None) -> ContentNormalizer | None:
     return ContentNormalizer.from_dict(saved) if saved else None
+
+
+def _features(normalizer: dict[str, Any] | None, patches: Path) -> FeatureScore | None:
+    """The feature-space score, where the detector adds it (its normalizer is saved only then)."""
+    if not normalizer:
+        return None
+    return FeatureScore(PatchMemory.load(patches), ContentNormalizer.from_dict(normalizer))

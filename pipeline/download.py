@@ -1,10 +1,15 @@
-"""Stage `download`: bring the configured source into data/raw and write its manifest and rejects."""
+"""Stage `download`: bring the configured source into data/raw and write its manifest and rejects.
+
+The data is fetched and inspected in a temporary folder: `data/raw` and its manifests are replaced only
+once the new data holds both classes, so a failed download keeps the last good data. Its MLflow run is
+open throughout, so a failure is recorded there (FAILED, with the error and the rejects)."""
 
 from __future__ import annotations
 
 import logging
 
 import mlflow
+import pandas as pd
 
 from pipeline import tracking
 from pipeline.config import Settings
@@ -18,22 +23,48 @@ from pipeline.io import atomic_dir, write_csv, write_json
 log = logging.getLogger(__name__)
 
 
-def run(settings: Settings) -> None:
-    paths = settings.paths
-    with atomic_dir(paths.raw) as raw:
-        unusable = sources.fetch(settings.data, raw, settings.seed)
-        manifest, rejects = build_manifest(raw, settings.preprocess.dicom_window, unusable)
-    write_csv(paths.manifests / "raw.csv", manifest)
-    write_csv(paths.manifests / "rejects.csv", rejects)
+def _summary(manifest: pd.DataFrame, rejects: pd.DataFrame) -> dict[str, str | int]:
     counts = manifest["class"].value_counts()
-    summary = {
+    return {
         "data_hash": content_hash(manifest),
         **{cls: int(counts.get(cls, 0)) for cls in CLASSES},
         "rejected": len(rejects),
         "patients": manifest.loc[manifest["patient"] != "", "patient"].nunique(),
         "scans": manifest.loc[manifest["series"] != "", "series"].nunique(),
     }
-    write_json(paths.reports / "data" / "download.json", summary)
+
+
+def _check_classes(summary: dict[str, str | int], rejects: pd.DataFrame, settings: Settings) -> None:
+    """Both classes are needed: refuse the new data, naming where its rejects are kept."""
+    missing = [cls for cls in CLASSES if not summary[cls]]
+    if not missing:
+        return
+    example = f", e.g. {rejects['path'].iloc[0]}: {rejects['reason'].iloc[0]}" if len(rejects) else ""
+    run = mlflow.active_run()
+    raise DataError(
+        f"no decodable {' or '.join(missing)} images in the data fetched ({len(rejects)} files "
+        f"rejected{example}); {settings.paths.raw} and {settings.paths.manifests} are left as they were; "
+        f"every reject: MLflow run {run.info.run_id if run else '?'}, manifests/rejects.csv"
+    )
+
+
+def run(settings: Settings) -> None:
+    paths = settings.paths
+    params = {k: v for k, v in settings.flat_params().items() if k.startswith(("data.", "preprocess.dicom"))}
+    with tracking.data_run(settings, "download", params):
+        with atomic_dir(paths.raw) as raw:
+            unusable = sources.fetch(settings.data, raw, settings.seed, settings.archive)
+            manifest, rejects = build_manifest(raw, settings.preprocess, unusable)
+            summary = _summary(manifest, rejects)
+            tracking.name_data_run("download", str(summary["data_hash"]))
+            mlflow.log_metrics({k: v for k, v in summary.items() if k != "data_hash"})
+            mlflow.log_text(manifest.to_csv(index=False), "manifests/raw.csv")
+            mlflow.log_text(rejects.to_csv(index=False), "manifests/rejects.csv")
+            _check_classes(summary, rejects, settings)
+            # the manifests replace theirs just before data/raw does, once nothing can fail any more
+            write_csv(paths.manifests / "raw.csv", manifest)
+            write_csv(paths.manifests / "rejects.csv", rejects)
+        write_json(paths.reports / "data" / "download.json", summary)
     log.info(
         "%d healthy, %d tumor images; %d files rejected (%s)",
         summary[HEALTHY],
@@ -41,21 +72,6 @@ def run(settings: Settings) -> None:
         summary["rejected"],
         paths.manifests / "rejects.csv",
     )
-
-    with tracking.data_run(
-        settings,
-        "download",
-        summary["data_hash"],
-        {k: v for k, v in settings.flat_params().items() if k.startswith(("data.", "preprocess.dicom"))},
-    ):
-        mlflow.log_metrics({k: v for k, v in summary.items() if k != "data_hash"})
-        mlflow.log_artifact(str(paths.manifests / "raw.csv"), "manifests")
-        mlflow.log_artifact(str(paths.manifests / "rejects.csv"), "manifests")
-    for cls in CLASSES:
-        if not summary[cls]:
-            raise DataError(
-                f"no decodable {cls} images in {paths.raw}: see {paths.manifests / 'rejects.csv'}"
-            )
 
 
 main = stage(run)

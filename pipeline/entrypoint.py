@@ -4,11 +4,15 @@
 its command line); under DVC it reads `params.yaml` (`--config-dir . --config-name params`), the
 composition that `dvc exp run -S ...` writes. Either way the config is checked (`pipeline.config`)
 before any long work starts. `python -m pipeline.entrypoint [overrides]` rewrites `params.yaml`.
+
+A Hydra app's output folder (`hydra.run.dir`, `hydra.sweep.dir` in conf/config.yaml) ends with
+`${run_token:}`, a token of its own process: two runs started in the same second get folders of their own.
 """
 
 from __future__ import annotations
 
 import functools
+import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from pydantic import ValidationError
 
+from pipeline import lifecycle
 from pipeline.config import DATA_SOURCES, Settings
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.params import PARAMS_FILE, ROOT
 
 CONF_DIR = ROOT / "conf"
+RUN_TOKEN = secrets.token_hex(3)  # random, not the pid: processes in containers often share pids
+OmegaConf.register_new_resolver("run_token", lambda: RUN_TOKEN, replace=True)
 
 
 def _describe(error: ValidationError) -> str:
@@ -79,7 +86,8 @@ def write_params(path: Path = PARAMS_FILE, overrides: list[str] | None = None) -
 
 
 def stage(fn: Callable[[Settings], None]) -> Callable[[], None]:
-    """Turn `fn(settings)` into a Hydra entry point that reports user errors without a traceback."""
+    """Turn `fn(settings)` into a Hydra entry point that reports user errors without a traceback and
+    stops on SIGTERM as on Ctrl-C (`pipeline.lifecycle`)."""
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     @functools.wraps(fn)
@@ -87,9 +95,10 @@ def stage(fn: Callable[[Settings], None]) -> Callable[[], None]:
         from pipeline import hardware  # here, not at the top: writing params.yaml needs no TensorFlow
 
         try:
-            settings = load_settings(cfg)
-            hardware.configure(settings.runtime.threads)
-            fn(settings)
+            with lifecycle.sigterm_stops():
+                settings = load_settings(cfg)
+                hardware.configure(settings.runtime.threads)
+                fn(settings)
         except PipelineError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)

@@ -22,7 +22,7 @@ from pipeline.audit import largest_mixed_source, levels, shortcut_audit, source_
 from pipeline.config import Settings
 from pipeline.data.classes import CLASSES
 from pipeline.data.datasets import Split, load_split
-from pipeline.data.images import blanked_png
+from pipeline.data.images import DECODE_WORKERS, blanked_png
 from pipeline.detector import Detector
 from pipeline.entrypoint import stage
 from pipeline.io import read_json, write_csv, write_json
@@ -96,7 +96,7 @@ def _blanked_scores(detector: Detector, settings: Settings, frame: pd.DataFrame)
     """Scores of a copy of the slices with everything outside the head blanked before they reach the
     detector: if the detector scored text, overlays or background, these would differ."""
     files = [settings.paths.raw / path for path in frame["path"]]
-    with ThreadPoolExecutor() as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
         copies = list(pool.map(lambda file: blanked_png(file, settings.preprocess), files))
     batch = detector.decode(copies, [str(file) for file in files])
     return detector.score(batch.images)
@@ -171,7 +171,7 @@ def evaluation_metrics(scored: Scored, calibration: dict, settings: Settings) ->
         )
     results |= scan_metrics(scored.scans) if len(scored.scans) else {}
     results |= shortcut_audit(
-        scored.test.frame, labels, scores, settings.paths.raw, settings.preprocess.dicom_window, settings.seed
+        scored.test.frame, labels, scores, settings.paths.raw, settings.preprocess, settings.seed
     )
     results.update(threshold=threshold, test_images=len(labels), extra_tumor_images=len(scored.extra_scores))
     return results
@@ -255,7 +255,11 @@ def draw_figures(
 def run(settings: Settings) -> None:
     calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
     detector = Detector.calibrated(
-        load_model(settings.paths.model_file), calibration, settings.preprocess, settings.score
+        load_model(settings.paths.model_file),
+        calibration,
+        settings.preprocess,
+        settings.score,
+        settings.paths.patches,
     )
     scored = score_test_sets(detector, settings)
     results = evaluation_metrics(scored, calibration, settings)

@@ -2,18 +2,20 @@
 them the DICOM series, each one scan.
 
 Hidden files (.DS_Store, ...), lesion-mask volumes (named as in the dataset layouts:
-`<case>_mask.nii.gz`, `masks/...`) and DICOM-SEG files are not inputs.
+`<case>_mask.nii.gz`, `masks/...`) and DICOM-SEG files are not inputs. What cannot be read at all (an
+unreadable folder, a dangling link) is an input with its error, so that it gets a row like a bad file.
 """
 
 from __future__ import annotations
 
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pipeline.config import ArchiveLimits
+from pipeline.data.guards import list_files
 from pipeline.data.series import Series, find_series, is_segmentation, read_header
-from pipeline.data.sources import safe_extract
+from pipeline.data.sources import is_zip, safe_extract
 from pipeline.data.volumes import is_mask
 from pipeline.errors import DataError
 
@@ -23,32 +25,33 @@ class InputFile:
     file: Path  # where to read it
     path: str  # how the CSV names it (inside a zip: archive.zip/inner/path)
     relative: Path  # its place under PATH, which its heat map mirrors
+    error: str = ""  # why it cannot be read at all (an unreadable folder, a dangling link)
 
 
-def collect(path: Path, extract_to: Path) -> list[InputFile]:
-    """Every file PATH stands for; hidden files (.DS_Store, ...) and lesion-mask volumes (named as in
-    the dataset layouts: `<case>_mask.nii.gz`, `masks/...`) are skipped."""
+def collect(path: Path, extract_to: Path, limits: ArchiveLimits) -> list[InputFile]:
+    """Every file PATH stands for (a zip extracted to `extract_to`, within `limits`); hidden files
+    (.DS_Store, ...) and lesion-mask volumes (named as in the dataset layouts: `<case>_mask.nii.gz`,
+    `masks/...`) are skipped."""
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
-    if path.is_file() and zipfile.is_zipfile(path):
-        safe_extract(path, extract_to)
+    if is_zip(path):
+        safe_extract(path, extract_to, limits)
         root, shown = extract_to, path
     elif path.is_file():
         return [InputFile(path, str(path), Path(path.name))]
     else:
         root, shown = path, path
-    files = [
-        file
-        for file in sorted(root.rglob("*"))
-        if file.is_file()
-        and not any(part.startswith(".") for part in file.relative_to(root).parts)
+    files, problems = list_files(root)
+    found = sorted([(file, "") for file in files] + problems)
+    inputs = [
+        InputFile(file, (shown / file.relative_to(root)).as_posix(), file.relative_to(root), error)
+        for file, error in found
+        if not any(part.startswith(".") for part in file.relative_to(root).parts)
         and not is_mask(file.relative_to(root))
     ]
-    if not files:
+    if not inputs:
         raise DataError(f"{path}: no files to score")
-    return [
-        InputFile(file, (shown / file.relative_to(root)).as_posix(), file.relative_to(root)) for file in files
-    ]
+    return inputs
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Atomic writes, so that a stage that fails leaves no half-written output behind."""
+"""Atomic writes, so that a stage that fails leaves no half-written output behind, with the modes the
+user's umask gives (not the private ones of temporary files); output paths checked before any work."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from pipeline.errors import DataError
 
 _UMASK = os.umask(0)  # read once, at import (setting it back at once): a temp file gets the user's mode
 os.umask(_UMASK)
@@ -40,6 +43,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", suffix=f"-{target.name}", dir=target.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes it private too
     try:
         yield tmp
         if target.exists():
@@ -47,6 +51,32 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_writable(path: Path, folder: Path, option: str) -> None:
+    """`path` can be made in `folder`: the nearest of `folder` and its ancestors that exists is a folder
+    this process may write in."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(f"{option} {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"{option} {path}: cannot write in {folder}")
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse an output file that could not be written (a folder, or a place that cannot be written)
+    before the work that makes it, so that nothing done is lost at the end."""
+    if path.is_dir():
+        raise DataError(f"{option} {path}: is a folder, not a file")
+    _check_writable(path, path.parent, option)
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """Refuse an output folder that is a file or could not be written, before the work that fills it."""
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{option} {path}: exists and is not a folder")
+    _check_writable(path, path, option)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -15,14 +15,9 @@ import numpy as np
 from PIL import Image
 
 from pipeline.detector import Detector
-from pipeline.errors import DataError, PipelineError
+from pipeline.errors import PipelineError
 
 MAP_SCALE = 65535  # a 16-bit map PNG holds residual * MAP_SCALE
-
-
-def check_folder(maps: Path) -> None:
-    if maps.exists() and not maps.is_dir():
-        raise DataError(f"--maps {maps}: exists and is not a folder")
 
 
 def check_detector(detector: Detector) -> None:

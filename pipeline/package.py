@@ -25,6 +25,7 @@ def run(settings: Settings) -> None:
         calibration,
         settings.preprocess,
         settings.score,
+        settings.paths.patches,
         {"model": settings.model.name, "threshold_method": calibration["method"]},
     )
     example = example_png()

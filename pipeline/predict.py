@@ -27,14 +27,14 @@ import pandas as pd
 
 from pipeline import hardware
 from pipeline import maps as maps_io
-from pipeline.config import RuntimeConfig
+from pipeline.config import ArchiveLimits, RuntimeConfig
 from pipeline.data.images import to_slice
 from pipeline.data.series import write_segmentation
 from pipeline.data.volumes import case_name, is_volume, read_volume, save_nifti, to_volume
 from pipeline.detector import Detector
 from pipeline.errors import ImageDecodeError, PipelineError
 from pipeline.inputs import InputFile, Scan, collect, find_scans
-from pipeline.io import write_csv
+from pipeline.io import check_output_file, check_output_folder, write_csv
 from pipeline.params import params_section
 from pipeline.plots import reconstruction_grid, save_figure
 from pipeline.progress import progress
@@ -224,13 +224,15 @@ def predict(
     heatmaps: Path | None = None,
     maps: Path | None = None,
 ) -> pd.DataFrame:
-    """Score every file (every slice of a volume); unreadable ones get a row with the reason instead of a
-    score. `maps`: a folder for each input's anomaly map and mask on its own pixel grid."""
+    """Score every file (every slice of a volume); one that cannot be read or holds nothing to score
+    (`pipeline.data.guards`) gets a row with the reason instead of a score. `maps`: a folder for each
+    input's anomaly map and mask on its own pixel grid."""
     if maps is not None:
-        maps_io.check_folder(maps)
+        check_output_folder(maps, "--maps")
         maps_io.check_detector(detector)
-    volumes = [order for order, item in enumerate(files) if is_volume(item.file)]
-    scans, images = find_scans(files, [order for order, item in enumerate(files) if not is_volume(item.file)])
+    readable = [order for order, item in enumerate(files) if not item.error]
+    volumes = [order for order in readable if is_volume(files[order].file)]
+    scans, images = find_scans(files, [order for order in readable if not is_volume(files[order].file)])
     # a job: up to CHUNK images scored as one batch, a volume or a series (their slices CHUNK at a time)
     jobs: list[Callable[[], list[dict]]] = [
         partial(_score_images, detector, files, images[start : start + CHUNK], heatmaps, maps)
@@ -238,7 +240,12 @@ def predict(
     ]
     jobs += [partial(_score_volume, detector, files[order], order, heatmaps, maps) for order in volumes]
     jobs += [partial(_score_series, detector, files, scan, heatmaps, maps) for scan in scans]
-    rows = [row for job in progress(jobs, desc="predict", unit="batch") for row in job()]
+    rows = [
+        {"order": order, "path": item.path, "error": item.error}
+        for order, item in enumerate(files)
+        if item.error
+    ]
+    rows += [row for job in progress(jobs, desc="predict", unit="batch") for row in job()]
     frame = pd.DataFrame(rows, columns=["order", *COLUMNS]).assign(
         threshold=detector.threshold, model=model, run_id=detector.info.get("run_id", "")
     )
@@ -287,7 +294,7 @@ def summary(scores: pd.DataFrame, threshold: float) -> str:
     in_scans = ok[ok["scan"].notna()]
     text = (
         f"{len(per_input)} inputs scored, {int(per_input.sum())} flagged as anomalous (threshold "
-        f"{threshold:.6g}), {int(scores['error'].notna().sum())} unreadable"
+        f"{threshold:.6g}), {int(scores['error'].notna().sum())} not scored (their reasons above)"
     )
     if len(in_scans):
         text += (
@@ -301,18 +308,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
     try:
-        if args.maps is not None:
-            maps_io.check_folder(args.maps)
+        check_output_file(args.out, "--out")  # every output checked first: no scoring lost at the end
+        for option, folder in (("--heatmaps", args.heatmaps), ("--maps", args.maps)):
+            if folder is not None:
+                check_output_folder(folder, option)
         hardware.configure(params_section("runtime", RuntimeConfig).threads)
         model = args.model or str(default_model())
         detector = load_detector(model)
         if args.maps is not None:
             maps_io.check_detector(detector)
         with tempfile.TemporaryDirectory(prefix="predict-") as extracted:
-            files = collect(args.path, Path(extracted))
+            files = collect(args.path, Path(extracted), params_section("archive", ArchiveLimits))
             scores = predict(detector, files, model, args.heatmaps, args.maps)
         write_csv(args.out, scores)
-    except PipelineError as err:
+    except (PipelineError, OSError) as err:  # OSError: a file or folder this account cannot read or write
         print(f"error: {err}", file=sys.stderr)
         return 1
     failed = scores["error"].notna()
@@ -322,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%s: %s", args.out, summary(scores, detector.threshold))
     if failed.all():
         print(
-            f"error: none of the {len(scores)} files under {args.path} could be read as an image",
+            f"error: none of the {len(scores)} files under {args.path} could be scored",
             file=sys.stderr,
         )
         return 1

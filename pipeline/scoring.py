@@ -25,6 +25,7 @@ from skimage.metrics import structural_similarity
 from pipeline.config import ScoreConfig
 from pipeline.data.head import head_mask
 from pipeline.errors import PipelineError
+from pipeline.features import FeatureScore
 from pipeline.normalization import ContentNormalizer, brain_content
 from pipeline.registry import Registry
 
@@ -161,14 +162,19 @@ def reconstruct_and_score(
     config: ScoreConfig,
     head_threshold: float,
     normalizer: ContentNormalizer | None = None,
+    features: FeatureScore | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reconstructions and the configured anomaly score of a preprocessed batch (an empty batch gives
-    empty arrays); with a `normalizer`, relative to healthy slices with as much brain."""
+    empty arrays); with a `normalizer`, relative to healthy slices with as much brain, and with
+    `features` (which needs the normalizer), plus the feature-space score on the same scale."""
     if not len(images):
         return images, np.empty(0, dtype=np.float64)
     reconstructions = reconstruct(model, images, config.tta)
     masks = regions(images, config, head_threshold)
     scores = score_all(images, reconstructions, config, head_threshold, (config.kind,), masks)[config.kind]
     if normalizer is not None:
-        scores = normalizer.apply(scores, brain_content(images, masks))
+        content = brain_content(images, masks)
+        scores = normalizer.apply(scores, content)
+        if features is not None:
+            scores = scores + features(model, images, masks, content, config.percentile)
     return reconstructions, scores

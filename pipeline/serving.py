@@ -23,6 +23,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -210,8 +211,9 @@ def load_detector(model: str) -> Detector:
         tracking.setup(params_section("mlflow", MlflowConfig))
     try:
         loaded = mlflow.pyfunc.load_model(model)
-    except (MlflowException, OSError) as err:
-        raise PipelineError(f"cannot load model '{model}': {err}") from None
+    except (MlflowException, OSError, ValueError, yaml.YAMLError) as err:  # ValueError: a corrupt MLmodel
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PipelineError(f"cannot load model '{model}': {reason}") from None
     try:
         python_model = loaded.unwrap_python_model()
     except MlflowException:

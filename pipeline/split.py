@@ -18,32 +18,33 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> None:
-    manifest = read_manifest(settings.paths.manifests / "raw.csv")
-    result = split(manifest, settings.split, settings.seed)
-    with atomic_dir(settings.paths.splits) as out:
-        for name in SPLITS:
-            write_csv(out / f"{name}.csv", result.assigned[result.assigned["split"] == name])
-        write_csv(out / "excluded.csv", result.excluded)
-
-    summary = {
-        **split_counts(result.assigned),
-        **patient_counts(result.assigned),
-        "excluded": len(result.excluded),
-        "by_patient": int(result.by_patient),
-    }
-    write_json(settings.paths.reports / "data" / "split.json", summary)
+    """The splits replace the previous ones only once they are made and logged; a failure is recorded
+    in the stage's MLflow run."""
+    params = {k: v for k, v in settings.flat_params().items() if k.startswith("split.") or k == "seed"}
+    with tracking.data_run(settings, "split", params):
+        manifest = read_manifest(settings.paths.manifests / "raw.csv")
+        tracking.name_data_run("split", content_hash(manifest))
+        result = split(manifest, settings.split, settings.seed)
+        summary = {
+            **split_counts(result.assigned),
+            **patient_counts(result.assigned),
+            "excluded": len(result.excluded),
+            "by_patient": int(result.by_patient),
+        }
+        mlflow.log_metrics(summary)
+        mlflow.set_tag("split_hash", content_hash(result.assigned, by="split"))
+        with atomic_dir(settings.paths.splits) as out:
+            for name in SPLITS:
+                write_csv(out / f"{name}.csv", result.assigned[result.assigned["split"] == name])
+            write_csv(out / "excluded.csv", result.excluded)
+            mlflow.log_artifacts(str(out), "splits")
+        write_json(settings.paths.reports / "data" / "split.json", summary)
     log.info(
         "split sizes %s; %d images excluded (%s)",
         summary,
         len(result.excluded),
         settings.paths.splits / "excluded.csv",
     )
-
-    params = {k: v for k, v in settings.flat_params().items() if k.startswith("split.") or k == "seed"}
-    with tracking.data_run(settings, "split", content_hash(manifest), params):
-        mlflow.log_metrics(summary)
-        mlflow.set_tag("split_hash", content_hash(result.assigned, by="split"))
-        mlflow.log_artifacts(str(settings.paths.splits), "splits")
 
 
 main = stage(run)

@@ -1,5 +1,6 @@
 """The pipeline's stages in the order they run: `dvc.yaml` lists them in this order (a test checks it),
-and `python -m pipeline` runs them in it. Each is a module `pipeline.<stage>` with `run(settings)`."""
+and `python -m pipeline` runs them in it (all but `check`: it validates the config first itself). Each
+is a module `pipeline.<stage>` with `run(settings)`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pipeline.config import Settings
 
+CHECK_STAGE = "check"  # DVC runs it first: an invalid config stops DVC before it deletes any outputs
 DATA_STAGES = ("download", "split")  # what a sweep's jobs share
 MODEL_STAGES = ("train", "calibrate", "evaluate", "package", "publish")  # what each job runs
-STAGES = DATA_STAGES + MODEL_STAGES
+STAGES = (CHECK_STAGE, *DATA_STAGES, *MODEL_STAGES)
 
 
 def runner(name: str) -> Callable[[Settings], None]:

@@ -6,6 +6,10 @@ run in the model experiment: `train` opens it and writes its id to a run file (a
 that differs from the one the run recorded (say `threshold.k` changed, so DVC reruns only
 calibrate and evaluate), it forks a new run carrying the model, its params and its training curves,
 so every run's params describe exactly how its numbers were made.
+
+A run that ends with an error is FAILED with an `error` tag; one stopped by SIGINT or SIGTERM is KILLED
+with the reason. Every run records the host and process that opened it (`pipeline.lifecycle`), and
+opening a run marks KILLED the runs of its experiment left RUNNING by a process that is gone (SIGKILL).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 
+from pipeline import lifecycle
 from pipeline.config import MlflowConfig, Settings
 from pipeline.io import read_json, write_json
 from pipeline.params import ROOT
@@ -112,36 +117,65 @@ def tagged(tags: dict[str, str]) -> Iterator[None]:
 
 
 def _error_tag(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:5000]  # MLflow tag values hold at most 5000 characters
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text[:5000]  # MLflow tag values hold at most 5000 characters
 
 
 @contextlib.contextmanager
 def _recording_errors() -> Iterator[None]:
-    """Inside an active run: tag the run with the error that ends it (MLflow then marks it FAILED)."""
+    """Inside an active run: tag the run with the error that ends it (MLflow then marks it FAILED), or
+    end it KILLED when a signal stopped the stage."""
     try:
         yield
     except BaseException as err:
         mlflow.set_tag("error", _error_tag(err))
+        if isinstance(err, lifecycle.STOPPED):
+            mlflow.end_run("KILLED")
         raise
 
 
+def _close_orphans(experiment: str, resumed: str | None) -> None:
+    """Mark KILLED the runs of `experiment` still RUNNING whose process is gone (but the one about to be
+    resumed: it goes on)."""
+    client = MlflowClient()
+    running = client.search_runs(
+        [experiment], filter_string=f"attributes.status = 'RUNNING' and tags.host = '{lifecycle.HOST}'"
+    )
+    for run in running:
+        if run.info.run_id != resumed and lifecycle.is_gone(run.data.tags):
+            client.set_tag(
+                run.info.run_id,
+                "error",
+                f"process {run.data.tags['pid']} on {lifecycle.HOST} ended without closing the run (killed)",
+            )
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _start_run(experiment: str, run_id: str | None = None, **kwargs: object) -> mlflow.ActiveRun:
+    """Open a run in `experiment`, or resume run `run_id` of it, closing its orphans first."""
+    _close_orphans(experiment, run_id)
+    return mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment, **kwargs)
+
+
 @contextlib.contextmanager
-def data_run(settings: Settings, stage: str, data_hash: str, params: dict[str, str]) -> Iterator[None]:
-    """A run of its own for a data stage (download, split) in the data experiment."""
+def data_run(settings: Settings, stage: str, params: dict[str, str]) -> Iterator[None]:
+    """A run of its own for a data stage (download, split) in the data experiment, open for the whole
+    stage so that a failure is recorded; `name_data_run` names it once the data is known."""
     setup(settings.mlflow)
     experiment = experiment_id(settings.mlflow.data_experiment, settings.mlflow)
-    with (
-        mlflow.start_run(
-            experiment_id=experiment, run_name=f"{stage}-{data_hash}", tags=_tags(stage, data_hash)
-        ),
-        _recording_errors(),
-    ):
+    with _start_run(experiment, run_name=stage, tags=_tags(stage)), _recording_errors():
         log_params(params)
         yield
 
 
-def _tags(stage: str, data_hash: str) -> dict[str, str]:
-    return {"stage": stage, "git_commit": git_commit(), "data_hash": data_hash, **_extra_tags}
+def name_data_run(stage: str, data_hash: str) -> None:
+    """Name the active data run after the data it holds."""
+    mlflow.set_tags({"data_hash": data_hash, "mlflow.runName": f"{stage}-{data_hash}"})
+
+
+def _tags(stage: str, data_hash: str | None = None) -> dict[str, str]:
+    hashed = {"data_hash": data_hash} if data_hash else {}
+    return {"stage": stage, "git_commit": git_commit(), **hashed, **lifecycle.owner(), **_extra_tags}
 
 
 @contextlib.contextmanager
@@ -149,8 +183,8 @@ def new_model_run(settings: Settings, data_hash: str, run_file: Path) -> Iterato
     """Open the run of a model being trained; its id goes to `run_file` once the block succeeds."""
     setup(settings.mlflow)
     with (
-        mlflow.start_run(
-            experiment_id=experiment_id(settings.mlflow.experiment, settings.mlflow),
+        _start_run(
+            experiment_id(settings.mlflow.experiment, settings.mlflow),
             tags={**_tags("train", data_hash), "stages": "train", "model": settings.model.name},
         ) as run,
         _recording_errors(),
@@ -177,24 +211,22 @@ def model_run(settings: Settings, stage: str, model: keras.Model) -> Iterator[st
     }
     stages = f"{previous.data.tags.get('stages', '')},{stage}".strip(",")
     if not changed:
-        with mlflow.start_run(run_id=previous.info.run_id), _recording_errors():
-            mlflow.set_tags({"stage": stage, "stages": stages, "git_commit": git_commit(), **_extra_tags})
+        with _start_run(previous.info.experiment_id, run_id=previous.info.run_id), _recording_errors():
+            mlflow.set_tags({**_tags(stage), "stages": stages})
             log_params({k: v for k, v in params.items() if k not in previous.data.params})
             run_id = previous.info.run_id
             yield run_id
     else:
         inherited = {k: v for k, v in previous.data.tags.items() if not k.startswith("mlflow.")}
         with (
-            mlflow.start_run(
-                experiment_id=previous.info.experiment_id,
+            _start_run(
+                previous.info.experiment_id,
                 tags={
                     **inherited,
-                    "stage": stage,
+                    **_tags(stage),
                     "stages": stages,
-                    "git_commit": git_commit(),
                     "forked_from": previous.info.run_id,
                     "changed_params": ",".join(sorted(changed)),
-                    **_extra_tags,
                 },
             ) as run,
             _recording_errors(),

@@ -48,11 +48,8 @@ def run(settings: Settings) -> None:
         )
         if precision != "float32":  # scored in float32 everywhere (README, Benchmarks)
             model = with_precision(model, settings.model.name, settings.model.params, "float32")
-        with atomic_path(settings.paths.model_file) as tmp:
-            model.save(tmp)
         history = pd.DataFrame(result.history).rename_axis("epoch").reset_index()
         history["epoch"] += 1
-        write_csv(settings.paths.stage_reports("train") / "history.csv", history)
         summary = {
             "best_epoch": result.best_epoch,
             "epochs_run": len(history),
@@ -63,9 +60,13 @@ def run(settings: Settings) -> None:
             "train_images": len(train.frame),
             "val_images": len(val.frame),
         }
-        write_json(settings.paths.stage_reports("train") / "metrics.json", summary)
         mlflow.log_metrics(summary)
         tracking.log_model(model)
+        # the outputs last: a failure above (MLflow) leaves the previous model and its reports as they were
+        with atomic_path(settings.paths.model_file) as tmp:
+            model.save(tmp)
+        write_csv(settings.paths.stage_reports("train") / "history.csv", history)
+        write_json(settings.paths.stage_reports("train") / "metrics.json", summary)
         log.info(
             "trained %s in %s on %s: best epoch %d of %d, val loss %.5f, %.1f s (%.0f images/s)",
             settings.model.name,

@@ -12,9 +12,9 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from pipeline.audit import levels, shortcut_audit
-from pipeline.config import DicomWindow
+from tests.conftest import preprocess_config
 
-WINDOW = DicomWindow(level=40, width=80)
+CONFIG = preprocess_config(32)
 
 
 def _dataset(root: Path, confounded: bool, n: int = 40) -> tuple[pd.DataFrame, np.ndarray]:
@@ -37,7 +37,7 @@ def _dataset(root: Path, confounded: bool, n: int = 40) -> tuple[pd.DataFrame, n
 def test_metadata_alone_explains_a_confounded_dataset_only(confounded: bool, tmp_path: Path) -> None:
     frame, labels = _dataset(tmp_path, confounded)
     chance_scores = np.random.default_rng(1).random(len(labels))
-    results = shortcut_audit(frame, labels, chance_scores, tmp_path, WINDOW, seed=0)
+    results = shortcut_audit(frame, labels, chance_scores, tmp_path, CONFIG, seed=0)
     if confounded:
         assert results["metadata_roc_auc"] > 0.95
         assert "source_roc_auc" not in results  # no source group holds both classes
@@ -62,7 +62,7 @@ def test_level_bound_labels_are_explained_by_the_level_and_the_mid_levels_are_me
     labels = ((level > 0.4) & (level < 0.7) & (np.arange(60) // per_scan % 2 == 0)).astype(int)
     # a detector that scores the ends of the scan high, and inside the brain levels sees the lesions
     scores = np.abs(level - 0.5) + 0.3 * labels
-    results = shortcut_audit(frame, labels, scores, tmp_path, WINDOW, seed=0)
+    results = shortcut_audit(frame, labels, scores, tmp_path, CONFIG, seed=0)
     assert results["level_only_roc_auc"] > 0.7  # the level alone tells much, across patients
     middle = (level >= 0.3) & (level <= 0.9)
     assert results["mid_level_roc_auc"] == pytest.approx(roc_auc_score(labels[middle], scores[middle]))

@@ -37,6 +37,24 @@ def test_every_data_source_composes(option: str, tmp_path: Path) -> None:
     assert load_settings(compose(overrides)).data.source == option
 
 
+@pytest.mark.parametrize("option", DATA_OPTIONS)
+def test_the_smoke_experiment_works_with_every_data_source(option: str, tmp_path: Path) -> None:
+    """experiment=smoke makes the run small whatever the data; the built-in data is made small too."""
+    overrides = [f"data={option}"] + ([f"data.path={tmp_path}"] if option == "local" else [])
+    full, smoke = (load_settings(compose([*overrides, *extra])) for extra in ([], ["experiment=smoke"]))
+    assert smoke.data.source == option and smoke.preprocess.image_size == 32 and smoke.train.epochs == 2
+    if option == "synthetic":
+        assert smoke.data.n_healthy < full.data.n_healthy and smoke.data.max_size < full.data.max_size
+    elif option == "synthetic_volumes":
+        assert smoke.data.patients < full.data.patients and smoke.data.size < full.data.size
+    else:
+        assert smoke.data == full.data  # a user's data is taken as given
+
+
+def test_the_smoke_experiment_keeps_the_data_keys_given() -> None:
+    assert load_settings(compose(["experiment=smoke", "data.n_healthy=70"])).data.n_healthy == 70
+
+
 @pytest.mark.parametrize("option", MODEL_OPTIONS)
 def test_every_model_config_names_a_registered_model(option: str) -> None:
     assert load_settings(compose([f"model={option}"])).model.name == option

@@ -82,7 +82,8 @@ def test_truncated_files_are_caught(tmp_path: Path) -> None:
 
 
 def test_cache_decodes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    paths = [_save(Image.new("L", (20, 30), 10 * i), tmp_path / f"{i}.png") for i in range(3)]
+    gradient = np.tile(np.linspace(0, 200, 20, dtype=np.uint8), (30, 1))
+    paths = [_save(Image.fromarray(gradient + 10 * i), tmp_path / f"{i}.png") for i in range(3)]
     first = load_cached(paths, ["a", "b", "c"], preprocess_config(16), tmp_path / "cache", progress=False)
     monkeypatch.setattr(images, "load_images", lambda *a, **k: pytest.fail("decoded again"))
     np.testing.assert_array_equal(

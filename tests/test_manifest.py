@@ -16,7 +16,9 @@ from pipeline.data.manifest import (
     build_manifest,
     content_hash,
 )
-from tests.conftest import BRAIN_WINDOW
+from tests.conftest import preprocess_config
+
+CONFIG = preprocess_config(32)
 
 
 @pytest.fixture
@@ -24,9 +26,10 @@ def raw(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     (tmp_path / "Healthy").mkdir()
     (tmp_path / "Tumor" / "nested").mkdir(parents=True)
-    Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8)).save(tmp_path / "Healthy" / "a.png")
-    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "Healthy" / "b.jpg")
-    Image.new("RGBA", (12, 10)).save(tmp_path / "Tumor" / "nested" / "c.png")
+    Image.fromarray(rng.integers(0, 255, (40, 60), dtype=np.uint8)).save(tmp_path / "Healthy" / "a.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "Healthy" / "b.jpg")
+    rgba = rng.integers(0, 255, (36, 40, 4), dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "Tumor" / "nested" / "c.png")
     (tmp_path / "Tumor" / "empty.jpg").write_bytes(b"")
     (tmp_path / "Tumor" / "notes.txt").write_text("not an image")
     jpeg = (tmp_path / "Healthy" / "b.jpg").read_bytes()
@@ -35,7 +38,7 @@ def raw(tmp_path: Path) -> Path:
 
 
 def test_manifest_rows_and_rejects(raw: Path) -> None:
-    manifest, rejects = build_manifest(raw, BRAIN_WINDOW, progress=False)
+    manifest, rejects = build_manifest(raw, CONFIG, progress=False)
     assert (
         list(manifest.columns) == MANIFEST_COLUMNS + SCAN_COLUMNS and list(rejects.columns) == REJECT_COLUMNS
     )
@@ -44,8 +47,8 @@ def test_manifest_rows_and_rejects(raw: Path) -> None:
     row = manifest.set_index("path").loc["Healthy/a.png"]
     assert (row["class"], row["width"], row["height"], row["mode"], row["format"]) == (
         "healthy",
-        30,
-        20,
+        60,
+        40,
         "L",
         "PNG",
     )
@@ -59,7 +62,7 @@ def test_manifest_rows_and_rejects(raw: Path) -> None:
 
 
 def test_content_hash_follows_content_not_names(raw: Path) -> None:
-    manifest, _ = build_manifest(raw, BRAIN_WINDOW, progress=False)
+    manifest, _ = build_manifest(raw, CONFIG, progress=False)
     renamed = manifest.assign(path=manifest["path"] + ".renamed")
     assert content_hash(renamed) == content_hash(manifest)
     relabelled = manifest.assign(**{"class": "healthy"})
@@ -73,14 +76,15 @@ def test_slices_of_a_dicom_series_are_numbered_by_position(
     the numbers (and a warning) instead of shifting the slices above it."""
     folder = tmp_path / "Healthy" / "mixed"
     folder.mkdir(parents=True)
-    hu = np.full((16, 16), 30.0)
+    hu = np.full((40, 40), -1000.0)
+    hu[10:30, 10:30] = 30.0  # a head in the brain window
     for position in (0.0, 5.0, 10.0, 20.0, 25.0):  # 15.0 is missing
         write_ct_slice(folder / f"a{position:04.0f}.dcm", hu, patient="p1", series="a", position=position)
     for position in (2.5, 0.0):
         write_ct_slice(folder / f"b{position:04.0f}.dcm", hu, patient="p2", series="b", position=position)
     (tmp_path / "Tumor").mkdir()
     with caplog.at_level("WARNING"):
-        manifest, _ = build_manifest(tmp_path, BRAIN_WINDOW, progress=False)
+        manifest, _ = build_manifest(tmp_path, CONFIG, progress=False)
     by_patient = manifest.sort_values("path").groupby("patient")
     assert by_patient["slice"].apply(list).to_dict() == {"p1": [0, 1, 2, 4, 5], "p2": [0, 1]}
     assert by_patient["slices"].first().to_dict() == {"p1": 6, "p2": 2}

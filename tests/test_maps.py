@@ -107,7 +107,7 @@ def test_image_maps_have_the_inputs_size_and_the_mask_is_the_map_over_the_thresh
         map_file = maps / relative.parent / f"{file.name}.map.png"
         mask_file = maps / relative.parent / f"{file.name}.mask.png"
         with Image.open(map_file) as map_image, Image.open(mask_file) as mask_image:
-            width, height = decode(file, preprocess_config(SIZE).dicom_window).pixels.shape[::-1]
+            width, height = decode(file, preprocess_config(SIZE)).pixels.shape[::-1]
             assert map_image.size == mask_image.size == (width, height)
             assert map_image.mode == "I;16" and mask_image.mode == "L"
             residual = np.asarray(map_image).astype(np.float64) / 65535

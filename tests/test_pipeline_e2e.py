@@ -138,7 +138,7 @@ def test_exp_run_with_a_changed_threshold_reruns_only_what_depends_on_it(project
         project, "dvc", "exp", "run", *(arg for o in TINY for arg in ("-S", o)), "-S", "threshold=percentile"
     )
     ran = {stage for stage in STAGES if f"Running stage '{stage}'" in output}
-    assert ran == {"calibrate", "evaluate", "package", "publish"}
+    assert ran == {"check", "calibrate", "evaluate", "package", "publish"}  # check: every param change
     after = json.loads((project / "reports/calibrate/threshold.json").read_text())
     assert after["method"] == "percentile" and after["thresholds"] == before["thresholds"]
     assert after["threshold"] == before["thresholds"]["percentile"]
@@ -194,3 +194,13 @@ def test_queued_experiments_over_two_variants(project: Path) -> None:
     finished = table[table["model.name"].isin(["cae_bn", "vae"])]
     assert sorted(finished["model.name"]) == ["cae_bn", "vae"]
     assert finished["roc_auc"].notna().all()
+
+
+def test_an_invalid_config_stops_dvc_before_it_deletes_any_output(project: Path) -> None:
+    """DVC deletes a stage's outputs before running it, even one that then refuses its config: the
+    `check` stage runs first and stops DVC while the workspace still holds every output."""
+    model = (project / "models/model.keras").read_bytes()
+    with pytest.raises(RuntimeError, match="train.epochs"):
+        run(project, "dvc", "exp", "run", *(arg for o in TINY for arg in ("-S", o)), "-S", "train.epochs=-1")
+    assert (project / "models/model.keras").read_bytes() == model
+    assert (project / "data/raw").is_dir() and (project / "models/detector").is_dir()

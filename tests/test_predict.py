@@ -140,6 +140,89 @@ def test_a_detector_folder_without_a_threshold_is_refused(packaged_detector: Pat
         load_detector(str(folder))
 
 
+@pytest.fixture
+def no_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A defect found at the start must stop predict before any file is scored."""
+    monkeypatch.setattr(
+        "pipeline.predict.predict", lambda *args, **kwargs: pytest.fail("files scored before the check")
+    )
+
+
+def _refused(capsys: pytest.CaptureFixture[str], *args: str | Path) -> str:
+    """What predict says when it must refuse `args`: exit status 1 and one line."""
+    code = main([str(arg) for arg in args])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("packaged", [True, False], ids=["mlflow-folder", "detector-folder"])
+@pytest.mark.parametrize(
+    ("defect", "message"),
+    [
+        (
+            lambda d: (d / "detector.json").write_text('{"threshold": 0.0'),
+            "detector.json: cannot be read as JSON",
+        ),
+        (
+            lambda d: (d / "model.keras").write_bytes((d / "model.keras").read_bytes()[:500]),
+            "model.keras: cannot load",
+        ),
+        (lambda d: (d / "model.keras").unlink(), "not a detector (no model.keras)"),
+    ],
+    ids=["corrupt-json", "truncated-model", "no-model"],
+)
+@pytest.mark.usefixtures("no_scoring")
+def test_a_defective_detector_folder_is_one_line(
+    defect,
+    message: str,
+    packaged: bool,
+    packaged_detector: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = shutil.copytree(packaged_detector, tmp_path / "model")
+    defect(model / "artifacts" / ARTIFACT)
+    if not packaged:
+        model = model / "artifacts" / ARTIFACT
+    image = write_scans(tmp_path / "scans")["png"]
+    assert message in _refused(capsys, image, "--model", model, "--out", tmp_path / "s.csv")
+
+
+@pytest.mark.usefixtures("no_scoring")
+def test_a_corrupt_mlmodel_file_is_one_line(
+    packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = shutil.copytree(packaged_detector, tmp_path / "model")
+    (model / "MLmodel").write_text("flavors: [unclosed\n")
+    image = write_scans(tmp_path / "scans")["png"]
+    assert "cannot load model" in _refused(capsys, image, "--model", model, "--out", tmp_path / "s.csv")
+
+
+@pytest.mark.parametrize(
+    ("option", "make", "message"),
+    [
+        ("--out", lambda tmp: (tmp / "dir").mkdir() or tmp / "dir", "is a folder, not a file"),
+        ("--out", lambda tmp: (tmp / "f").write_text("") or tmp / "f" / "s.csv", "is not a folder"),
+        ("--heatmaps", lambda tmp: (tmp / "f").write_text("") or tmp / "f", "exists and is not a folder"),
+        ("--maps", lambda tmp: (tmp / "f").write_text("") or tmp / "f", "exists and is not a folder"),
+    ],
+)
+@pytest.mark.usefixtures("no_scoring")
+def test_an_output_that_cannot_be_written_is_refused_before_scoring(
+    option: str,
+    make,
+    message: str,
+    packaged_detector: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = write_scans(tmp_path / "scans")["png"]
+    args = {"--out": tmp_path / "s.csv", option: make(tmp_path)}
+    err = _refused(capsys, image, "--model", packaged_detector, *(a for item in args.items() for a in item))
+    assert err.startswith(f"error: {option} {args[option]}: ") and message in err
+
+
 def test_a_volume_is_scored_slice_by_slice_as_its_slices_would_be(
     packaged_detector: Path,
     tmp_path: Path,

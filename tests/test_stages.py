@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline import download, split
+from pipeline import download, split, tracking
 from pipeline.config import Settings
 from pipeline.data.datasets import load_split
 from pipeline.data.dicom import write_ct_slice
@@ -98,6 +99,44 @@ def test_a_failed_download_keeps_the_previous_data(
     assert [p.name for p in settings.paths.raw.parent.iterdir()] == ["raw"]  # no temporary left behind
 
 
+def _write_corrupt_dataset(folder: Path) -> None:
+    """Class folders of files that only look like PNGs."""
+    for name in ("Healthy", "Tumor"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            (folder / name / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+
+
+def test_a_failed_download_keeps_the_last_good_data_and_fails_its_run(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Only corrupt images: data/raw and the manifests stay the last good ones; the run is FAILED with
+    the error and keeps the rejects."""
+    download.run(make_settings())
+    settings = make_settings()
+    good = {
+        path: path.read_bytes()
+        for path in [settings.paths.manifests / "raw.csv", settings.paths.manifests / "rejects.csv"]
+    }
+    raw_files = sorted(p.relative_to(settings.paths.raw) for p in settings.paths.raw.rglob("*"))
+    _write_corrupt_dataset(tmp_path / "corrupt")
+    broken = make_settings("data=local", f"data.path={tmp_path / 'corrupt'}")
+    with pytest.raises(DataError, match="left as they were") as failure:
+        download.run(broken)
+    assert "\n" not in str(failure.value)
+    assert {path: path.read_bytes() for path in good} == good
+    assert sorted(p.relative_to(settings.paths.raw) for p in settings.paths.raw.rglob("*")) == raw_files
+    assert not list(settings.paths.raw.parent.glob(".tmp-*"))
+    tracking.setup(settings.mlflow)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(settings.mlflow.data_experiment).experiment_id
+    finished, failed = sorted(client.search_runs([experiment]), key=lambda run: run.info.start_time)
+    assert finished.info.status == "FINISHED" and failed.info.status == "FAILED"
+    assert failed.data.tags["error"].startswith("DataError: no decodable healthy or tumor images")
+    artifacts = {a.path for a in client.list_artifacts(failed.info.run_id, "manifests")}
+    assert artifacts == {"manifests/raw.csv", "manifests/rejects.csv"}
+
+
 def test_a_folder_of_dicom_slices_is_a_training_source(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -143,7 +182,13 @@ def test_score_kind_auto_and_content_normalisation_go_from_calibrate_through_eva
     by_kind = calibration["val_roc_auc_by_score"]
     assert calibration["score_configured"] == "auto" and calibration["score"] in SCORES.names()
     assert by_kind[calibration["score"]] == max(by_kind.values())
-    assert calibration["val_roc_auc"] == by_kind[calibration["score"]]
+    with_features = calibration.get("val_roc_auc_with_features")  # score.features=auto: added where it helps
+    assert calibration["features"] == (
+        with_features is not None and with_features > by_kind[calibration["score"]]
+    )
+    assert calibration["val_roc_auc"] == (
+        with_features if calibration["features"] else by_kind[calibration["score"]]
+    )
     detector = load_detector(str(settings.paths.detector))
     assert detector.scoring.kind == calibration["score"]
     assert detector.normalizer is not None and detector.normalizer.as_dict() == calibration["normalizer"]

@@ -7,6 +7,7 @@ scanner's calibrated values, so this module converts them to HU and lets the con
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_rescale
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from pipeline.config import MAX_PIXELS
+from pipeline.data.guards import check_pixels, file_type
 from pipeline.errors import ImageDecodeError
 
 HU_RANGE = (-1024.0, 3071.0)  # what a 12-bit CT stores; a volume's HU beyond are clipped
@@ -73,18 +76,21 @@ def _rescaled(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
     return np.asarray(apply_rescale(stored, dataset), dtype=np.float32)
 
 
-def read_hounsfield(source: Path | bytes, name: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+def read_hounsfield(
+    source: Path | bytes, name: str | Path, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Decode one CT slice to a float32 (rows, columns) array in HU, plus metadata for the manifest.
 
     `name` is what errors name: the path, or a display name when `source` is bytes (its `.dcm`
-    suffix also admits a file without preamble). MONOCHROME1 slices display low values as white, but
+    suffix also admits a file without preamble). A slice of more than `max_pixels` pixels is refused
+    from its header, before its pixel data is decoded. MONOCHROME1 slices display low values as white, but
     that inversion belongs to display: HU come from the modality LUT alone, so both photometric
     interpretations give the same HU and nothing is inverted here.
 
     Raises ImageDecodeError for anything that is not a decodable single-frame grayscale slice.
     """
     try:
-        return _read_hounsfield(source, name)
+        return _read_hounsfield(source, name, max_pixels)
     except ImageDecodeError:
         raise
     except OSError as err:
@@ -95,12 +101,18 @@ def read_hounsfield(source: Path | bytes, name: str | Path) -> tuple[np.ndarray,
         raise ImageDecodeError(name, "cannot decode DICOM: " + " ".join(str(err).split())) from None
 
 
-def _read_hounsfield(source: Path | bytes, name: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_hounsfield(
+    source: Path | bytes, name: str | Path, max_pixels: int
+) -> tuple[np.ndarray, dict[str, Any]]:
     """`read_hounsfield` without the translation of pydicom's exceptions."""
-    prefixed = _has_prefix(_head(source))
+    head = _head(source)
+    prefixed = _has_prefix(head)
     in_memory = isinstance(source, (bytes, bytearray))
     if not prefixed and not _has_dcm_suffix(name if in_memory else source):
         raise ImageDecodeError(name, "not a DICOM file (no 'DICM' prefix after the 128-byte preamble)")
+    kind = file_type(head)
+    if not prefixed and kind is not None:  # a PNG, a text file, ... named .dcm
+        raise ImageDecodeError(name, f"a {kind} file named {Path(name if in_memory else source).suffix}")
     # force=True only for the preamble-less .dcm: otherwise pydicom rejects what is not Part-10.
     dataset = pydicom.dcmread(io.BytesIO(source) if in_memory else Path(source), force=not prefixed)
     if "PixelData" not in dataset:
@@ -119,6 +131,10 @@ def _read_hounsfield(source: Path | bytes, name: str | Path) -> tuple[np.ndarray
     samples = int(dataset.get("SamplesPerPixel") or 1)
     if samples != 1:
         raise ImageDecodeError(name, f"colour DICOM ({samples} samples per pixel); expected grayscale")
+    check_pixels(name, int(dataset.Columns), int(dataset.Rows), max_pixels)
+    slope = dataset.get("RescaleSlope")
+    if slope is not None and (float(slope) == 0 or not math.isfinite(float(slope))):
+        raise ImageDecodeError(name, f"RescaleSlope is {slope}: its values do not map to Hounsfield units")
     stored = dataset.pixel_array  # a missing decoder plugin for compressed data raises here
     if stored.ndim != 2:
         raise ImageDecodeError(name, f"pixel data has shape {stored.shape}; expected one 2-D slice")

@@ -23,8 +23,8 @@ def head_mask(gray: np.ndarray, threshold: float, opening: int = 2) -> np.ndarra
     labels, count = ndimage.label(foreground)
     if count == 0:
         return foreground
-    sizes = ndimage.sum_labels(foreground, labels, index=np.arange(1, count + 1))
-    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    sizes = np.bincount(labels[foreground])  # pixels per component (index 0 unused): no full-size copies
+    return ndimage.binary_fill_holes(labels == int(np.argmax(sizes[1:])) + 1)
 
 
 def bounding_box(mask: np.ndarray, margin: float) -> tuple[slice, slice]:

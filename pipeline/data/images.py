@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,18 +19,27 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.config import DicomWindow, PreprocessConfig
+from pipeline.config import MAX_PIXELS, PreprocessConfig
 from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield
+from pipeline.data.guards import HEAD_BYTES, check_content, check_pixels, not_an_image
 from pipeline.data.head import bounding_box, head_mask, normalize_intensity
 from pipeline.errors import ImageDecodeError
 from pipeline.io import atomic_path
 from pipeline.progress import progress as progress_bar
 
+log = logging.getLogger(__name__)
 # Bump when `load_image` changes its output for the same config, so cached arrays are rebuilt.
 PREPROCESS_VERSION = 3
 NORMALIZE_PERCENTILES = (1.0, 99.0)  # the head's intensities stretched to [0, 1] between these
+# Files decoded at once, whatever the cores: a slice at preprocess.max_pixels (4096 x 4096) takes about
+# 0.2 GB while it is decoded and preprocessed, so predict over a folder of them stays under 2 GB with
+# TensorFlow's 1 GB (measured: python -m bench.hostile_inputs).
+DECODE_WORKERS = min(3, os.cpu_count() or 1)
 
 Source = Path | bytes  # a file, or the bytes of one (an upload to the served model)
+# `read_image` refuses an image above preprocess.max_pixels from its header, in one line naming it; Pillow's
+# warning about images above its own 89-megapixel mark would only be noise before that line.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -42,23 +53,35 @@ class Decoded:
     format: str
 
 
-def read_image(source: Source, name: str | Path | None = None) -> Image.Image:
-    """Open and fully decode an image (so truncation is caught here), with EXIF orientation applied."""
+def read_image(source: Source, name: str | Path | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image (so truncation is caught here), with EXIF orientation applied.
+    One of more than `max_pixels` pixels is refused from its header, before it is decoded; of a file
+    with several frames (a multi-page TIFF, an animated GIF) the first is read, and a warning says so."""
     name = name if name is not None else source
     try:
-        if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else Path(source).open("rb")
+    except OSError as err:
+        raise ImageDecodeError(name, f"cannot read: {err.strerror or err}") from None
+    with handle:
+        head = handle.read(HEAD_BYTES)
+        if not head:
             raise ImageDecodeError(name, "empty file (0 bytes)")
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            image.load()
-            oriented = ImageOps.exif_transpose(image)
-            oriented.format = image.format  # the copy would otherwise forget the file's real format
-            return oriented
-    except ImageDecodeError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise ImageDecodeError(name, "not an image file PIL can identify") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(name, f"cannot decode: {err}") from None
+        handle.seek(0)
+        try:
+            with Image.open(handle) as image:
+                check_pixels(name, image.width, image.height, max_pixels)
+                if getattr(image, "is_animated", False):
+                    log.warning("%s: a %s of several frames: only frame 1 is used", name, image.format)
+                image.load()
+                oriented = ImageOps.exif_transpose(image)
+                oriented.format = image.format  # the copy would otherwise forget the file's real format
+                return oriented
+        except ImageDecodeError:
+            raise
+        except Image.UnidentifiedImageError:
+            raise ImageDecodeError(name, not_an_image(head, handle)) from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            raise ImageDecodeError(name, f"cannot decode: {err}") from None
 
 
 def to_grayscale(image: Image.Image) -> np.ndarray:
@@ -66,29 +89,39 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
 
     8-bit data keeps its absolute scale (value / 255). Transparent pixels become black, as the
     background of a CT slice is. Deeper data (16-bit, 32-bit, float) carries no common window, so it
-    is stretched to its own range.
+    is stretched to the range of its finite values; NaN and infinite values stay non-finite, for
+    `decode` to refuse the slice instead of scoring what is left.
     """
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         values = np.asarray(image, dtype=np.float32)
-        low, high = float(values.min()), float(values.max())
-        return ((values - low) / (high - low) if high > low else np.zeros_like(values)).astype(np.float32)
+        finite = np.isfinite(values)
+        kept = values if finite.all() else values[finite]
+        low, high = (float(kept.min()), float(kept.max())) if kept.size else (0.0, 0.0)
+        return ((values - low) / (high - low) if high > low else values - low).astype(np.float32)
     if image.mode in ("RGBA", "LA", "PA", "P"):
         rgba = image.convert("RGBA")
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         image = Image.alpha_composite(black, rgba)
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    gray = np.asarray(image.convert("L"), dtype=np.float32)
+    gray /= 255.0  # in place: a slice at preprocess.max_pixels is 64 MB as float32
+    return gray
 
 
-def decode(source: Source, window: DicomWindow, name: str | Path | None = None) -> Decoded:
-    """A DICOM slice in Hounsfield units seen through `window`, or any other image by `to_grayscale`.
-    `name` is what errors call a source given as bytes."""
+def decode(source: Source, config: PreprocessConfig, name: str | Path | None = None) -> Decoded:
+    """A DICOM slice in Hounsfield units seen through `config.dicom_window`, or any other image by
+    `to_grayscale`; ImageDecodeError for a file above `config.max_pixels` (before it is decoded) or
+    with nothing to score (`guards.check_content`). `name` is what errors call a source given as bytes."""
     name = name if name is not None else source if isinstance(source, Path) else "<bytes>"
     if is_dicom(source):
-        hounsfield, meta = read_hounsfield(source, name)
-        return Decoded(apply_window(hounsfield, window.level, window.width), **meta)
-    image = read_image(source, name)
-    suffix = Path(name).suffix.lstrip(".").upper()
-    return Decoded(to_grayscale(image), image.width, image.height, image.mode, image.format or suffix)
+        hounsfield, meta = read_hounsfield(source, name, config.max_pixels)
+        window = config.dicom_window
+        decoded = Decoded(apply_window(hounsfield, window.level, window.width), **meta)
+    else:
+        image = read_image(source, name, config.max_pixels)
+        suffix = Path(name).suffix.lstrip(".").upper()
+        decoded = Decoded(to_grayscale(image), image.width, image.height, image.mode, image.format or suffix)
+    check_content(name, decoded.pixels, config.head.threshold)
+    return decoded
 
 
 def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
@@ -145,7 +178,7 @@ def preprocess_with_geometry(
         if config.normalize:
             gray = normalize_intensity(gray, mask, *NORMALIZE_PERCENTILES)
         if head.mask:
-            gray = np.where(mask, gray, 0.0).astype(np.float32)
+            gray = np.where(mask, gray, np.float32(0.0))
     geometry = slice_geometry(gray, config, mask)
     if head.crop:
         gray = gray[geometry.crop]
@@ -185,7 +218,7 @@ def to_slice(image: np.ndarray, geometry: Geometry) -> np.ndarray:
 def blanked_png(source: Path, config: PreprocessConfig) -> bytes:
     """The file as an 8-bit grayscale PNG, its own size, with everything outside the head black: how
     a source without burned-in text, overlays or background would have delivered it."""
-    gray = decode(source, config.dicom_window).pixels
+    gray = decode(source, config).pixels
     blanked = np.where(head_mask(gray, config.head.threshold), gray, 0.0)
     buffer = io.BytesIO()
     Image.fromarray(np.round(blanked * 255).astype(np.uint8)).save(buffer, format="PNG")
@@ -194,14 +227,15 @@ def blanked_png(source: Path, config: PreprocessConfig) -> bytes:
 
 def load_image(source: Source, config: PreprocessConfig, name: str | Path | None = None) -> np.ndarray:
     """Decode and preprocess one file to a (image_size, image_size) float32 array in [0, 1]."""
-    return preprocess(decode(source, config.dicom_window, name).pixels, config)[0]
+    return preprocess(decode(source, config, name).pixels, config)[0]
 
 
 def load_images(
     paths: Sequence[Path], config: PreprocessConfig, *, workers: int | None = None, progress: bool = True
 ) -> np.ndarray:
-    """Decode many files in parallel to a (n, image_size, image_size, 1) float32 batch."""
-    workers = workers or os.cpu_count() or 1
+    """Decode many files in parallel (`DECODE_WORKERS` at once) to a (n, image_size, image_size, 1)
+    float32 batch."""
+    workers = workers or DECODE_WORKERS
     batch = np.empty((len(paths), config.image_size, config.image_size, 1), dtype=np.float32)
 
     def decode_one(index: int) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,10 +14,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.config import DicomWindow
+from pipeline.config import PreprocessConfig
 from pipeline.data.classes import FOLDERS
 from pipeline.data.dicom import identity
-from pipeline.data.images import decode
+from pipeline.data.images import DECODE_WORKERS, decode
 from pipeline.errors import ImageDecodeError
 from pipeline.progress import progress as progress_bar
 
@@ -30,11 +29,11 @@ SCAN_COLUMNS = ["patient", "series", "slice", "slices"]
 REJECT_COLUMNS = ["path", "class", "reason"]
 
 
-def inspect(raw_dir: Path, path: Path, class_name: str, window: DicomWindow) -> dict[str, str | int]:
+def inspect(raw_dir: Path, path: Path, class_name: str, config: PreprocessConfig) -> dict[str, str | int]:
     """One manifest row (path relative to raw_dir, POSIX separators); raises ImageDecodeError for
-    anything that is not a usable image. The perceptual hash is of the slice as the model sees it
-    (a DICOM through `window`)."""
-    decoded = decode(path, window)
+    anything that is not a usable image (`images.decode`). The perceptual hash is of the slice as the
+    model sees it (a DICOM through `config.dicom_window`)."""
+    decoded = decode(path, config)
     perceptual = imagehash.phash(Image.fromarray(np.round(decoded.pixels * 255).astype(np.uint8)))
     scan = identity(path) if decoded.format == "DICOM" else {"patient": "", "series": "", "position": np.nan}
     return {
@@ -76,7 +75,7 @@ def _place_in_scan(entries: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_manifest(
-    raw_dir: Path, window: DicomWindow, unusable: list[tuple[str, str]] = (), *, progress: bool = True
+    raw_dir: Path, config: PreprocessConfig, unusable: list[tuple[str, str]] = (), *, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Inspect every file under raw_dir/{Healthy,Tumor}; return (manifest, rejects), sorted by path.
     `unusable` (file, reason) are what the source could not bring in at all (a volume without labels)."""
@@ -92,13 +91,13 @@ def build_manifest(
     def run(job: tuple[Path, str]) -> None:
         path, name = job
         try:
-            entries.append(inspect(raw_dir, path, name, window))
+            entries.append(inspect(raw_dir, path, name, config))
         except ImageDecodeError as err:
             rejects.append(
                 {"path": path.relative_to(raw_dir).as_posix(), "class": name, "reason": err.reason}
             )
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
         for _ in progress_bar(
             pool.map(run, jobs), desc="inspect", unit="file", total=len(jobs), enabled=progress
         ):

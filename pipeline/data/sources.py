@@ -16,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.config import DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
+from pipeline.config import ArchiveLimits, DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
 from pipeline.data import slicing, synthetic
 from pipeline.data.classes import FOLDERS, MASKS
+from pipeline.data.guards import HEAD_BYTES, file_type, list_files
 from pipeline.data.volumes import is_mask, is_volume
 from pipeline.errors import DataError, ImageDecodeError
 from pipeline.progress import progress
@@ -26,13 +27,15 @@ from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
-# fetch(config, out_dir, seed) fills the empty folder out_dir with one subfolder per class and returns
-# (file, reason) for what it could not use (whole volumes; single files are the manifest's to reject)
+# fetch(config, out_dir, seed, archive) fills the empty folder out_dir with one subfolder per class and
+# returns (file, reason) for what it could not use (whole volumes, unreadable folders; single files are
+# the manifest's to reject); `archive` limits what a zip it extracts may declare
 Rejects = list[tuple[str, str]]
-Fetcher = Callable[[Any, Path, int], Rejects]
+Fetcher = Callable[[Any, Path, int, ArchiveLimits], Rejects]
 SOURCES: Registry[Fetcher] = Registry("data source", "data.source")
 Folders = dict[str, str]  # class -> the name of its folder in a user's dataset
 CT_FOLDER = "Brain Tumor CT scan Images"  # the CT half of the public dataset (beside an MRI half)
+ARCHIVE_LIMITS = ArchiveLimits()  # what a zip may declare, unless the config says otherwise
 
 
 def _class_dirs(folder: Path, folders: Folders) -> dict[str, Path] | None:
@@ -66,30 +69,56 @@ def find_dataset_root(path: Path, folders: Folders = FOLDERS) -> Path:
     )
 
 
-def safe_extract(archive: Path, target: Path) -> None:
-    """Extract a zip, refusing the whole archive if any entry would land outside `target`."""
+def is_zip(path: Path) -> bool:
+    """A zip archive, or what begins like one: a truncated zip is still one, for `safe_extract` to
+    report as such."""
+    if not path.is_file():
+        return False
+    with path.open("rb") as handle:
+        return zipfile.is_zipfile(handle) or file_type(handle.read(HEAD_BYTES)) == "zip"
+
+
+def safe_extract(archive: Path, target: Path, limits: ArchiveLimits) -> None:
+    """Extract a zip, refusing the whole archive before anything is written if any entry would land
+    outside `target`, or its entries declare more than `limits` allow (zipfile writes no more than an
+    entry declares)."""
     try:
         with zipfile.ZipFile(archive) as zipped:
             root = target.resolve()
-            for name in zipped.namelist():
-                if not (root / name).resolve().is_relative_to(root):
+            total = 0
+            for entry in zipped.infolist():
+                if not (root / entry.filename).resolve().is_relative_to(root):
                     raise DataError(
-                        f"{archive}: entry '{name}' would be written outside the "
+                        f"{archive}: entry '{entry.filename}' would be written outside the "
                         "extraction folder; refusing to extract this archive"
+                    )
+                total += entry.file_size
+                if total > limits.max_size:
+                    raise DataError(
+                        f"{archive}: its entries up to '{entry.filename}' hold {total} bytes uncompressed, "
+                        f"above archive.max_size ({limits.max_size}); refusing to extract this archive"
+                    )
+                if entry.file_size > limits.max_ratio * max(entry.compress_size, 1):
+                    raise DataError(
+                        f"{archive}: entry '{entry.filename}' expands {entry.compress_size} bytes to "
+                        f"{entry.file_size} (above archive.max_ratio, {limits.max_ratio:g} times); "
+                        "refusing to extract this archive (a zip bomb?)"
                     )
             zipped.extractall(target)
     except zipfile.BadZipFile as err:
-        raise DataError(f"{archive}: not a readable zip archive ({err})") from None
+        raise DataError(f"{archive}: truncated or corrupt zip ({err})") from None
 
 
-def copy_classes(root: Path, out_dir: Path, folders: Folders = FOLDERS) -> None:
+def copy_classes(root: Path, out_dir: Path, folders: Folders = FOLDERS) -> Rejects:
     """Copy every file under root's class folders into out_dir's Healthy/ and Tumor/, keeping relative
     paths, and root's `Masks/` (lesion masks: `Masks/<a slice's path below its class folder>.png`, the
     pixel truth of evaluate's localisation metrics). Every file is copied, images or not: the manifest
-    decides, and lists what it rejects."""
+    decides, and lists what it rejects. Returns what could not be read at all (an unreadable folder, a
+    dangling link)."""
     dirs = _class_dirs(root, folders)
     assert dirs is not None, root
-    files = {name: sorted(p for p in folder.rglob("*") if p.is_file()) for name, folder in dirs.items()}
+    listed = {name: list_files(folder) for name, folder in dirs.items()}
+    files = {name: found for name, (found, _) in listed.items()}
     for name, found in files.items():
         if not found:
             raise DataError(f"{dirs[name]}: the {folders[name]} class folder is empty")
@@ -108,6 +137,11 @@ def copy_classes(root: Path, out_dir: Path, folders: Folders = FOLDERS) -> None:
     for source, destination in progress(jobs, desc="copy", unit="file"):
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, destination)
+    return [
+        (path.relative_to(root).as_posix(), reason)
+        for _, problems in listed.values()
+        for path, reason in problems
+    ]
 
 
 def read_labels(labels: Path, root: Path, folders: Folders) -> pd.DataFrame:
@@ -180,7 +214,7 @@ def copy_labelled(root: Path, out_dir: Path, labels: Path, folders: Folders) -> 
 
 
 @SOURCES.register("synthetic")
-def fetch_synthetic(data: SyntheticData, out_dir: Path, seed: int) -> Rejects:
+def fetch_synthetic(data: SyntheticData, out_dir: Path, seed: int, archive: ArchiveLimits) -> Rejects:
     synthetic.generate(
         out_dir, data.n_healthy, data.n_tumor, seed, min_size=data.min_size, max_size=data.max_size
     )
@@ -188,7 +222,9 @@ def fetch_synthetic(data: SyntheticData, out_dir: Path, seed: int) -> Rejects:
 
 
 @SOURCES.register("synthetic_volumes")
-def fetch_synthetic_volumes(data: SyntheticVolumes, out_dir: Path, seed: int) -> Rejects:
+def fetch_synthetic_volumes(
+    data: SyntheticVolumes, out_dir: Path, seed: int, archive: ArchiveLimits
+) -> Rejects:
     """Phantom scans written as NIfTI volumes with masks (or DICOM series with DICOM-SEGs), then sliced
     like a user's scans."""
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as volumes:
@@ -205,11 +241,11 @@ def fetch_synthetic_volumes(data: SyntheticVolumes, out_dir: Path, seed: int) ->
 
 
 @SOURCES.register("local")
-def fetch_local(data: LocalData, out_dir: Path, seed: int) -> Rejects:
+def fetch_local(data: LocalData, out_dir: Path, seed: int, archive: ArchiveLimits) -> Rejects:
     path = data.path
-    if path.is_file() and zipfile.is_zipfile(path):
+    if is_zip(path):
         with tempfile.TemporaryDirectory(dir=out_dir.parent) as extracted:
-            safe_extract(path, Path(extracted))
+            safe_extract(path, Path(extracted), archive)
             return _from_folder(Path(extracted), out_dir, data)
     if path.is_dir():
         return _from_folder(path, out_dir, data)
@@ -228,12 +264,11 @@ def _from_folder(root: Path, out_dir: Path, data: LocalData | None = None) -> Re
             listed = "; ".join(f"{file}: {reason}" for file, reason in rejects)
             raise DataError(f"{root}: none of its scans could be used ({listed})")
         return rejects
-    copy_classes(find_dataset_root(root, folders), out_dir, folders)
-    return []
+    return copy_classes(find_dataset_root(root, folders), out_dir, folders)
 
 
 @SOURCES.register("kaggle")
-def fetch_kaggle(data: KaggleData, out_dir: Path, seed: int) -> Rejects:
+def fetch_kaggle(data: KaggleData, out_dir: Path, seed: int, archive: ArchiveLimits) -> Rejects:
     import kagglehub
     from kagglehub.config import get_kaggle_credentials
 
@@ -247,11 +282,10 @@ def fetch_kaggle(data: KaggleData, out_dir: Path, seed: int) -> Rejects:
         downloaded = Path(kagglehub.dataset_download(data.handle))
     except Exception as err:  # noqa: BLE001 -- kagglehub raises requests, HTTP and its own errors alike
         raise DataError(f"downloading Kaggle dataset '{data.handle}' failed: {err}") from None
-    copy_classes(find_dataset_root(downloaded), out_dir)
-    return []
+    return copy_classes(find_dataset_root(downloaded), out_dir)
 
 
-def fetch(data: DataConfig, out_dir: Path, seed: int) -> Rejects:
+def fetch(data: DataConfig, out_dir: Path, seed: int, archive: ArchiveLimits = ARCHIVE_LIMITS) -> Rejects:
     """Fill the empty folder `out_dir` with `Healthy/` and `Tumor/` (and `Masks/` where lesion masks
-    exist); return what could not be used, with the reason."""
-    return SOURCES.get(data.source)(data, out_dir, seed)
+    exist); return what could not be used, with the reason. `archive`: what a zip may declare."""
+    return SOURCES.get(data.source)(data, out_dir, seed, archive)
