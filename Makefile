@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: pipeline test test-fast lint bench params mlflow-ui
+.PHONY: pipeline test test-fast lint bench params mlflow-ui team stack-up stack-down stack-status
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -11,10 +11,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -e ".[dev]"
 	touch $@
 
+$(VENV)/.team: $(VENV)/.installed
+	$(PYTHON) -m pip install -e ".[dev,team]"
+	touch $@
+
 pipeline: $(VENV)/.installed  ## every stage of dvc.yaml (download ... publish) on the built-in data
 	dvc repro
 
-test: $(VENV)/.installed  ## every test, the end-to-end DVC run and the real-data test included
+test: $(VENV)/.team  ## every test: end-to-end DVC runs, the team stack, distributed searches, the real-data test
 	$(PYTHON) -m pytest
 
 test-fast: $(VENV)/.installed  ## unit tests only
@@ -32,3 +36,14 @@ params: $(VENV)/.installed  ## recompose params.yaml after editing conf/
 
 mlflow-ui: $(VENV)/.installed  ## the tracking UI on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
+
+team: $(VENV)/.team  ## the `team` extra: PostgreSQL's driver, SeaweedFS, S3 and DVC's S3 remote (README, Working as a team)
+
+stack-up: $(VENV)/.team  ## PostgreSQL, SeaweedFS's S3 and `mlflow server` on 127.0.0.1, data in .stack/; prints the exports
+	@$(PYTHON) -m pipeline.stack up
+
+stack-down: $(VENV)/.team  ## stop the stack (its data stays in .stack/)
+	@$(PYTHON) -m pipeline.stack down
+
+stack-status: $(VENV)/.team  ## what of the stack runs, where
+	@$(PYTHON) -m pipeline.stack status

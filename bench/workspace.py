@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pipeline.params import ROOT
@@ -18,9 +18,10 @@ PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "pyproject.toml")
 PROJECT_DIRS = ("conf", "pipeline", ".dvc")
 
 
-def run(cwd: Path, *args: str) -> str:
-    """Run a command in the copy with this interpreter's tools first on PATH; fail with its output."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+def run(cwd: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+    """Run a command in the copy with this interpreter's tools first on PATH, the variables `env` set
+    (MLFLOW_TRACKING_URI only from there); fail with its output."""
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **(env or {})}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     done = subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True)
     if done.returncode:

@@ -5,7 +5,9 @@ as one Hydra app, so that Hydra sweeps whole pipelines:
     python -m pipeline hparams_search=optuna                  # Optuna maximises validation ROC AUC
 
 A job writes its model and reports under its Hydra output folder and its data under the sweep's folder,
-so the jobs of a sweep share one download and split and none of them touches the DVC workspace.
+in `data/<hash of the data settings>/`: the jobs that agree on those share one download and split, even
+when they run at once in other processes (Ray), the first one preparing the data while the others wait.
+None of them touches the DVC workspace (a single run keeps its data in `data/` of its own folder).
 Runs go to the project's MLflow store, tagged with the sweep and the job; each run holds its packaged
 detector, which is not registered (the registry alias stays on the DVC pipeline's) unless
 `mlflow.register_detector=true` is given. A job that fails is marked
@@ -16,6 +18,7 @@ so runs started in the same second never share one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -32,21 +35,28 @@ from pipeline import hardware, lifecycle, tracking
 from pipeline.config import MlflowConfig, Settings, flatten
 from pipeline.entrypoint import CONF_DIR, load_settings
 from pipeline.errors import PipelineError
-from pipeline.io import read_json
+from pipeline.io import locked, read_json, write_json
 from pipeline.params import ROOT
 from pipeline.stages import DATA_STAGES, MODEL_STAGES, runner
 
 log = logging.getLogger("pipeline")
 
-# Where a job's outputs go: data once per sweep (or run), the model and reports per job.
-SHARED_PATHS = {"raw": "data/raw", "manifests": "data/manifests", "splits": "data/splits"}
+# Where a job's outputs go: data once per sweep (or run) and data settings, the model and reports per job.
+SHARED_PATHS = {"raw": "raw", "manifests": "manifests", "splits": "splits"}
 JOB_PATHS = {"model": "models", "reports": "reports"}
-
-_prepared_data: str | None = None  # the data config whose download and split are on disk in this process
+DATA_KEYS = ("seed", "split", "data", "preprocess.dicom_window")  # what download and split depend on
+PREPARED = "prepared.json"  # beside the data: the settings its download and split were made with
 
 
 def _relative(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _data_folder(cfg: DictConfig) -> str:
+    """A name for the job's data settings (as written, unresolved): equal settings, equal name."""
+    values = [OmegaConf.select(cfg, key) for key in DATA_KEYS]
+    text = json.dumps([OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for v in values])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def configure_job(cfg: DictConfig) -> dict[str, str]:
@@ -58,7 +68,8 @@ def configure_job(cfg: DictConfig) -> dict[str, str]:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     shared_dir = Path(hydra_cfg.sweep.dir).resolve() if multirun else job_dir
     given = {override.split("=", 1)[0].lstrip("+~") for override in hydra_cfg.overrides.task}
-    for folders, base in ((SHARED_PATHS, shared_dir), (JOB_PATHS, job_dir)):
+    data_dir = shared_dir / "data" / _data_folder(cfg) if multirun else job_dir / "data"
+    for folders, base in ((SHARED_PATHS, data_dir), (JOB_PATHS, job_dir)):
         for key, folder in folders.items():
             if f"paths.{key}" not in given:
                 cfg.paths[key] = str(base / folder)
@@ -74,10 +85,9 @@ def configure_job(cfg: DictConfig) -> dict[str, str]:
     return tags
 
 
-def run_all(settings: Settings) -> float:
-    """Every stage in order; download and split only when this process has not prepared that data yet.
-    Returns the validation ROC AUC (NaN when the validation set holds no tumors)."""
-    global _prepared_data
+def prepare_data(settings: Settings) -> None:
+    """Download and split, unless a job of the sweep (in this process or another) did it for the same
+    data settings; jobs that reach here at once wait for the first one."""
     data_key = json.dumps(
         [
             settings.seed,
@@ -87,11 +97,20 @@ def run_all(settings: Settings) -> float:
             str(settings.paths.raw),
         ]
     )
-    if data_key != _prepared_data:
-        _prepared_data = None
+    marker = settings.paths.raw.parent / PREPARED
+    with locked(settings.paths.raw.parent / f".{PREPARED}.lock"):
+        if marker.exists() and read_json(marker) == {"data": data_key}:
+            return
+        marker.unlink(missing_ok=True)
         for stage in DATA_STAGES:
             runner(stage)(settings)
-        _prepared_data = data_key
+        write_json(marker, {"data": data_key})
+
+
+def run_all(settings: Settings) -> float:
+    """Every stage in order, the data prepared once per sweep and data settings. Returns the validation
+    ROC AUC (NaN when the validation set holds no tumors)."""
+    prepare_data(settings)
     keras.backend.clear_session()  # the previous job's model is not needed any more
     for stage in MODEL_STAGES:
         runner(stage)(settings)

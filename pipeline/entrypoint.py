@@ -7,6 +7,8 @@ before any long work starts. `python -m pipeline.entrypoint [overrides]` rewrite
 
 A Hydra app's output folder (`hydra.run.dir`, `hydra.sweep.dir` in conf/config.yaml) ends with
 `${run_token:}`, a token of its own process: two runs started in the same second get folders of their own.
+An Optuna search's sampler is seeded with `${sampler_seed:...}`: `seed`, but none in a study that workers
+share (`hydra.sweeper.storage` set), where one seed would have every worker draw the same trials.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from pipeline.params import PARAMS_FILE, ROOT
 CONF_DIR = ROOT / "conf"
 RUN_TOKEN = secrets.token_hex(3)  # random, not the pid: processes in containers often share pids
 OmegaConf.register_new_resolver("run_token", lambda: RUN_TOKEN, replace=True)
+OmegaConf.register_new_resolver(
+    "sampler_seed", lambda seed, storage: seed if storage is None else None, replace=True
+)
 
 
 def _describe(error: ValidationError) -> str:

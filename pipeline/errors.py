@@ -22,3 +22,8 @@ class ImageDecodeError(DataError):
         super().__init__(f"{path}: {reason}")
         self.path = Path(path)
         self.reason = reason
+
+
+class ServiceError(PipelineError):
+    """A service the pipeline talks to (tracking server, object store, database) cannot be reached or
+    started; the message names its address."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import lifecycle
 from pipeline.config import MlflowConfig, Settings
+from pipeline.errors import ServiceError
 from pipeline.io import read_json, write_json
 from pipeline.params import ROOT
 from pipeline.stages import MODEL_STAGES
@@ -37,18 +40,53 @@ MAX_PARAMS_PER_BATCH = 100
 LOCAL_SCHEMES = ("sqlite:", "file:")
 _uri_set_here: str | None = None  # the config's URI, which mlflow.set_tracking_uri exports itself
 _extra_tags: dict[str, str] = {}
+# MLflow retries a tracking server that does not answer for minutes (7 retries, backoff factor 2, 120 s
+# per request): bounds that fail a stage within seconds, unless the user set their own
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+PROBE_TIMEOUT = 10.0  # seconds: the artifact check waits out the server's own retries of its store
+_answering: set[str] = set()  # tracking servers probed in this process
 
 
 def setup(config: MlflowConfig) -> None:
-    """Point MLflow at the user's MLFLOW_TRACKING_URI if set, else at the config's (local SQLite) store."""
+    """Point MLflow at the user's MLFLOW_TRACKING_URI if set, else at the config's (local SQLite) store;
+    a tracking server must answer first (`probe`)."""
     global _uri_set_here
     from_env = os.environ.get("MLFLOW_TRACKING_URI")
     from_user = from_env if from_env and from_env != _uri_set_here else None
     uri = from_user or config.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith(("http://", "https://")):
+        for name, value in HTTP_BOUNDS.items():
+            os.environ.setdefault(name, value)
+        probe(uri)
     mlflow.set_tracking_uri(uri)
     _uri_set_here = None if from_user else uri
+
+
+def probe(uri: str) -> None:
+    """Raise ServiceError, naming `uri`, unless the tracking server answers and, where it proxies the
+    artifact store, reaches that store: a stage fails before its work, not in MLflow's retries after it."""
+    if uri in _answering:
+        return
+    base = uri.rstrip("/")
+    for url in (f"{base}/health", f"{base}/api/2.0/mlflow-artifacts/artifacts?path="):
+        try:
+            urllib.request.urlopen(url, timeout=PROBE_TIMEOUT).close()
+        except urllib.error.HTTPError as err:  # it answers: an error status is a store failure only here
+            if err.code == 500 and "mlflow-artifacts" in url:
+                raise ServiceError(
+                    f"tracking server {uri} cannot reach its artifact store (HTTP 500 listing it; "
+                    "see the server's log)"
+                ) from None
+        except OSError as err:  # refused, timed out, unknown host
+            reason = getattr(err, "reason", err)
+            raise ServiceError(f"tracking server {uri} is not reachable ({reason})") from None
+    _answering.add(uri)
 
 
 def experiment_id(name: str, config: MlflowConfig) -> str:

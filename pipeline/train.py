@@ -6,6 +6,8 @@ import logging
 
 import mlflow
 import pandas as pd
+from mlflow.data.dataset import Dataset
+from mlflow.exceptions import MlflowException
 
 from pipeline import hardware, tracking
 from pipeline.config import Settings
@@ -19,6 +21,16 @@ from pipeline.models import build_model, with_precision
 from pipeline.training import fit, seed_everything
 
 log = logging.getLogger(__name__)
+
+
+def _log_input(dataset: Dataset, context: str) -> None:
+    """Log `dataset` as an input of the active run. MLflow's SQL store looks for it in the experiment and
+    then inserts it: a run that logs the same data at the same moment (workers of one search) loses that
+    race with a duplicate key, and a second try finds the other's row."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException:
+        mlflow.log_input(dataset, context=context)
 
 
 def run(settings: Settings) -> None:
@@ -37,7 +49,7 @@ def run(settings: Settings) -> None:
         mlflow.set_tag("split_hash", content_hash(splits, by="split"))
         for split, context in ((train, "training"), (val, "validation")):
             identity = split.frame[["path", "class", "sha256"]]  # what the data is, for the run's Datasets
-            mlflow.log_input(mlflow.data.from_pandas(identity, name=split.name), context=context)
+            _log_input(mlflow.data.from_pandas(identity, name=split.name), context)
         result = fit(
             model,
             train.images,

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+import requests
 
 from pipeline.config import (
     DicomWindow,
@@ -16,6 +23,7 @@ from pipeline.config import (
     TrainConfig,
 )
 from pipeline.entrypoint import compose, load_settings
+from pipeline.stack import free_port
 
 # conf/experiment/smoke.yaml: small enough that a whole pipeline runs in a minute on two CPU cores.
 TINY = ["experiment=smoke"]
@@ -141,3 +149,39 @@ def write_scans(folder: Path) -> dict[str, Path]:
     files["text"].write_text("not an image")
     files["truncated"].write_bytes(files["jpeg"].read_bytes()[:200])
     return files
+
+
+@contextlib.contextmanager
+def served(model: str, env: Mapping[str, str] | None = None) -> Iterator[str]:
+    """`mlflow models serve` of `model` (a folder or a models:/ URI) on a loopback port, in this
+    environment plus `env`, until the block ends (stopped with its process group): its URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    process = subprocess.Popen(
+        [mlflow, "models", "serve", "-m", model, "--env-manager", "local", "--host", "127.0.0.1"]
+        + ["-p", str(port), "-w", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"server did not start: {process.stdout.read().decode()[-3000:]}")
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)

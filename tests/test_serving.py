@@ -8,12 +8,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,7 +28,7 @@ from pipeline.data.images import load_image, to_slice
 from pipeline.detector import Detector
 from pipeline.errors import PipelineError
 from pipeline.maps import map_png, read_map_png
-from tests.conftest import write_scans
+from tests.conftest import served, write_scans
 
 
 @pytest.fixture
@@ -220,54 +216,11 @@ def test_served_model_loads_and_scores_without_hydra(packaged_detector: Path, sc
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server(mapping_model: tuple[Path, float]) -> Iterator[str]:
-    """`mlflow models serve` of the test detector with a pixel threshold on a loopback port, in this
-    environment, stopped with its process group."""
-    port = _free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "models",
-            "serve",
-            "-m",
-            str(mapping_model[0]),
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "1",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError(f"server did not start: {process.stdout.read().decode()[-3000:]}")
+    """`mlflow models serve` of the test detector with a pixel threshold."""
+    with served(str(mapping_model[0])) as url:
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
 
 
 def _payload(*images: bytes, **params: object) -> dict:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
+import time
 from collections.abc import Callable
 
 import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
 from pipeline.config import Settings
+from pipeline.errors import ServiceError
 from pipeline.io import read_json
 from pipeline.models import build_model
+from pipeline.stack import free_port
 
 
 def _tiny_model():
@@ -102,3 +108,21 @@ def test_local_experiments_keep_artifacts_under_the_artifact_root(
     tracking.setup(settings.mlflow)
     location = mlflow.get_experiment(tracking.experiment_id("x", settings.mlflow)).artifact_location
     assert location == (settings.mlflow.artifact_root / "x").resolve().as_uri()
+
+
+def test_a_tracking_server_that_does_not_answer_fails_at_once_naming_it(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closed port: one line naming the server within seconds, not MLflow's minutes of retries; the
+    retry bounds are set for later requests, but a bound the user set stays theirs."""
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in tracking.HTTP_BOUNDS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    start = time.monotonic()
+    with pytest.raises(ServiceError, match=rf"^tracking server {re.escape(uri)} is not reachable \(.+\)$"):
+        tracking.setup(make_settings().mlflow)
+    assert time.monotonic() - start < 5
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
