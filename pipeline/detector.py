@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from pipeline import scoring
-from pipeline.config import PreprocessConfig, ScoreConfig
+from pipeline.config import PreprocessConfig, ScoreConfig, Settings
 from pipeline.data.dicom import apply_window
 from pipeline.data.guards import check_content
 from pipeline.data.images import DECODE_WORKERS, Geometry, Source, decode, preprocess_with_geometry
@@ -64,27 +64,20 @@ class Detector:
         return cls(model, math.nan, preprocess, scoring)
 
     @classmethod
-    def calibrated(
-        cls,
-        model: keras.Model,
-        calibration: dict[str, Any],
-        preprocess: PreprocessConfig,
-        scoring: ScoreConfig,
-        patches: Path,
-        info: dict[str, Any] | None = None,
-    ) -> Detector:
-        """The detector calibrate's report (`threshold.json`) describes: its thresholds, the score
-        kind it applied (what `score.kind: auto` chose) and, where it chose to add the feature-space
-        score, the memory calibrate left in `patches`."""
+    def calibrated(cls, settings: Settings, info: dict[str, Any] | None = None) -> Detector:
+        """The detector the pipeline's stages made: train's model and what calibrate's report
+        (`threshold.json`) describes: its thresholds, the score kind it applied (what `score.kind: auto`
+        chose) and, where it added the feature-space score, the memory it fitted."""
+        calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
         return cls(
-            model,
+            load_model(settings.paths.model_file),
             calibration["threshold"],
-            preprocess,
-            scoring.model_copy(update={"kind": calibration["score"]}),
+            settings.preprocess,
+            settings.score.model_copy(update={"kind": calibration["score"]}),
             info or {},
             calibration["pixel_threshold"],
             _normalizer(calibration.get("normalizer")),
-            _features(calibration.get("feature_normalizer"), patches),
+            _features(calibration.get("feature_normalizer"), settings.paths.patches),
         )
 
     def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:

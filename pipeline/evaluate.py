@@ -36,7 +36,6 @@ from pipeline.metrics import (
     roc_curve_table,
     size_groups,
 )
-from pipeline.models import load_model
 from pipeline.plots import (
     confusion_figure,
     error_histogram,
@@ -254,13 +253,7 @@ def draw_figures(
 
 def run(settings: Settings) -> None:
     calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
-    detector = Detector.calibrated(
-        load_model(settings.paths.model_file),
-        calibration,
-        settings.preprocess,
-        settings.score,
-        settings.paths.patches,
-    )
+    detector = Detector.calibrated(settings)
     scored = score_test_sets(detector, settings)
     results = evaluation_metrics(scored, calibration, settings)
     out = settings.paths.stage_reports("evaluate")

@@ -12,21 +12,14 @@ from pipeline.config import Settings
 from pipeline.data.synthetic import example_png
 from pipeline.detector import Detector
 from pipeline.entrypoint import stage
-from pipeline.io import atomic_dir, read_json, write_json
-from pipeline.models import load_model
+from pipeline.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> None:
-    calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
     detector = Detector.calibrated(
-        load_model(settings.paths.model_file),
-        calibration,
-        settings.preprocess,
-        settings.score,
-        settings.paths.patches,
-        {"model": settings.model.name, "threshold_method": calibration["method"]},
+        settings, {"model": settings.model.name, "threshold_method": settings.threshold.method}
     )
     example = example_png()
     with tracking.model_run(settings, "package", detector.model) as run_id:
