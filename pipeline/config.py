@@ -25,6 +25,7 @@ class Section(BaseModel):
 
 ImageSize = Annotated[int, Field(ge=16, le=1024)]
 MAX_PIXELS = 4096 * 4096  # preprocess.max_pixels unless set: far above any CT slice (512 x 512)
+MAX_VOXELS = 512 * 512 * 512  # preprocess.max_voxels unless set: a 512 x 512 scan of 512 slices
 
 
 class SyntheticData(Section):
@@ -116,6 +117,8 @@ class PreprocessConfig(Section):
     # a file with more pixels is refused from its header, before they are decoded (detectors packaged
     # before the limit existed get the default)
     max_pixels: int = Field(default=MAX_PIXELS, ge=1)
+    # a volume (NIfTI, DICOM series) with more voxels is refused from its header(s), before they are read
+    max_voxels: int = Field(default=MAX_VOXELS, ge=1)
 
 
 class ArchiveLimits(Section):

@@ -15,6 +15,7 @@ from pipeline import tracking
 from pipeline.config import Settings
 from pipeline.data import sources
 from pipeline.data.classes import CLASSES, HEALTHY, TUMOR
+from pipeline.data.guards import Limits
 from pipeline.data.manifest import build_manifest, content_hash
 from pipeline.entrypoint import stage
 from pipeline.errors import DataError
@@ -53,7 +54,8 @@ def run(settings: Settings) -> None:
     params = {k: v for k, v in settings.flat_params().items() if k.startswith(("data.", "preprocess.dicom"))}
     with tracking.data_run(settings, "download", params):
         with atomic_dir(paths.raw) as raw:
-            unusable = sources.fetch(settings.data, raw, settings.seed, settings.archive)
+            limits = Limits.of(settings.preprocess)
+            unusable = sources.fetch(settings.data, raw, settings.seed, settings.archive, limits)
             manifest, rejects = build_manifest(raw, settings.preprocess, unusable)
             summary = _summary(manifest, rejects)
             tracking.name_data_run("download", str(summary["data_hash"]))

@@ -28,6 +28,7 @@ import pandas as pd
 from pipeline import hardware
 from pipeline import maps as maps_io
 from pipeline.config import ArchiveLimits, RuntimeConfig
+from pipeline.data.guards import Limits
 from pipeline.data.images import to_slice
 from pipeline.data.series import write_segmentation
 from pipeline.data.volumes import case_name, is_volume, read_volume, save_nifti, to_volume
@@ -164,7 +165,7 @@ def _score_volume(
 ) -> list[dict]:
     """Score every axial slice of a NIfTI volume, one row each; the volume's score is the highest."""
     try:
-        volume = read_volume(item.file)
+        volume = read_volume(item.file, Limits.of(detector.preprocess))
     except ImageDecodeError as err:
         return [{"order": order, "path": item.path, "scan": item.path, "error": err.reason}]
     rows = []

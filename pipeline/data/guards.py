@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
+from pipeline.config import MAX_PIXELS, MAX_VOXELS, PreprocessConfig
 from pipeline.errors import ImageDecodeError
 
 MIN_SIDE = 16  # pixels on either side, as the smallest model input: a narrower slice holds no head
@@ -33,6 +35,22 @@ _SIGNATURES = (  # (offset, bytes, type) of the formats a user is likely to put 
     (0, b"\x1f\x8b", "gzip"),
     (0, b"%PDF", "PDF"),
 )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a file may declare in its header before any of its pixels are read (`preprocess.max_pixels`
+    per slice, `preprocess.max_voxels` per volume)."""
+
+    max_pixels: int = MAX_PIXELS
+    max_voxels: int = MAX_VOXELS
+
+    @classmethod
+    def of(cls, preprocess: PreprocessConfig) -> Limits:
+        return cls(preprocess.max_pixels, preprocess.max_voxels)
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def check_pixels(name: str | Path, width: int, height: int, max_pixels: int) -> None:

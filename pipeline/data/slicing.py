@@ -32,6 +32,7 @@ from PIL import Image
 
 from pipeline.data.classes import FOLDERS, HEALTHY, TUMOR, mask_path
 from pipeline.data.dicom import HU_RANGE, is_dicom, write_ct_slice
+from pipeline.data.guards import DEFAULT_LIMITS, Limits
 from pipeline.data.series import Series, find_series, is_segmentation, read_header, read_segmentation
 from pipeline.data.volumes import (
     MASK_SUFFIX,
@@ -147,7 +148,9 @@ def _slice_classes(
     )
 
 
-def write_case(case: Case, out_dir: Path, labels: Labels | None = None) -> int:
+def write_case(
+    case: Case, out_dir: Path, labels: Labels | None = None, limits: Limits = DEFAULT_LIMITS
+) -> int:
     """Write the case's slices (and anomalous slices' masks) under `out_dir`; return how many were
     written. Raises ImageDecodeError naming the file when the scan or its mask cannot be used."""
     if case.series is not None:
@@ -159,9 +162,9 @@ def write_case(case: Case, out_dir: Path, labels: Labels | None = None) -> int:
             shutil.copyfile(series.files[index], path)
 
     else:
-        volume = read_volume(case.image)
+        volume = read_volume(case.image, limits)
         count = len(volume.slices)
-        masks = read_mask(case.mask, volume) if case.mask else None
+        masks = read_mask(case.mask, volume, limits) if case.mask else None
         names = [f"{case.name}_z{index:03d}.dcm" for index in range(count)]
 
         def write(index: int, path: Path) -> None:
@@ -181,12 +184,14 @@ def write_case(case: Case, out_dir: Path, labels: Labels | None = None) -> int:
     return written
 
 
-def slice_scans(root: Path, out_dir: Path, folders: dict[str, str] = FOLDERS) -> list[tuple[str, str]]:
+def slice_scans(
+    root: Path, out_dir: Path, folders: dict[str, str] = FOLDERS, limits: Limits = DEFAULT_LIMITS
+) -> list[tuple[str, str]]:
     """Slice every case under `root` into `out_dir`; return (scan path, reason) for those rejected."""
     rejects = []
     for case in progress(find_cases(root, folders), desc="scans", unit="scan"):
         try:
-            write_case(case, out_dir)
+            write_case(case, out_dir, limits=limits)
         except ImageDecodeError as err:
             rejects.append((case.image.relative_to(root).as_posix(), err.reason))
     return rejects

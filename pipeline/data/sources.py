@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.config import ArchiveLimits, DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
 from pipeline.data import slicing, synthetic
 from pipeline.data.classes import FOLDERS, MASKS
-from pipeline.data.guards import HEAD_BYTES, file_type, list_files
+from pipeline.data.guards import DEFAULT_LIMITS, HEAD_BYTES, Limits, file_type, list_files
 from pipeline.data.volumes import is_mask, is_volume
 from pipeline.errors import DataError, ImageDecodeError
 from pipeline.progress import progress
@@ -27,11 +27,11 @@ from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
-# fetch(config, out_dir, seed, archive) fills the empty folder out_dir with one subfolder per class and
-# returns (file, reason) for what it could not use (whole volumes, unreadable folders; single files are
-# the manifest's to reject); `archive` limits what a zip it extracts may declare
+# fetch(config, out_dir, seed, archive, limits) fills the empty folder out_dir with one subfolder per class
+# and returns (file, reason) for what it could not use (whole volumes, unreadable folders; single files are
+# the manifest's to reject); `archive` limits what a zip it extracts may declare, `limits` what a volume may
 Rejects = list[tuple[str, str]]
-Fetcher = Callable[[Any, Path, int, ArchiveLimits], Rejects]
+Fetcher = Callable[[Any, Path, int, ArchiveLimits, Limits], Rejects]
 SOURCES: Registry[Fetcher] = Registry("data source", "data.source")
 Folders = dict[str, str]  # class -> the name of its folder in a user's dataset
 CT_FOLDER = "Brain Tumor CT scan Images"  # the CT half of the public dataset (beside an MRI half)
@@ -171,7 +171,9 @@ def read_labels(labels: Path, root: Path, folders: Folders) -> pd.DataFrame:
     return table
 
 
-def copy_labelled(root: Path, out_dir: Path, labels: Path, folders: Folders) -> Rejects:
+def copy_labelled(
+    root: Path, out_dir: Path, labels: Path, folders: Folders, limits: Limits = DEFAULT_LIMITS
+) -> Rejects:
     """Bring what a labels CSV lists (`read_labels`) into out_dir's class folders: files are copied, a
     folder's files take its class (unless listed themselves), a volume is sliced with its class or its
     listed slices' classes (`slicing.write_case`). Files it does not list are rejects."""
@@ -194,7 +196,7 @@ def copy_labelled(root: Path, out_dir: Path, labels: Path, folders: Folders) -> 
         relative = file.relative_to(root).as_posix()
         case = dataclasses.replace(slicing.volume_case(root, file, folders), mask=None)
         try:
-            slicing.write_case(case, out_dir, per_slice.get(relative, {None: label}))
+            slicing.write_case(case, out_dir, per_slice.get(relative, {None: label}), limits)
         except ImageDecodeError as err:
             rejects.append((relative, err.reason))
     images = {file: label for file, label in files.items() if not is_volume(file)}
@@ -214,7 +216,9 @@ def copy_labelled(root: Path, out_dir: Path, labels: Path, folders: Folders) -> 
 
 
 @SOURCES.register("synthetic")
-def fetch_synthetic(data: SyntheticData, out_dir: Path, seed: int, archive: ArchiveLimits) -> Rejects:
+def fetch_synthetic(
+    data: SyntheticData, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits
+) -> Rejects:
     synthetic.generate(
         out_dir, data.n_healthy, data.n_tumor, seed, min_size=data.min_size, max_size=data.max_size
     )
@@ -223,7 +227,7 @@ def fetch_synthetic(data: SyntheticData, out_dir: Path, seed: int, archive: Arch
 
 @SOURCES.register("synthetic_volumes")
 def fetch_synthetic_volumes(
-    data: SyntheticVolumes, out_dir: Path, seed: int, archive: ArchiveLimits
+    data: SyntheticVolumes, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits
 ) -> Rejects:
     """Phantom scans written as NIfTI volumes with masks (or DICOM series with DICOM-SEGs), then sliced
     like a user's scans."""
@@ -237,29 +241,29 @@ def fetch_synthetic_volumes(
             seed,
             file_format=data.format,
         )
-        return _from_folder(Path(volumes), out_dir)
+        return _from_folder(Path(volumes), out_dir, limits)
 
 
 @SOURCES.register("local")
-def fetch_local(data: LocalData, out_dir: Path, seed: int, archive: ArchiveLimits) -> Rejects:
+def fetch_local(data: LocalData, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits) -> Rejects:
     path = data.path
     if is_zip(path):
         with tempfile.TemporaryDirectory(dir=out_dir.parent) as extracted:
             safe_extract(path, Path(extracted), archive)
-            return _from_folder(Path(extracted), out_dir, data)
+            return _from_folder(Path(extracted), out_dir, limits, data)
     if path.is_dir():
-        return _from_folder(path, out_dir, data)
+        return _from_folder(path, out_dir, limits, data)
     raise DataError(f"{path}: neither a folder nor a zip archive")
 
 
-def _from_folder(root: Path, out_dir: Path, data: LocalData | None = None) -> Rejects:
+def _from_folder(root: Path, out_dir: Path, limits: Limits, data: LocalData | None = None) -> Rejects:
     """CT volumes are sliced; files listed in a labels CSV are copied by their class; otherwise the
     class folders' images are copied."""
     folders = data.folders.model_dump() if data else FOLDERS
     if data and data.labels:
-        return copy_labelled(root, out_dir, data.labels, folders)
+        return copy_labelled(root, out_dir, data.labels, folders, limits)
     if slicing.has_scans(root):
-        rejects = slicing.slice_scans(root, out_dir, folders)
+        rejects = slicing.slice_scans(root, out_dir, folders, limits)
         if not any(out_dir.rglob("*.dcm")):
             listed = "; ".join(f"{file}: {reason}" for file, reason in rejects)
             raise DataError(f"{root}: none of its scans could be used ({listed})")
@@ -268,7 +272,9 @@ def _from_folder(root: Path, out_dir: Path, data: LocalData | None = None) -> Re
 
 
 @SOURCES.register("kaggle")
-def fetch_kaggle(data: KaggleData, out_dir: Path, seed: int, archive: ArchiveLimits) -> Rejects:
+def fetch_kaggle(
+    data: KaggleData, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits
+) -> Rejects:
     import kagglehub
     from kagglehub.config import get_kaggle_credentials
 
@@ -285,7 +291,14 @@ def fetch_kaggle(data: KaggleData, out_dir: Path, seed: int, archive: ArchiveLim
     return copy_classes(find_dataset_root(downloaded), out_dir)
 
 
-def fetch(data: DataConfig, out_dir: Path, seed: int, archive: ArchiveLimits = ARCHIVE_LIMITS) -> Rejects:
+def fetch(
+    data: DataConfig,
+    out_dir: Path,
+    seed: int,
+    archive: ArchiveLimits = ARCHIVE_LIMITS,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Rejects:
     """Fill the empty folder `out_dir` with `Healthy/` and `Tumor/` (and `Masks/` where lesion masks
-    exist); return what could not be used, with the reason. `archive`: what a zip may declare."""
-    return SOURCES.get(data.source)(data, out_dir, seed, archive)
+    exist); return what could not be used, with the reason. `archive`: what a zip may declare; `limits`:
+    what a volume's header may."""
+    return SOURCES.get(data.source)(data, out_dir, seed, archive, limits)

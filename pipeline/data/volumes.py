@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from pipeline.data.guards import DEFAULT_LIMITS, Limits
 from pipeline.errors import ImageDecodeError
 
 SUFFIXES = (".nii.gz", ".nii")
@@ -67,7 +68,7 @@ def _load(path: Path) -> nib.Nifti1Image:
     return image
 
 
-def read_volume(path: Path) -> Volume:
+def read_volume(path: Path, limits: Limits = DEFAULT_LIMITS) -> Volume:
     """The volume's axial slices in HU (NIfTI stores CT in HU: its scaling is applied here)."""
     image = _load(path)
     orientation = nib.orientations.io_orientation(image.affine)
@@ -76,7 +77,7 @@ def read_volume(path: Path) -> Volume:
     return Volume(slices, image.affine, tuple(image.shape), orientation)
 
 
-def read_mask(path: Path, volume: Volume) -> np.ndarray:
+def read_mask(path: Path, volume: Volume, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
     """A mask volume (any non-zero voxel is the finding) as (n, rows, columns) booleans aligned with
     `volume`'s slices; a mask on another grid is an error, not a silent misalignment."""
     image = _load(path)
