@@ -9,6 +9,7 @@ folder as an MLflow pyfunc model.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -24,14 +25,15 @@ from pydantic import ValidationError
 from pipeline import scoring
 from pipeline.config import PreprocessConfig, ScoreConfig, Settings
 from pipeline.data.dicom import apply_window
-from pipeline.data.guards import check_content
+from pipeline.data.guards import check_content, check_finite
 from pipeline.data.images import DECODE_WORKERS, Geometry, Source, decode, preprocess_with_geometry
-from pipeline.errors import ImageDecodeError, PipelineError
+from pipeline.errors import ImageDecodeError, PipelineError, unexpected
 from pipeline.features import FeatureScore, PatchMemory
 from pipeline.io import read_json, write_json
 from pipeline.models import load_model
 from pipeline.normalization import ContentNormalizer, brain_content
 
+log = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
 SETTINGS_FILE = "detector.json"
 PATCHES_FILE = "patches.npz"  # the feature-space score's memory, where the detector adds that score
@@ -85,8 +87,8 @@ class Detector:
         decoded slice's geometry comes along, for maps to be put back on its pixels."""
 
         def prepare(index: int) -> tuple[np.ndarray, Geometry]:
-            gray = decode(sources[index], self.preprocess, names[index]).pixels
-            image, _, geometry = preprocess_with_geometry(gray, self.preprocess)
+            decoded = decode(sources[index], self.preprocess, names[index])
+            image, _, geometry = preprocess_with_geometry(decoded.pixels, self.preprocess, mask=decoded.head)
             return image, geometry
 
         return self._prepare(len(sources), prepare)
@@ -94,21 +96,22 @@ class Detector:
     def prepare_hounsfield(self, slices: Sequence[np.ndarray] | np.ndarray) -> DecodedBatch:
         """Slices already decoded to Hounsfield units (e.g. a CT volume's axial slices) -> the model's
         batch with each slice's geometry: seen through `preprocess.dicom_window` as a DICOM slice is,
-        then preprocessed, in parallel. Non-finite voxels count as the window's floor (black); a slice
-        with nothing to score (above or below the head) is an error, as a file would be."""
+        then preprocessed, in parallel. A slice with non-finite voxels, or with nothing to score (above or
+        below the head), is an error, as a file would be."""
         window = self.preprocess.dicom_window
 
         def prepare(index: int) -> tuple[np.ndarray, Geometry]:
-            gray = np.nan_to_num(apply_window(slices[index], window.level, window.width), nan=0.0)
-            check_content(f"slice {index}", gray, self.preprocess.head.threshold)
-            image, _, geometry = preprocess_with_geometry(gray, self.preprocess)
+            check_finite(f"slice {index}", slices[index], "voxel")
+            gray = apply_window(slices[index], window.level, window.width)
+            head = check_content(f"slice {index}", gray, self.preprocess.head.threshold)
+            image, _, geometry = preprocess_with_geometry(gray, self.preprocess, mask=head)
             return image, geometry
 
         return self._prepare(len(slices), prepare)
 
     def _prepare(self, count: int, prepare: Callable[[int], tuple[np.ndarray, Geometry]]) -> DecodedBatch:
         """Run `prepare` on every index, `DECODE_WORKERS` at a time; an ImageDecodeError is that index's
-        error."""
+        error, and so is any other exception (logged: a reader's bug must cost one input, not the batch)."""
         size = self.preprocess.image_size
         images = np.empty((count, size, size, 1), dtype=np.float32)
         geometries: dict[int, Geometry] = {}
@@ -119,6 +122,9 @@ class Detector:
                 images[index, :, :, 0], geometries[index] = prepare(index)
             except ImageDecodeError as err:
                 errors[index] = err.reason
+            except Exception as err:  # noqa: BLE001
+                log.exception("input %d of a batch: unexpected error while it was read", index)
+                errors[index] = unexpected(err)
 
         with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
             list(pool.map(run, range(count)))

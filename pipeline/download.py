@@ -16,10 +16,10 @@ from pipeline.config import Settings
 from pipeline.data import sources
 from pipeline.data.classes import CLASSES, HEALTHY, TUMOR
 from pipeline.data.guards import Limits
-from pipeline.data.manifest import build_manifest, content_hash
+from pipeline.data.manifest import build_manifest, content_hash, portable_names
 from pipeline.entrypoint import stage
 from pipeline.errors import DataError
-from pipeline.io import atomic_dir, write_csv, write_json
+from pipeline.io import atomic_dir, for_spreadsheets, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +56,17 @@ def run(settings: Settings) -> None:
         with atomic_dir(paths.raw) as raw:
             limits = Limits.of(settings.preprocess)
             unusable = sources.fetch(settings.data, raw, settings.seed, settings.archive, limits)
+            portable_names(raw)
             manifest, rejects = build_manifest(raw, settings.preprocess, unusable)
             summary = _summary(manifest, rejects)
             tracking.name_data_run("download", str(summary["data_hash"]))
             mlflow.log_metrics({k: v for k, v in summary.items() if k != "data_hash"})
             mlflow.log_text(manifest.to_csv(index=False), "manifests/raw.csv")
-            mlflow.log_text(rejects.to_csv(index=False), "manifests/rejects.csv")
+            mlflow.log_text(for_spreadsheets(rejects).to_csv(index=False), "manifests/rejects.csv")
             _check_classes(summary, rejects, settings)
             # the manifests replace theirs just before data/raw does, once nothing can fail any more
             write_csv(paths.manifests / "raw.csv", manifest)
-            write_csv(paths.manifests / "rejects.csv", rejects)
+            write_csv(paths.manifests / "rejects.csv", rejects, for_people=True)
         write_json(paths.reports / "data" / "download.json", summary)
     log.info(
         "%d healthy, %d tumor images; %d files rejected (%s)",

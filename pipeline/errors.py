@@ -27,3 +27,14 @@ class ImageDecodeError(DataError):
 class ServiceError(PipelineError):
     """A service the pipeline talks to (tracking server, object store, database) cannot be reached or
     started; the message names its address."""
+
+
+def describe(err: BaseException) -> str:
+    """An exception as one line; its type where its message is empty (a MemoryError, a bare EOFError)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def unexpected(err: BaseException) -> str:
+    """What an input gets when reading it raised what no reader anticipated (a bug to report, or memory
+    exhausted): the error's type and message, so that it costs that input alone."""
+    return f"cannot be read: unexpected {type(err).__name__} ({describe(err)})"

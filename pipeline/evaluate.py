@@ -214,7 +214,7 @@ def write_tables(scored: Scored, detector: Detector, out: Path) -> list[str]:
         ),
     }
     for name, table in tables.items():
-        write_csv(out / name, table)
+        write_csv(out / name, table, for_people=True)
     return list(tables)
 
 

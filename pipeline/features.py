@@ -23,12 +23,15 @@ from scipy import ndimage
 
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path
+from pipeline.models import infer
 from pipeline.normalization import ContentNormalizer
 
 SCALE = 4  # the features' resolution: the input's divided by this
 BANK = 20_000  # feature vectors kept from the healthy training slices
-BATCH = 64  # slices through the encoder at once
-QUERIES = 8192  # feature vectors compared with the whole memory at once (bounds the distance matrix)
+BATCH = 64  # slices whose features are held at once while the memory is fitted
+# Feature vectors compared with the whole memory at once, always this many (the last block padded): it
+# bounds the distance matrix, and one shape keeps a slice's distances independent of its batch (`infer`).
+QUERIES = 1024
 
 
 def feature_layer(model: keras.Model) -> str | None:
@@ -54,12 +57,8 @@ def _encoder(model: keras.Model, layer: str) -> keras.Model:
 
 
 def _features(encoder: keras.Model, images: np.ndarray) -> np.ndarray:
-    """(n, h/SCALE, w/SCALE, c) float32 features of a batch, BATCH slices at a time."""
-    chunks = [
-        np.asarray(encoder(images[start : start + BATCH], training=False), dtype=np.float32)
-        for start in range(0, len(images), BATCH)
-    ]
-    return np.concatenate(chunks) if chunks else np.empty((0,), np.float32)
+    """(n, h/SCALE, w/SCALE, c) float32 features of a batch."""
+    return infer(encoder, images).astype(np.float32, copy=False)
 
 
 def _coarse(masks: np.ndarray) -> np.ndarray:
@@ -111,8 +110,11 @@ class PatchMemory:
         nearest = np.empty(len(queries), np.float32)
         for start in range(0, len(queries), QUERIES):
             block = queries[start : start + QUERIES]
+            rows = len(block)
+            if rows < QUERIES:
+                block = np.concatenate([block, np.zeros((QUERIES - rows, block.shape[1]), block.dtype)])
             squared = np.square(block).sum(axis=1)[:, None] - 2 * block @ self.bank.T + bank_norms[None]
-            nearest[start : start + QUERIES] = squared.min(axis=1)
+            nearest[start : start + rows] = squared[:rows].min(axis=1)
         coarse = np.sqrt(np.maximum(nearest, 0)).reshape(features.shape[:3])
         return ndimage.zoom(coarse, (1, SCALE, SCALE), order=1).astype(np.float32)
 

@@ -29,7 +29,8 @@ def tumor_outlines(raw_dir: Path, frame: pd.DataFrame, config: PreprocessConfig)
     outlines = []
     for path, file in zip(frame["path"], files, strict=True):
         outline = to_grayscale(read_image(file)) > 0.5
-        aligned = preprocess(decode(raw_dir / path, config).pixels, config, outline)[1]
+        decoded = decode(raw_dir / path, config)
+        aligned = preprocess(decoded.pixels, config, outline, decoded.head)[1]
         outlines.append(aligned > 0.5)
     return np.stack(outlines)
 

@@ -2,7 +2,8 @@
 
 A 2-D image's map is a 16-bit grayscale PNG (residual * 65535; residuals lie in [0, 1]) and its mask
 an 8-bit PNG (255 = anomalous), both the image's size. Volumes get NIfTI files with the scan's affine
-(and a DICOM series a DICOM-SEG too, `pipeline.data.series`), written by `pipeline.predict`.
+(a float32 map, NaN on slices that were not scored, and a uint8 mask of `mask_labels`; a DICOM series a
+DICOM-SEG too, `pipeline.data.series`), written by `pipeline.predict`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from PIL import Image
 
 from pipeline.detector import Detector
 from pipeline.errors import PipelineError
+from pipeline.io import make_folders
 
 MAP_SCALE = 65535  # a 16-bit map PNG holds residual * MAP_SCALE
+# A scan's mask volume: 0 scored and not anomalous, 1 anomalous, NOT_SCORED where a slice could not be
+# scored (its map there is NaN): never shown as clean.
+ANOMALOUS, NOT_SCORED = 1, 2
 
 
 def check_detector(detector: Detector) -> None:
@@ -52,8 +57,16 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def mask_labels(anomaly_map: np.ndarray, pixel_threshold: float) -> np.ndarray:
+    """A scan's map (NaN where not scored) -> its uint8 mask: ANOMALOUS above `pixel_threshold`,
+    NOT_SCORED where the map is NaN, else 0; made in place of one uint8 array (a scan's map is large)."""
+    labels = (anomaly_map > pixel_threshold).astype(np.uint8)
+    labels[np.isnan(anomaly_map)] = NOT_SCORED
+    return labels
+
+
 def write_pngs(anomaly_map: np.ndarray, mask: np.ndarray, paths: tuple[Path, Path]) -> None:
     """A 2-D image's map and mask, to `paths` (map, mask)."""
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    make_folders(paths[0].parent)  # it mirrors the input's folders, however deep
     paths[0].write_bytes(map_png(anomaly_map))
     paths[1].write_bytes(mask_png(mask))

@@ -31,11 +31,11 @@ from pipeline.config import ArchiveLimits, RuntimeConfig
 from pipeline.data.guards import Limits
 from pipeline.data.images import to_slice
 from pipeline.data.series import write_segmentation
-from pipeline.data.volumes import case_name, is_volume, read_volume, save_nifti, to_volume
+from pipeline.data.volumes import is_volume, open_volume, save_nifti
 from pipeline.detector import Detector
-from pipeline.errors import ImageDecodeError, PipelineError
+from pipeline.errors import ImageDecodeError, PipelineError, unexpected
 from pipeline.inputs import InputFile, Scan, collect, find_scans
-from pipeline.io import check_output_file, check_output_folder, write_csv
+from pipeline.io import check_output_file, check_output_folder, display_name, remove_tree, write_csv
 from pipeline.params import params_section
 from pipeline.plots import reconstruction_grid, save_figure
 from pipeline.progress import progress
@@ -45,33 +45,46 @@ log = logging.getLogger(__name__)
 COLUMNS = ["path", "scan", "slice", "score", "is_anomaly", "threshold", "model", "run_id", "error"]
 SOFTWARE = version("brain-ct-anomaly")  # what made a DICOM-SEG, in its header
 CHUNK = 64  # files (or a volume's slices) decoded and scored at a time: memory stays flat on large folders
+OnMap = Callable[[int, np.ndarray], None]  # (input order, its anomaly map on its own pixel grid)
 
 
-def map_paths(maps: Path, item: InputFile | Scan) -> tuple[Path, Path]:
-    """Where an input's anomaly map and mask go: its relative path under `maps`, with `.map.png` and
-    `.mask.png` added; a NIfTI volume's `<case>.map.nii.gz` and `<case>.mask.nii.gz` beside its
-    folder's; a DICOM series' `<folder>.map.nii.gz`, `<folder>.mask.nii.gz` (and `<folder>.seg.dcm`)."""
-    if isinstance(item, Scan):
-        folder, case = maps / item.relative.parent, item.relative.name
-    elif is_volume(item.file):
-        folder, case = maps / item.relative.parent, case_name(item.relative)
-    else:
-        folder, name = maps / item.relative.parent, item.relative.name
-        return folder / f"{name}.map.png", folder / f"{name}.mask.png"
-    return folder / f"{case}.map.nii.gz", folder / f"{case}.mask.nii.gz"
+def map_stems(maps: Path, files: list[InputFile], orders: list[int], scans: list[Scan]) -> dict[object, Path]:
+    """Where each input's maps go under `maps`, as a stem that `.map.png`, `.map.nii.gz`, `.seg.dcm`, ...
+    complete: its place under PATH, with its full name (`a/b.png`, `a/ct.nii.gz`, a series' folder
+    `a/ct`), so that no two inputs share one (a volume `ct.nii.gz` beside a series folder `ct/`). Keyed by
+    the file's order, or by the series' name. A name taken already (several series of one folder beside
+    a folder of that name, or names equal but for letter case) gets `~2`, `~3`, ... and a warning."""
+    wanted: list[tuple[object, Path]] = [(order, files[order].relative) for order in orders]
+    wanted += [(scan.name, scan.relative) for scan in scans]
+    stems: dict[object, Path] = {}
+    taken: set[str] = set()
+    for key, relative in wanted:
+        stem, copy = relative, 1
+        while stem.as_posix().lower() in taken:
+            copy += 1
+            stem = relative.with_name(f"{relative.name}~{copy}")
+        if copy > 1:
+            log.warning("%s: its maps are named %s (the name %s is another input's)", key, stem, relative)
+        taken.add(stem.as_posix().lower())
+        stems[key] = maps / stem
+    return stems
+
+
+def _suffixed(stem: Path, suffix: str) -> Path:
+    return stem.with_name(stem.name + suffix)
 
 
 def _heatmap(heatmaps: Path, item: InputFile, arrays: tuple[np.ndarray, ...], label: str) -> None:
     """One input's figure: `arrays` are its (1, ...) image, reconstruction and residual map."""
-    figure = reconstruction_grid(*arrays, [label])
+    figure = reconstruction_grid(*arrays, [display_name(label)])
     save_figure(figure, heatmaps / item.relative.with_name(f"{item.relative.name}.png"))
 
 
 def _score_files(
-    detector: Detector, files: list[InputFile], orders: list[int], heatmaps: Path | None, with_maps: bool
-) -> tuple[list[dict], dict[int, np.ndarray]]:
-    """Score the 2-D files at `orders` (their places in `files`) as one batch; with `with_maps`, also
-    return each decoded file's anomaly map on its own pixel grid, by order."""
+    detector: Detector, files: list[InputFile], orders: list[int], heatmaps: Path | None, on_map: OnMap | None
+) -> list[dict]:
+    """Score the 2-D files at `orders` (their places in `files`) as one batch; `on_map` gets each decoded
+    file's anomaly map on its own pixel grid as soon as it is made (so that no more than one is held)."""
     chunk = [files[order] for order in orders]
     rows = []
     batch = detector.decode([item.file for item in chunk], [item.path for item in chunk])
@@ -87,28 +100,34 @@ def _score_files(
         )
     for index, reason in batch.errors.items():
         rows.append({"order": orders[index], "path": chunk[index].path, "error": reason})
-    slice_maps: dict[int, np.ndarray] = {}
-    if (heatmaps is None and not with_maps) or not len(batch.decoded):
-        return rows, slice_maps
+    if (heatmaps is None and on_map is None) or not len(batch.decoded):
+        return rows
     residuals = detector.residual_maps(batch.images, reconstructions)
     for row, index in enumerate(batch.decoded):
         item, score, one = chunk[index], scores[row], slice(row, row + 1)
         if heatmaps is not None:
             arrays = (batch.images[one], reconstructions[one], residuals[one])
             _heatmap(heatmaps, item, arrays, f"{item.relative.name}\nscore {score:.3g}")
-        if with_maps:
-            slice_maps[orders[index]] = to_slice(residuals[row], batch.geometries[row])
-    return rows, slice_maps
+        if on_map is not None:
+            on_map(orders[index], to_slice(residuals[row], batch.geometries[row]))
+    return rows
 
 
 def _score_images(
-    detector: Detector, files: list[InputFile], orders: list[int], heatmaps: Path | None, maps: Path | None
+    detector: Detector,
+    files: list[InputFile],
+    orders: list[int],
+    heatmaps: Path | None,
+    stems: dict[object, Path] | None,
 ) -> list[dict]:
-    """Score 2-D files as one batch; each gets its map and mask PNGs under `maps`."""
-    rows, slice_maps = _score_files(detector, files, orders, heatmaps, maps is not None)
-    for order, anomaly_map in slice_maps.items():
-        maps_io.write_pngs(anomaly_map, detector.anomaly_mask(anomaly_map), map_paths(maps, files[order]))
-    return rows
+    """Score 2-D files as one batch; under --maps each gets its map and mask PNGs, written one by one."""
+
+    def write(order: int, anomaly_map: np.ndarray) -> None:
+        stem = stems[order]
+        paths = (_suffixed(stem, ".map.png"), _suffixed(stem, ".mask.png"))
+        maps_io.write_pngs(anomaly_map, detector.anomaly_mask(anomaly_map), paths)
+
+    return _score_files(detector, files, orders, heatmaps, write if stems is not None else None)
 
 
 def _log_scan_score(name: str, rows: list[dict]) -> None:
@@ -117,7 +136,7 @@ def _log_scan_score(name: str, rows: list[dict]) -> None:
         top = max(scored, key=lambda row: row["score"])
         log.info(
             "%s: scan score %.6g (the highest of its %d slices, at slice %d)%s",
-            name,
+            display_name(name),
             top["score"],
             len(scored),
             top["slice"],
@@ -125,97 +144,128 @@ def _log_scan_score(name: str, rows: list[dict]) -> None:
         )
 
 
+def _save_scan_maps(detector: Detector, grid: np.ndarray, affine: np.ndarray, stem: Path) -> None:
+    """A scan's map (NaN where a slice was not scored) and its mask (`maps.mask_labels`) as NIfTI."""
+    save_nifti(grid, affine, _suffixed(stem, ".map.nii.gz"))
+    save_nifti(maps_io.mask_labels(grid, detector.pixel_threshold), affine, _suffixed(stem, ".mask.nii.gz"))
+
+
 def _score_series(
-    detector: Detector, files: list[InputFile], scan: Scan, heatmaps: Path | None, maps: Path | None
+    detector: Detector,
+    files: list[InputFile],
+    scan: Scan,
+    heatmaps: Path | None,
+    stems: dict[object, Path] | None,
 ) -> list[dict]:
-    """Score a DICOM series' slices (one row per file, numbered by position); under `maps`, its map and
-    mask as NIfTI with the series' affine and its mask as a DICOM-SEG referencing the series."""
+    """Score a DICOM series' slices (one row per file, numbered by position); under --maps, its map and
+    mask as NIfTI with the series' affine and its mask as a DICOM-SEG referencing the series (slices not
+    scored: NaN in the map, "not scored" in the masks)."""
     columns, rows_, count = scan.series.shape
-    stack = np.zeros((count, rows_, columns), dtype=np.float32) if maps is not None else None
+    stack = np.full((count, rows_, columns), np.nan, dtype=np.float32) if stems is not None else None
     place = {order: index for index, order in enumerate(scan.orders)}
+
+    def put(order: int, anomaly_map: np.ndarray) -> None:
+        stack[place[order]] = anomaly_map
+
     rows = []
     for start in range(0, count, CHUNK):
-        part, slice_maps = _score_files(
-            detector, files, scan.orders[start : start + CHUNK], heatmaps, stack is not None
-        )
-        rows.extend(part)
-        for order, anomaly_map in slice_maps.items():
-            stack[place[order]] = anomaly_map
+        orders = scan.orders[start : start + CHUNK]
+        rows.extend(_score_files(detector, files, orders, heatmaps, put if stack is not None else None))
     for row in rows:
         row.update(scan=scan.name, slice=place[row["order"]])
     _log_scan_score(scan.name, rows)
     if stack is not None:
-        map_path, mask_path = map_paths(maps, scan)
-        mask = detector.anomaly_mask(stack)
-        write_segmentation(scan.series, mask, mask_path.with_name(f"{scan.relative.name}.seg.dcm"), SOFTWARE)
+        stem = stems[scan.name]
+        scored = ~np.isnan(stack).all(axis=(1, 2))
+        mask = detector.anomaly_mask(np.nan_to_num(stack))
+        write_segmentation(scan.series, mask, _suffixed(stem, ".seg.dcm"), SOFTWARE, scored)
         if scan.series.regular:
-            save_nifti(scan.series.to_voxels(stack), scan.series.affine, map_path)
-            save_nifti(scan.series.to_voxels(mask).astype(np.uint8), scan.series.affine, mask_path)
+            _save_scan_maps(detector, scan.series.to_voxels(stack), scan.series.affine, stem)
         else:
             log.warning(
                 "%s: its slices are unevenly spaced (a missing slice?): no NIfTI map, whose grid must be "
                 "regular; the DICOM-SEG, which references each slice, is written",
-                scan.name,
+                display_name(scan.name),
             )
     return rows
 
 
 def _score_volume(
-    detector: Detector, item: InputFile, order: int, heatmaps: Path | None, maps: Path | None
+    detector: Detector,
+    item: InputFile,
+    order: int,
+    heatmaps: Path | None,
+    stems: dict[object, Path] | None,
 ) -> list[dict]:
-    """Score every axial slice of a NIfTI volume, one row each; the volume's score is the highest."""
+    """Score every axial slice of a NIfTI volume, a slab at a time, one row each; the volume's score is the
+    highest. Under --maps its map is placed slab by slab on the file's own grid (NaN where a slice was not
+    scored). A volume whose header is refused is one error row; one that breaks while it is read keeps the
+    rows of its slices already scored, and the others get the error."""
+    base = {"order": order, "path": item.path, "scan": item.path}
     try:
-        volume = read_volume(item.file, Limits.of(detector.preprocess))
+        volume = open_volume(item.file, Limits.of(detector.preprocess))
     except ImageDecodeError as err:
-        return [{"order": order, "path": item.path, "scan": item.path, "error": err.reason}]
-    rows = []
-    volume_maps = np.zeros(volume.slices.shape, dtype=np.float32) if maps is not None else None
+        return [{**base, "error": err.reason}]
+    rows: list[dict] = []
     best: tuple[float, int, tuple[np.ndarray, ...]] | None = None  # the top slice, for --heatmaps
-    for start in range(0, len(volume.slices), CHUNK):
-        batch = detector.prepare_hounsfield(volume.slices[start : start + CHUNK])
-        reconstructions, scores = detector.reconstruct_and_score(batch.images)
-        for index, score in zip(batch.decoded, scores, strict=True):
-            rows.append(
-                {
-                    "order": order,
-                    "path": item.path,
-                    "scan": item.path,
-                    "slice": start + int(index),
-                    "score": float(score),
-                    "is_anomaly": bool(detector.is_anomaly(score)),
-                }
-            )
-        for index, reason in batch.errors.items():
-            rows.append(
-                {
-                    "order": order,
-                    "path": item.path,
-                    "scan": item.path,
-                    "slice": start + int(index),
-                    "error": reason,
-                }
-            )
-        if heatmaps is None and maps is None:
-            continue
-        residuals = detector.residual_maps(batch.images, reconstructions)
-        if volume_maps is not None:
-            for row, index in enumerate(batch.decoded):
-                volume_maps[start + index] = to_slice(residuals[row], batch.geometries[row])
-        if heatmaps is not None and len(scores):
-            top = int(np.argmax(scores))
-            if best is None or scores[top] > best[0]:
-                one = slice(top, top + 1)
-                arrays = (batch.images[one], reconstructions[one], residuals[one])
-                best = (float(scores[top]), start + int(batch.decoded[top]), arrays)
-    _log_scan_score(item.path, rows)
-    if heatmaps is not None and best is not None:  # the volume's figure: its highest-scoring slice
-        _heatmap(heatmaps, item, best[2], f"{item.relative.name} slice {best[1]}\nscore {best[0]:.3g}")
-    if volume_maps is not None:
-        map_path, mask_path = map_paths(maps, item)
-        save_nifti(to_volume(volume_maps, volume).astype(np.float32), volume.affine, map_path)
-        mask = to_volume(detector.anomaly_mask(volume_maps), volume).astype(np.uint8)
-        save_nifti(mask, volume.affine, mask_path)
+    with volume:
+        grid = np.full(volume.shape, np.nan, dtype=np.float32) if stems is not None else None
+        slabs = [(start, stop) for start, stop in volume.slabs(CHUNK)]
+        for number, (start, stop) in enumerate(slabs):
+            try:
+                slices = volume.read(start, stop)
+            except ImageDecodeError as err:
+                rows += [
+                    {**base, "slice": index, "error": err.reason}
+                    for first, last in slabs[number:]
+                    for index in range(first, last)
+                ]
+                break
+            batch = detector.prepare_hounsfield(slices)
+            del slices
+            reconstructions, scores = detector.reconstruct_and_score(batch.images)
+            for index, score in zip(batch.decoded, scores, strict=True):
+                rows.append(
+                    {
+                        **base,
+                        "slice": start + int(index),
+                        "score": float(score),
+                        "is_anomaly": bool(detector.is_anomaly(score)),
+                    }
+                )
+            rows += [
+                {**base, "slice": start + index, "error": reason} for index, reason in batch.errors.items()
+            ]
+            if (heatmaps is None and grid is None) or not len(batch.decoded):
+                continue
+            residuals = detector.residual_maps(batch.images, reconstructions)
+            if grid is not None:
+                slab = np.full((stop - start, *volume.slice_shape), np.nan, dtype=np.float32)
+                for row, index in enumerate(batch.decoded):
+                    slab[index] = to_slice(residuals[row], batch.geometries[row])
+                volume.put_slices(grid, start, slab)
+            if heatmaps is not None:
+                top = int(np.argmax(scores))
+                if best is None or scores[top] > best[0]:
+                    one = slice(top, top + 1)
+                    arrays = (batch.images[one], reconstructions[one], residuals[one])
+                    best = (float(scores[top]), start + int(batch.decoded[top]), arrays)
+        _log_scan_score(item.path, rows)
+        if heatmaps is not None and best is not None:  # the volume's figure: its highest-scoring slice
+            _heatmap(heatmaps, item, best[2], f"{item.relative.name} slice {best[1]}\nscore {best[0]:.3g}")
+        if grid is not None:
+            _save_scan_maps(detector, grid, volume.affine, stems[order])
     return rows
+
+
+def _guarded(job: Callable[[], list[dict]], files: list[InputFile], orders: list[int]) -> list[dict]:
+    """The job's rows; an exception no reader anticipated (a bug, memory exhausted) gives its inputs an
+    error row each instead of ending the run, and is logged with its traceback."""
+    try:
+        return job()
+    except Exception as err:  # noqa: BLE001
+        log.exception("%s: unexpected error while it was scored", display_name(files[orders[0]].path))
+        return [{"order": order, "path": files[order].path, "error": unexpected(err)} for order in orders]
 
 
 def predict(
@@ -233,20 +283,26 @@ def predict(
         maps_io.check_detector(detector)
     readable = [order for order, item in enumerate(files) if not item.error]
     volumes = [order for order in readable if is_volume(files[order].file)]
-    scans, images = find_scans(files, [order for order in readable if not is_volume(files[order].file)])
-    # a job: up to CHUNK images scored as one batch, a volume or a series (their slices CHUNK at a time)
-    jobs: list[Callable[[], list[dict]]] = [
-        partial(_score_images, detector, files, images[start : start + CHUNK], heatmaps, maps)
+    others = [order for order in readable if not is_volume(files[order].file)]
+    scans, images, refused = find_scans(files, others, Limits.of(detector.preprocess))
+    stems = map_stems(maps, files, images + volumes, scans) if maps is not None else None
+    # a job, with the inputs it scores: up to CHUNK images as one batch, a volume or a series (their
+    # slices CHUNK at a time)
+    jobs: list[tuple[Callable[[], list[dict]], list[int]]] = [
+        (
+            partial(_score_images, detector, files, images[start : start + CHUNK], heatmaps, stems),
+            images[start : start + CHUNK],
+        )
         for start in range(0, len(images), CHUNK)
     ]
-    jobs += [partial(_score_volume, detector, files[order], order, heatmaps, maps) for order in volumes]
-    jobs += [partial(_score_series, detector, files, scan, heatmaps, maps) for scan in scans]
-    rows = [
-        {"order": order, "path": item.path, "error": item.error}
-        for order, item in enumerate(files)
-        if item.error
+    jobs += [
+        (partial(_score_volume, detector, files[order], order, heatmaps, stems), [order]) for order in volumes
     ]
-    rows += [row for job in progress(jobs, desc="predict", unit="batch") for row in job()]
+    jobs += [(partial(_score_series, detector, files, scan, heatmaps, stems), scan.orders) for scan in scans]
+    errors = {order: item.error for order, item in enumerate(files) if item.error} | refused
+    rows = [{"order": order, "path": files[order].path, "error": error} for order, error in errors.items()]
+    for job, orders in progress(jobs, desc="predict", unit="batch"):
+        rows += _guarded(job, files, orders)
     frame = pd.DataFrame(rows, columns=["order", *COLUMNS]).assign(
         threshold=detector.threshold, model=model, run_id=detector.info.get("run_id", "")
     )
@@ -312,23 +368,26 @@ def main(argv: list[str] | None = None) -> int:
         check_output_file(args.out, "--out")  # every output checked first: no scoring lost at the end
         for option, folder in (("--heatmaps", args.heatmaps), ("--maps", args.maps)):
             if folder is not None:
-                check_output_folder(folder, option)
+                check_output_folder(folder, option, inputs=args.path)
         hardware.configure(params_section("runtime", RuntimeConfig).threads)
         model = args.model or str(default_model())
         detector = load_detector(model)
         if args.maps is not None:
             maps_io.check_detector(detector)
-        with tempfile.TemporaryDirectory(prefix="predict-") as extracted:
-            files = collect(args.path, Path(extracted), params_section("archive", ArchiveLimits))
+        extracted = Path(tempfile.mkdtemp(prefix="predict-"))  # not TemporaryDirectory: its rmtree recurses
+        try:
+            files = collect(args.path, extracted, params_section("archive", ArchiveLimits))
             scores = predict(detector, files, model, args.heatmaps, args.maps)
-        write_csv(args.out, scores)
+        finally:
+            remove_tree(extracted)
+        write_csv(args.out, scores, for_people=True)
     except (PipelineError, OSError) as err:  # OSError: a file or folder this account cannot read or write
         print(f"error: {err}", file=sys.stderr)
         return 1
     failed = scores["error"].notna()
     for row in scores[failed].itertuples():
         where = "" if pd.isna(row.slice) else f" slice {row.slice}"
-        print(f"warning: {row.path}{where}: {row.error}", file=sys.stderr)
+        print(f"warning: {display_name(row.path)}{where}: {row.error}", file=sys.stderr)
     log.info("%s: %s", args.out, summary(scores, detector.threshold))
     if failed.all():
         print(

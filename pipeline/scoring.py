@@ -26,6 +26,7 @@ from pipeline.config import ScoreConfig
 from pipeline.data.head import head_mask
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureScore
+from pipeline.models import infer
 from pipeline.normalization import ContentNormalizer, brain_content
 from pipeline.registry import Registry
 
@@ -35,18 +36,16 @@ SCORES: Registry[ScoreFn] = Registry("score", "score.kind")
 AUTO = "auto"  # score.kind: the kind with the best validation ROC AUC
 
 
-def reconstruct(
-    model: keras.Model, images: np.ndarray, tta: str = "none", batch_size: int = 64
-) -> np.ndarray:
-    """The model's output for a batch (silent: callers that loop show one progress bar of their own).
+def reconstruct(model: keras.Model, images: np.ndarray, tta: str = "none") -> np.ndarray:
+    """The model's output for a batch, the same for a slice whatever it is batched with (`infer`).
     With `tta="flip"`, the mean of the reconstructions of the slice and of its mirror image (mirrored
     back): test-time augmentation that halves what is left of the model's left-right noise, at twice
     the cost."""
     if not len(images):
         return images.copy()
-    reconstructions = model.predict(images, batch_size=batch_size, verbose=0)
+    reconstructions = infer(model, images)
     if tta == "flip":
-        mirrored = model.predict(images[:, :, ::-1], batch_size=batch_size, verbose=0)[:, :, ::-1]
+        mirrored = infer(model, np.ascontiguousarray(images[:, :, ::-1]))[:, :, ::-1]
         reconstructions = (reconstructions + mirrored) / 2
     return reconstructions
 

@@ -133,6 +133,7 @@ def write_scans(folder: Path) -> dict[str, Path]:
     from PIL import Image
 
     from pipeline.data.dicom import write_ct_slice
+    from tests.volume_factory import head_volume
 
     rng = np.random.default_rng(1)
     (folder / "a" / "b").mkdir(parents=True)
@@ -145,7 +146,7 @@ def write_scans(folder: Path) -> dict[str, Path]:
     }
     Image.fromarray(rng.integers(0, 255, (48, 64), dtype=np.uint8)).save(files["png"])
     Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(files["jpeg"])
-    write_ct_slice(files["dicom"], rng.uniform(-1000, 200, (50, 50)))
+    write_ct_slice(files["dicom"], head_volume(50, 1, seed=1)[..., 0])  # a slice with a head: scored
     files["text"].write_text("not an image")
     files["truncated"].write_bytes(files["jpeg"].read_bytes()[:200])
     return files

@@ -37,6 +37,13 @@ def test_every_data_source_composes(option: str, tmp_path: Path) -> None:
     assert load_settings(compose(overrides)).data.source == option
 
 
+def test_a_labels_csv_is_given_without_a_plus(tmp_path: Path) -> None:
+    """The README's `data.labels=labels.csv`: the key is in conf/data/local.yaml, so no `+` is needed."""
+    (tmp_path / "labels.csv").write_text("path,class\n")
+    overrides = ["data=local", f"data.path={tmp_path}", f"data.labels={tmp_path / 'labels.csv'}"]
+    assert load_settings(compose(overrides)).data.labels == (tmp_path / "labels.csv").resolve()
+
+
 @pytest.mark.parametrize("option", DATA_OPTIONS)
 def test_the_smoke_experiment_works_with_every_data_source(option: str, tmp_path: Path) -> None:
     """experiment=smoke makes the run small whatever the data; the built-in data is made small too."""

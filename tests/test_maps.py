@@ -179,14 +179,15 @@ def test_volume_maps_keep_the_files_grid_and_affine(
     scores = pd.read_csv(tmp_path / "s.csv")
     volume_rows = scores[scores["path"] == (scans / "ct" / "brain_01.nii.gz").as_posix()]
     assert volume_rows["slice"].tolist() == list(range(7)) and volume_rows["score"].notna().all()
-    cut = scores.set_index("path").loc[(scans / "ct" / "cut.nii.gz").as_posix()]
-    assert "cannot read NIfTI" in cut["error"] and pd.isna(cut["slice"])
+    cut = scores[scores["path"] == (scans / "ct" / "cut.nii.gz").as_posix()]
+    assert cut["error"].str.startswith("cannot read NIfTI").all() and cut["score"].isna().all()
     assert scores.set_index("path").loc[(scans / "slice.png").as_posix(), "score"] > 0
     assert (maps / "slice.png.map.png").is_file()
-    assert not list(maps.rglob("cut*"))
+    assert (maps / "ct" / "cut.nii.gz.map.nii.gz").is_file()  # every slice not scored: NaN throughout
+    assert np.isnan(np.asarray(nib.load(maps / "ct" / "cut.nii.gz.map.nii.gz").dataobj)).all()
 
-    map_image = nib.load(maps / "ct" / "brain_01.map.nii.gz")
-    mask_image = nib.load(maps / "ct" / "brain_01.mask.nii.gz")
+    map_image = nib.load(maps / "ct" / "brain_01.nii.gz.map.nii.gz")
+    mask_image = nib.load(maps / "ct" / "brain_01.nii.gz.mask.nii.gz")
     for image in (map_image, mask_image):
         assert image.shape == hu.shape
         np.testing.assert_allclose(image.affine, AFFINE, atol=1e-5)
@@ -218,7 +219,7 @@ def test_a_dicom_series_gets_nifti_maps_with_its_geometry_and_a_dicom_seg(
     files = write_series(scans / "p01" / "ct", slices, orientation=tilted, names=names)
     write_series(scans / "p02" / "sag", slices[:3], orientation=(0, 1, 0, 0, 0, -1), patient="p2")
     write_series(scans / "p03" / "gap", slices, patient="p3")[2].unlink()
-    (found,), _ = find_series(files)
+    (found,), _, _ = find_series(files)
     write_segmentation(found, np.zeros((5, 50, 70), dtype=bool), scans / "p01" / "lesion.seg.dcm", "test")
     maps = tmp_path / "maps"
     assert _run(scans, "--model", folder, "--out", tmp_path / "s.csv", "--maps", maps) == 0

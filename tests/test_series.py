@@ -44,8 +44,8 @@ def test_a_series_is_ordered_by_position_and_its_affine_places_each_pixel(
     files = write_series(tmp_path / "ct", _slices(), orientation=orientation, names=names)
     other = write_series(tmp_path / "ct", _slices(3), series="other")  # a second series in the folder
     (tmp_path / "ct" / "notes.txt").write_text("not DICOM")
-    found, rest = find_series(sorted((tmp_path / "ct").iterdir()))
-    assert rest == [tmp_path / "ct" / "notes.txt"]
+    found, rest, refused = find_series(sorted((tmp_path / "ct").iterdir()))
+    assert rest == [tmp_path / "ct" / "notes.txt"] and refused == {}
     assert sorted(len(series.files) for series in found) == [3, 5]
     series = next(s for s in found if len(s.files) == 5)
     assert list(series.files) == files and series.regular and series.shape == (32, 24, 5)
@@ -62,14 +62,14 @@ def test_a_missing_slice_leaves_an_irregular_series_and_lone_slices_stay_alone(t
     files = write_series(tmp_path / "ct", _slices(6))
     files[2].unlink()
     write_series(tmp_path / "single", _slices(1))
-    (series,), rest = find_series(sorted(tmp_path.rglob("*.dcm")))
+    (series,), rest, _ = find_series(sorted(tmp_path.rglob("*.dcm")))
     assert len(series.files) == 5 and not series.regular
     assert rest == [tmp_path / "single" / "IM0000.dcm"]
 
 
 def test_a_mask_round_trips_through_dicom_seg_onto_the_series_own_instances(tmp_path: Path) -> None:
     write_series(tmp_path / "ct", _slices(), names=["c.dcm", "a.dcm", "e.dcm", "b.dcm", "d.dcm"])
-    (series,), _ = find_series(sorted((tmp_path / "ct").iterdir()))
+    (series,), _, _ = find_series(sorted((tmp_path / "ct").iterdir()))
     mask = np.zeros((5, 24, 32), dtype=bool)
     mask[2, 5:9, 10:20] = mask[3, 6:8, 12:14] = True
     write_segmentation(series, mask, tmp_path / "seg.dcm", "test")
@@ -81,7 +81,7 @@ def test_a_mask_round_trips_through_dicom_seg_onto_the_series_own_instances(tmp_
     np.testing.assert_array_equal(read_segmentation(tmp_path / "seg.dcm", series), mask)
 
     write_series(tmp_path / "elsewhere", _slices(), patient="p2")
-    (stranger,), _ = find_series(sorted((tmp_path / "elsewhere").iterdir()))
+    (stranger,), _, _ = find_series(sorted((tmp_path / "elsewhere").iterdir()))
     with pytest.raises(ImageDecodeError, match="seg.dcm: references none of the slices"):
         read_segmentation(tmp_path / "seg.dcm", stranger)
 
@@ -97,3 +97,29 @@ def test_slices_that_are_not_axial_are_refused_by_name(
         read_hounsfield(file, file)
     tilted = write_series(tmp_path / "tilted", _slices(1), orientation=TILTED)[0]
     assert read_hounsfield(tilted, tilted)[0].shape == (24, 32)
+
+
+def test_slices_that_were_not_scored_get_a_not_scored_segment_never_an_empty_frame(tmp_path: Path) -> None:
+    write_series(tmp_path / "ct", _slices())
+    (series,), _, _ = find_series(sorted((tmp_path / "ct").iterdir()))
+    mask = np.zeros((5, 24, 32), dtype=bool)
+    mask[1, 5:9, 10:20] = mask[3, 6:8, 12:14] = True
+    scored = np.array([True, True, False, False, True])
+    write_segmentation(series, mask, tmp_path / "seg.dcm", "test", scored)
+    segmentation = hd.seg.segread(tmp_path / "seg.dcm")
+    labels = {
+        n: segmentation.get_segment_description(n).segment_label for n in segmentation.get_segment_numbers()
+    }
+    assert labels == {1: "anomaly", 2: "not scored"}
+    uids = [str(header.SOPInstanceUID) for header in series.headers]
+
+    def segment(number: int) -> np.ndarray:
+        return (
+            segmentation.get_pixels_by_source_instance(uids, segment_numbers=[number], combine_segments=True)
+            != 0
+        )
+
+    np.testing.assert_array_equal(segment(2), np.broadcast_to(~scored[:, None, None], mask.shape))
+    found = mask & scored[:, None, None]  # an unscored slice has no finding, whatever its map held
+    np.testing.assert_array_equal(segment(1), found)
+    np.testing.assert_array_equal(read_segmentation(tmp_path / "seg.dcm", series), found)

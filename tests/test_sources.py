@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import posixpath
+import re
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.config import KaggleData, LocalData
-from pipeline.data.sources import CT_FOLDER, SOURCES, fetch, find_dataset_root
+from pipeline.config import ArchiveLimits, KaggleData, LocalData
+from pipeline.data.guards import list_files
+from pipeline.data.slicing import find_cases, has_scans
+from pipeline.data.sources import CT_FOLDER, SOURCES, fetch, find_dataset_root, is_zip, safe_extract
 from pipeline.errors import ConfigError, DataError
+from pipeline.inputs import collect
+from pipeline.io import remove_tree
 from tests.volume_factory import head_volume, write_series, write_volume
 
 
@@ -67,23 +77,51 @@ def test_zip_of_the_dataset(tmp_path: Path) -> None:
     assert len(list((tmp_path / "raw" / "Tumor").glob("*.png"))) == 2
 
 
-def test_zip_entry_escaping_the_target_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    archive = tmp_path / "evil.zip"
-    with zipfile.ZipFile(archive, "w") as zipped:
-        zipped.writestr("Healthy/a.png", b"x")
-        zipped.writestr("../../escaped.txt", b"pwned")
+def test_zip_entries_named_outside_it_or_too_long_are_rejects_and_the_others_extracted(
+    tmp_path: Path,
+) -> None:
+    archive = _zip(_dataset(tmp_path / "in"), tmp_path / "evil.zip")
+    long_name = "in/Healthy/" + "x" * 300 + ".png"
+    with zipfile.ZipFile(archive, "a") as zipped:
+        for name in ("../../escaped.txt", "in/../../escaped.txt", "/tmp/absolute.txt", long_name):
+            zipped.writestr(name, b"pwned")
     (tmp_path / "work" / "raw").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"entry '\.\./\.\./escaped\.txt'.*outside"):
-        fetch(LocalData(source="local", path=archive), tmp_path / "work" / "raw", 0)
-    assert not list(tmp_path.rglob("escaped.txt"))
-    assert not list((tmp_path / "work").rglob("a.png"))
+    rejects = fetch(LocalData(source="local", path=archive), tmp_path / "work" / "raw", 0)
+    assert sorted(rejects) == [
+        ("../../escaped.txt", "entry name points outside the archive: not extracted"),
+        ("/tmp/absolute.txt", "an absolute entry name: not extracted"),
+        ("in/../../escaped.txt", "entry name points outside the archive: not extracted"),
+        (long_name, "entry name too long for the file system (a name above 255 bytes): not extracted"),
+    ]
+    assert len(list((tmp_path / "work" / "raw").rglob("*.png"))) == 4
+    assert not list(tmp_path.rglob("escaped.txt")) and not Path("/tmp/absolute.txt").exists()
 
 
-def test_broken_zip_is_named(tmp_path: Path) -> None:
+def test_a_truncated_zip_is_called_so(tmp_path: Path) -> None:
+    """`is_zip` reads the file's head itself: a zip cut short is a corrupt zip, not 'neither a folder
+    nor a zip archive'."""
+    whole = _zip(_dataset(tmp_path / "in"), tmp_path / "whole.zip").read_bytes()
     archive = tmp_path / "broken.zip"
-    archive.write_bytes(b"PK\x03\x04 not really")
-    with pytest.raises(DataError, match="broken.zip"):
+    archive.write_bytes(whole[: len(whole) // 2])
+    assert is_zip(archive)
+    with pytest.raises(DataError, match=r"broken\.zip: truncated or corrupt zip"):
         fetch(LocalData(source="local", path=archive), tmp_path / "raw", 0)
+
+
+def test_messages_about_a_zips_content_name_the_zip_not_the_folder_it_is_extracted_to(tmp_path: Path) -> None:
+    (tmp_path / "in" / "Healthy").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp_path / "in" / "Healthy" / "a.png")
+    archive = _zip(tmp_path / "in", tmp_path / "data.zip")
+    (tmp_path / "work" / "raw").mkdir(parents=True)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(archive))}: no Healthy/ and Tumor/ folders"):
+        fetch(LocalData(source="local", path=archive), tmp_path / "work" / "raw", 0)
+    (tmp_path / "in" / "Tumor").mkdir()
+    archive.unlink()
+    _zip(tmp_path / "in", archive)
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(archive))}/in/Tumor: the Tumor class folder is empty"
+    ):
+        fetch(LocalData(source="local", path=archive), tmp_path / "work" / "raw2", 0)
 
 
 def test_empty_class_folder_is_an_error(tmp_path: Path) -> None:
@@ -130,7 +168,7 @@ def test_class_folders_may_have_other_names(tmp_path: Path) -> None:
 
 def test_a_labels_csv_instead_of_class_folders(tmp_path: Path) -> None:
     """`data.labels`: each listed file goes to its class (by name or by the class folder names); an
-    unlisted file is a reject; a bad row stops the download with its line."""
+    unlisted file is a reject, and so is each bad row, naming its line, while the good rows are used."""
     root = tmp_path / "flat"
     (root / "scans").mkdir(parents=True)
     for name in ("a", "b", "c"):
@@ -143,14 +181,107 @@ def test_a_labels_csv_instead_of_class_folders(tmp_path: Path) -> None:
     rejects = fetch(config, tmp_path / "raw", 0)
     assert (tmp_path / "raw/Healthy/scans/a.png").is_file() and (tmp_path / "raw/Tumor/scans/b.png").is_file()
     assert rejects == [("scans/c.png", "not in the labels CSV labels.csv")]
-    labels.write_text("path,class\nscans/a.png,healthy\nscans/b.png,sick\n")
+    labels.write_text("path,class\nscans/a.png,healthy\nscans/b.png,sick\n\nscans/zz.png,tumor\n")
+    rejects = fetch(config, tmp_path / "raw2", 0)
+    assert rejects == [
+        ("scans/b.png", "labels.csv line 3: class 'sick' is not one of anomalous, healthy, normal, tumor"),
+        ("scans/zz.png", "labels.csv line 5: scans/zz.png does not exist"),
+        ("scans/b.png", "not in the labels CSV labels.csv"),
+        ("scans/c.png", "not in the labels CSV labels.csv"),
+    ]
+    assert [p.name for p in (tmp_path / "raw2").rglob("*.png")] == ["a.png"]
+
+
+def test_a_labels_csv_without_its_columns_is_one_error(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "in")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\nHealthy/a.png,healthy\n")
     with pytest.raises(
-        DataError, match=r"labels.csv: 1 row\(s\) whose class is not one of .*line 3: scans/b.png"
+        DataError, match=r"labels.csv: needs the columns 'path' and 'class' \(has file, label\)"
     ):
-        fetch(config, tmp_path / "raw2", 0)
-    labels.write_text("path,class\nscans/zz.png,healthy\n")
-    with pytest.raises(DataError, match=r"path does not exist, e.g. line 2: scans/zz.png"):
-        fetch(config, tmp_path / "raw3", 0)
+        fetch(LocalData(source="local", path=root, labels=labels), tmp_path / "raw", 0)
+
+
+def test_labels_csv_rows_outside_the_data_folder_are_rejects_and_nothing_outside_is_copied(
+    tmp_path: Path,
+) -> None:
+    """`..`, an absolute path, or a symbolic link inside the folder that leads out of it: each row is a
+    reject naming its line, never a copy, never a traceback; the labels CSV itself may lie anywhere."""
+    root = tmp_path / "data"
+    (root / "scans").mkdir(parents=True)
+    Image.new("L", (8, 8), 50).save(root / "scans" / "a.png")
+    Image.new("L", (8, 8), 50).save(tmp_path / "secret.png")
+    (tmp_path / "secret.txt").write_text("password")
+    (root / "scans" / "link.png").symlink_to(tmp_path / "secret.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "path,class\nscans,healthy\n../secret.txt,healthy\n../../../../../../../../etc/passwd,tumor\n"
+        f"{tmp_path / 'secret.png'},tumor\nscans/link.png,tumor\nscans/../../secret.png,tumor\n"
+    )
+    out = tmp_path / "work" / "raw"
+    out.mkdir(parents=True)
+    rejects = fetch(LocalData(source="local", path=root, labels=labels), out, 0)
+    assert rejects == [
+        ("../secret.txt", "labels.csv line 3: ../secret.txt is outside data.path"),
+        (
+            "../../../../../../../../etc/passwd",
+            "labels.csv line 4: ../../../../../../../../etc/passwd is outside data.path",
+        ),
+        (
+            str(tmp_path / "secret.png"),
+            f"labels.csv line 5: {tmp_path / 'secret.png'} is an absolute path "
+            "(give it relative to data.path)",
+        ),
+        ("scans/link.png", "labels.csv line 6: scans/link.png is outside data.path"),
+        ("scans/../../secret.png", "labels.csv line 7: scans/../../secret.png is outside data.path"),
+        ("scans/link.png", f"a symbolic link to outside {root}: not followed"),
+    ]
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()] == ["Healthy/scans/a.png"]
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["raw"]
+
+
+def test_a_file_labelled_as_two_classes_is_a_reject_naming_both_lines(tmp_path: Path) -> None:
+    """However its path is written (`./`, `//`); the same class twice, or a file's own row against its
+    folder's, is no contradiction; nor is a slice's row against its volume's."""
+    root = tmp_path / "data"
+    (root / "scans").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        Image.new("L", (8, 8), 50).save(root / "scans" / f"{name}.png")
+    write_volume(root / "vol.nii.gz", head_volume(slices=3))
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "path,slice,class\n"
+        "scans/a.png,,healthy\n./scans/a.png,,healthy\nscans,,tumor\nscans//a.png,,tumor\n"
+        "scans/b.png,,healthy\nscans/./b.png,,healthy\n"
+        "vol.nii.gz,,healthy\nvol.nii.gz,1,tumor\nvol.nii.gz,2,tumor\nvol.nii.gz,2,healthy\n"
+    )
+    out = tmp_path / "raw"
+    rejects = fetch(LocalData(source="local", path=root, labels=labels), out, 0)
+    assert rejects == [
+        ("scans/a.png", "labels.csv: labelled healthy on lines 2, 3 and tumor on line 5"),
+        ("vol.nii.gz", "labels.csv: slice 2 labelled tumor on line 10 and healthy on line 11"),
+    ]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "Healthy/scans/b.png",
+        "Healthy/vol_z000.dcm",
+        "Tumor/scans/c.png",
+        "Tumor/vol_z001.dcm",
+    ]
+
+
+def test_labelled_folders_deeper_override_shallower(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for folder in ("p1", "p1/ct"):
+        (root / folder).mkdir(parents=True)
+        Image.new("L", (8, 8), 50).save(root / folder / "a.png")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,class\np1/ct,healthy\np1,tumor\n")
+    out = tmp_path / "raw"
+    assert fetch(LocalData(source="local", path=root, labels=labels), out, 0) == []
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "Healthy/p1/ct/a.png",
+        "Tumor/p1/a.png",
+    ]
 
 
 def test_lesion_masks_beside_the_class_folders_come_along(tmp_path: Path) -> None:
@@ -186,9 +317,117 @@ def test_a_labels_csv_labels_volumes_their_slices_and_whole_folders(tmp_path: Pa
         "Tumor/p7/ct2/IM0000.dcm",
         "Tumor/vol/mixed_z002.dcm",
     ]
-    labels.write_text("path,slice,class\nvol/mixed.nii.gz,x,tumor\np7/ct/IM0000.dcm,0,tumor\n")
-    with pytest.raises(DataError, match=r"slice is not a whole number >= 0, e.g. line 2: vol/mixed.nii.gz"):
-        fetch(LocalData(source="local", path=root, labels=labels), tmp_path / "raw2", 0)
-    labels.write_text("path,slice,class\np7/ct/IM0000.dcm,0,tumor\n")
-    with pytest.raises(DataError, match=r"slice is given for a file that is not a volume, e.g. line 2"):
-        fetch(LocalData(source="local", path=root, labels=labels), tmp_path / "raw3", 0)
+    labels.write_text(
+        "path,slice,class\nvol/mixed.nii.gz,x,tumor\np7/ct/IM0000.dcm,0,tumor\np7,3,tumor\n"
+        "vol/healthy.nii.gz,0,healthy\n"
+    )
+    rejects = fetch(LocalData(source="local", path=root, labels=labels), tmp_path / "raw2", 0)
+    assert rejects[:3] == [
+        ("vol/mixed.nii.gz", "labels.csv line 2: slice 'x' is not a whole number >= 0"),
+        (
+            "p7/ct/IM0000.dcm",
+            "labels.csv line 3: a slice is given for p7/ct/IM0000.dcm, which is not a volume",
+        ),
+        ("p7", "labels.csv line 4: a slice is given for p7, which is not a volume"),
+    ]
+    assert [p.name for p in (tmp_path / "raw2").rglob("*.dcm")] == ["healthy_z000.dcm"]
+
+
+def test_a_symbolic_link_is_followed_only_to_a_file_inside_the_data_folder(tmp_path: Path) -> None:
+    """A link to outside the folder is a reject and its target is never read; a link inside it, a
+    dangling link, a loop of links and a pipe are listed without blocking or crashing."""
+    root = _dataset(tmp_path / "data")
+    (tmp_path / "secret.txt").write_text("password")
+    (root / "Healthy" / "out.png").symlink_to(tmp_path / "secret.txt")
+    (root / "Masks").mkdir()
+    (root / "Masks" / "out.png").symlink_to(tmp_path / "secret.txt")
+    (root / "Healthy" / "in.png").symlink_to(root / "Tumor" / "ct_tumor (1).png")
+    (root / "Healthy" / "gone.png").symlink_to(root / "nowhere.png")
+    (root / "Healthy" / "loop.png").symlink_to(root / "Healthy" / "loop.png")
+    os.mkfifo(root / "Healthy" / "pipe.png")
+    out = tmp_path / "work" / "raw"
+    out.mkdir(parents=True)
+    rejects = fetch(LocalData(source="local", path=root), out, 0)
+    assert sorted(rejects) == [
+        ("Healthy/gone.png", f"a dangling symbolic link (to {root / 'nowhere.png'})"),
+        ("Healthy/loop.png", f"a dangling symbolic link (to {root / 'Healthy' / 'loop.png'})"),
+        ("Healthy/out.png", f"a symbolic link to outside {root}: not followed"),
+        ("Healthy/pipe.png", "not a regular file (a pipe, socket or device)"),
+        ("Masks/out.png", f"a symbolic link to outside {root}: not followed"),
+    ]
+    assert (out / "Healthy" / "in.png").read_bytes() == (root / "Tumor" / "ct_tumor (1).png").read_bytes()
+    assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file() and p.read_bytes() == b"password"]
+
+
+def test_a_folder_nested_deeper_than_the_recursion_limit_is_walked_and_copied(tmp_path: Path) -> None:
+    root, out, unzipped = tmp_path / "d", tmp_path / "raw", tmp_path / "raw2"
+    try:
+        _dataset(root)
+        deep = root / "Healthy"
+        for _ in range(1200):
+            deep /= "a"
+            deep.mkdir()
+        Image.new("L", (8, 8), 90).save(deep / "deep.png")
+        assert find_dataset_root(root) == root and not has_scans(root) and find_cases(root)[0] == []
+        assert list_files(root)[0][0] == deep / "deep.png"
+        assert fetch(LocalData(source="local", path=root), out, 0) == []
+        assert (out / deep.relative_to(root) / "deep.png").is_file()
+        archive = tmp_path / "deep.zip"
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for path in list_files(root)[0]:
+                zipped.write(path, path.relative_to(tmp_path).as_posix())
+        assert fetch(LocalData(source="local", path=archive), unzipped, 0) == []
+        assert (unzipped / deep.relative_to(root) / "deep.png").is_file()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "deep.zip", "raw", "raw2"]
+    finally:
+        for folder in (root, out, unzipped):
+            if folder.exists():
+                remove_tree(folder)  # shutil.rmtree, pytest's clean-up of old tmp_path, would recurse
+
+
+def test_predict_gets_a_row_for_each_zip_entry_it_could_not_extract(tmp_path: Path) -> None:
+    archive = tmp_path / "in.zip"
+    long_name = "y" * 300 + ".png"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("a.png", b"x")
+        zipped.writestr("../x.png", b"x")
+        zipped.writestr(long_name, b"x")
+    inputs = collect(archive, tmp_path / "extracted", ArchiveLimits())
+    assert [(item.path, item.error) for item in inputs] == [
+        (f"{archive.as_posix()}/a.png", ""),
+        (f"{archive.as_posix()}/../x.png", "entry name points outside the archive: not extracted"),
+        (
+            f"{archive.as_posix()}/{long_name}",
+            "entry name too long for the file system (a name above 255 bytes): not extracted",
+        ),
+    ]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_corrupt_entry_is_a_reject_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    archive = tmp_path / "in.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zipped:
+        zipped.writestr("good.txt", b"fine")
+        zipped.writestr("bad.txt", b"original content")
+    data = archive.read_bytes()
+    archive.write_bytes(data.replace(b"original content", b"tampered content"))
+    rejects = safe_extract(archive, tmp_path / "out", ArchiveLimits())
+    assert rejects == [("bad.txt", "cannot be extracted (Bad CRC-32 for file 'bad.txt')")]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.txt"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.lists(st.text(alphabet="ab/.", min_size=1, max_size=10), min_size=1, max_size=6, unique=True))
+def test_every_zip_entry_is_extracted_inside_the_target_or_a_reject(names: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        archive, target = Path(tmp) / "in.zip", Path(tmp) / "box" / "out"
+        target.parent.mkdir()
+        with zipfile.ZipFile(archive, "w") as zipped:
+            for name in names:
+                zipped.writestr(name, b"" if name.endswith("/") else name.encode())
+        rejects = dict(safe_extract(archive, target, ArchiveLimits()))
+        assert [p.name for p in target.parent.iterdir()] in ([], ["out"])
+        assert sorted(p.name for p in Path(tmp).iterdir()) == ["box", "in.zip"]
+        for name in names:
+            written = target / posixpath.normpath(name)
+            assert name in rejects or written.is_dir() or written.is_file(), name

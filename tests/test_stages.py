@@ -93,9 +93,11 @@ def test_a_failed_download_keeps_the_previous_data(
     previous = settings.paths.raw / "Healthy" / "kept.png"
     previous.parent.mkdir(parents=True)
     previous.write_bytes(b"earlier download")
-    with pytest.raises(DataError, match="outside"):
+    # its one entry is not extracted: nothing is left to use
+    with pytest.raises(DataError, match="no Healthy/ and Tumor/ folders found"):
         download.run(settings)
     assert previous.read_bytes() == b"earlier download"
+    assert not list(tmp_path.rglob("outside.png"))
     assert [p.name for p in settings.paths.raw.parent.iterdir()] == ["raw"]  # no temporary left behind
 
 

@@ -90,6 +90,6 @@ def test_predict_maps_land_on_the_scans_voxel_grid(run: Path) -> None:
     assert predicted["path"].str.endswith("head.nii.gz").all()  # the mask beside it is not scored
     assert sorted(predicted["slice"]) == list(range(8))
     source = nib.load(scan)
-    for name in ("head.map.nii.gz", "head.mask.nii.gz"):
+    for name in ("head.nii.gz.map.nii.gz", "head.nii.gz.mask.nii.gz"):
         written = nib.load(run / "maps" / name)
         assert written.shape == source.shape and np.allclose(written.affine, source.affine)

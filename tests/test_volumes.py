@@ -3,6 +3,8 @@ masks, each bad volume a reject with its reason, patient-level splits and scan-l
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ from pipeline.data.dicom import read_hounsfield
 from pipeline.data.manifest import read_manifest
 from pipeline.data.series import find_series, write_segmentation
 from pipeline.data.slicing import find_cases, slice_scans
-from pipeline.data.volumes import read_mask, read_volume, to_volume
+from pipeline.data.volumes import open_volume, read_mask
 from pipeline.scans import scan_metrics, scan_table
 from tests.volume_factory import head_volume, lesion_mask, write_series, write_volume
 
@@ -32,24 +34,70 @@ AFFINES = [
 ]
 
 
+@pytest.mark.parametrize("slab", [1, 2, None])
 @pytest.mark.parametrize("affine", AFFINES)
-def test_slices_run_feet_to_head_and_map_back_to_the_files_grid(affine: np.ndarray, tmp_path: Path) -> None:
+def test_slices_run_feet_to_head_and_map_back_to_the_files_grid(
+    affine: np.ndarray, slab: int | None, tmp_path: Path
+) -> None:
+    """Read a slab at a time in the file's order, each slab's slices (and mask) placed back on the
+    file's grid give the file's voxels exactly."""
     data = np.random.default_rng(0).normal(size=(9, 7, 5)).astype(np.float32)
-    volume = read_volume(write_volume(tmp_path / "scan.nii.gz", data, affine))
-    np.testing.assert_array_equal(to_volume(volume.slices, volume), data)
+    mask_file = write_volume(tmp_path / "scan_mask.nii.gz", (data > 1).astype(np.uint8), affine)
+    with open_volume(write_volume(tmp_path / "scan.nii.gz", data, affine)) as volume:
+        masks = read_mask(mask_file, volume)
+        grid, mask_grid = np.full(data.shape, np.nan, np.float32), np.zeros(data.shape, bool)
+        for start, stop in volume.slabs(slab):
+            slices = volume.read(start, stop)
+            assert slices.shape == (stop - start, *volume.slice_shape) and slices.dtype == np.float32
+            volume.put_slices(grid, start, slices)
+            volume.put_slices(mask_grid, start, masks[start:stop])
+    np.testing.assert_array_equal(grid, data)
+    np.testing.assert_array_equal(mask_grid, data > 1)
     codes = nib.aff2axcodes(affine)
     superior = next(axis for axis, code in enumerate(codes) if code in "SI")
-    assert volume.slices.shape[0] == data.shape[superior]
-    mask = write_volume(tmp_path / "scan_mask.nii.gz", (data > 1).astype(np.uint8), affine)
-    np.testing.assert_array_equal(to_volume(read_mask(mask, volume), volume), data > 1)
+    assert volume.count == data.shape[superior] == len(masks)
+
+
+def test_an_axial_slice_is_displayed_anterior_up_and_the_patients_right_on_the_left(tmp_path: Path) -> None:
+    data = np.arange(4 * 3 * 2, dtype=np.int16).reshape(4, 3, 2)  # RAS+: x to the left, y anterior
+    with open_volume(write_volume(tmp_path / "ras.nii", data)) as volume:
+        slices = volume.read(0, 2)
+    np.testing.assert_array_equal(slices[1], data[::-1, ::-1, 1].T)
 
 
 def test_the_first_slice_is_the_lowest(tmp_path: Path) -> None:
-    """With the head's top at the file's first index (an I-S flipped affine), slice 0 is still the lowest."""
+    """With the head's top at the file's first index (an I-S flipped affine), slice 0 is still the lowest,
+    and the slabs come top first: the file's own order."""
     data = np.zeros((4, 4, 6), dtype=np.float32)
     data[..., 0] = 7  # the top of the head: z = 0 maps to the highest world position
-    volume = read_volume(write_volume(tmp_path / "flipped.nii.gz", data, np.diag([1.0, 1.0, -1.0, 1.0])))
-    assert (volume.slices[-1] == 7).all() and (volume.slices[0] == 0).all()
+    flipped = write_volume(tmp_path / "flipped.nii.gz", data, np.diag([1.0, 1.0, -1.0, 1.0]))
+    with open_volume(flipped) as volume:
+        assert list(volume.slabs(4)) == [(4, 6), (0, 4)]
+        slices = volume.read(0, volume.count)
+    assert (slices[-1] == 7).all() and (slices[0] == 0).all()
+
+
+@pytest.mark.parametrize("affine", [np.eye(4), np.diag([1.0, 1.0, -1.0, 1.0])])
+def test_a_gzipped_volume_read_slab_by_slab_is_decompressed_once(
+    affine: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slabs in the file's order never seek back: a `.nii.gz` costs one decompression, not one per slab."""
+    data = np.random.default_rng(1).integers(-1000, 1000, (64, 64, 40)).astype(np.int16)
+    path = write_volume(tmp_path / "scan.nii.gz", data, affine)
+    compressed: list[int] = []
+
+    class Counted(io.FileIO):
+        def read(self, size: int = -1) -> bytes:
+            chunk = super().read(size)
+            compressed.append(len(chunk))
+            return chunk
+
+    monkeypatch.setattr(gzip, "open", lambda name, mode: gzip.GzipFile(fileobj=Counted(name), mode=mode))
+    with open_volume(path) as volume:
+        slabs = list(volume.slabs(4))
+        for start, stop in slabs:
+            volume.read(start, stop)
+    assert len(slabs) == 10 and sum(compressed) <= path.stat().st_size
 
 
 def _dataset(root: Path, patients: int = 6) -> Path:
@@ -67,7 +115,7 @@ def _dataset(root: Path, patients: int = 6) -> Path:
 def test_layouts_masks_patients_and_class_folders(tmp_path: Path) -> None:
     root = _dataset(tmp_path / "in", patients=2)
     write_volume(root / "Healthy" / "extra.nii.gz", head_volume())
-    cases = {case.name: case for case in find_cases(root)}
+    cases = {case.name: case for case in find_cases(root)[0]}
     assert set(cases) == {"patient0/head", "patient1/head", "Healthy/extra"}
     assert cases["patient0/head"].mask == root / "patient0" / "head_mask.nii.gz"
     assert cases["patient1/head"].mask == root / "masks" / "patient1" / "head.nii.gz"
@@ -82,6 +130,7 @@ def test_each_bad_volume_is_a_reject_and_the_rest_are_sliced(tmp_path: Path) -> 
     write_volume(root / "wrong_mask.nii.gz", np.zeros((10, 10, 8), np.uint8))
     good = (root / "patient0" / "head.nii.gz").read_bytes()
     (root / "cut.nii.gz").write_bytes(good[: len(good) // 2])
+    write_volume(root / "cut_mask.nii.gz", np.zeros((48, 48, 8), np.uint8))
     out = tmp_path / "raw"
     rejects = dict(slice_scans(root, out))
     assert set(rejects) == {"unlabelled.nii.gz", "wrong.nii.gz", "cut.nii.gz"}
@@ -120,7 +169,7 @@ def test_dicom_series_are_labelled_by_their_dicom_seg_or_their_class_folder(
     root = tmp_path / "in"
     lesion = np.transpose(head_volume(slices=5), (2, 0, 1))
     files = write_series(root / "p1" / "ct", lesion, patient="anon-1", names=[f"{n}.dcm" for n in "qwert"])
-    (series,), _ = find_series(files)
+    (series,), _, _ = find_series(files)
     mask = np.zeros((5, 48, 48), dtype=bool)
     mask[2:4, 20:26, 20:26] = True
     write_segmentation(series, mask, root / "annotations" / "lesion.dcm", "test")
@@ -132,7 +181,7 @@ def test_dicom_series_are_labelled_by_their_dicom_seg_or_their_class_folder(
     write_series(root / "p3" / "ct", np.transpose(head_volume(slices=3), (2, 0, 1)), patient="anon-3")
     sagittal = np.transpose(head_volume(slices=2, seed=2), (2, 0, 1))
     write_series(root / "Healthy" / "p4" / "sag", sagittal, patient="anon-4", orientation=(0, 1, 0, 0, 0, -1))
-    cases = {case.name: case for case in find_cases(root)}
+    cases = {case.name: case for case in find_cases(root)[0]}
     assert cases["p1/ct"].mask == root / "annotations" / "lesion.dcm" and cases["p1/ct"].patient == "anon-1"
     assert cases["Healthy/p2/ct"].healthy and cases["Healthy/p2/ct"].mask is None
 

@@ -9,7 +9,9 @@ predict a row with that error, a row sent to the served model a client error (HT
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -17,9 +19,13 @@ from typing import IO
 import numpy as np
 
 from pipeline.config import MAX_PIXELS, MAX_VOXELS, PreprocessConfig
+from pipeline.data.head import head_mask
 from pipeline.errors import ImageDecodeError
 
 MIN_SIDE = 16  # pixels on either side, as the smallest model input: a narrower slice holds no head
+# The head region's least share of a slice: a speck or a few bright pixels are not a head (the real 2-D
+# slices' heads cover 20% or more, the built-in scans' 15% or more; a scan's top slice, a few percent)
+MIN_HEAD_SHARE = 0.01
 HEAD_BYTES = 512  # how much of a file `file_type` reads
 IMAGE_TYPES = ("PNG", "JPEG", "GIF", "TIFF", "WebP")
 _SIGNATURES = (  # (offset, bytes, type) of the formats a user is likely to put among CT slices
@@ -60,18 +66,25 @@ def check_pixels(name: str | Path, width: int, height: int, max_pixels: int) -> 
         raise ImageDecodeError(name, f"{width}x{height} pixels is above preprocess.max_pixels ({max_pixels})")
 
 
-def check_content(name: str | Path, gray: np.ndarray, threshold: float) -> None:
+def check_finite(name: str | Path, values: np.ndarray, what: str = "pixel") -> None:
+    """Refuse values that are NaN or infinite: a window or a stretch would turn them into plausible
+    grey levels, and the slice would be scored as if it had been read."""
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise ImageDecodeError(name, f"non-finite {what} values ({bad} NaN or infinite)")
+
+
+def check_content(name: str | Path, gray: np.ndarray, threshold: float) -> np.ndarray:
     """Refuse a decoded slice the model cannot score meaningfully: too small to hold a head, with
-    non-finite values, or with no pixel above the head threshold (blank, uniform). Such a slice would
-    get a score like any other and be flagged without a word."""
+    non-finite values, or with no head-sized region above the head threshold (blank, uniform, a few
+    bright specks). Such a slice would get a score like any other and be flagged without a word.
+    Returns the head mask found (`head.head_mask`), for preprocessing to reuse."""
     height, width = gray.shape
     if min(height, width) < MIN_SIDE:
         raise ImageDecodeError(
             name, f"too small: {width}x{height} pixels (a slice needs at least {MIN_SIDE} on each side)"
         )
-    bad = int(np.count_nonzero(~np.isfinite(gray)))
-    if bad:
-        raise ImageDecodeError(name, f"non-finite pixel values ({bad} NaN or infinite)")
+    check_finite(name, gray)
     low, high = float(gray.min()), float(gray.max())
     if low == high:
         raise ImageDecodeError(name, f"no head found: every pixel has the value {low:.3g}")
@@ -79,6 +92,16 @@ def check_content(name: str | Path, gray: np.ndarray, threshold: float) -> None:
         raise ImageDecodeError(
             name, f"no head found: no pixel is above preprocess.head.threshold ({threshold:g})"
         )
+    mask = head_mask(gray, threshold)
+    area = int(np.count_nonzero(mask))
+    if not area or area < MIN_HEAD_SHARE * gray.size:
+        raise ImageDecodeError(
+            name,
+            f"no head found: the largest region above preprocess.head.threshold ({threshold:g}) covers "
+            f"{area} pixels once specks are removed, {area / gray.size:.2%} of the slice (a head covers at "
+            f"least {MIN_HEAD_SHARE:.0%})",
+        )
+    return mask
 
 
 def file_type(head: bytes) -> str | None:
@@ -113,26 +136,73 @@ def not_an_image(head: bytes, file: IO[bytes]) -> str:
     return f"not an image: a {kind} file"
 
 
-def list_files(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Every file below `root` (symbolic links to folders are not followed), sorted, and what cannot be
-    listed or read at all, with the reason: an unreadable folder, a dangling symbolic link, a link to a
-    folder."""
+Problem = tuple[Path, str]  # what cannot be listed or read at all, and why
+NAME_MAX = 255  # bytes in one file or folder name, on the common file systems
+PATH_MAX = 4096  # bytes in a whole path, with its terminating NUL (Linux)
+
+
+def walk(
+    folder: Path, within: Path | None = None
+) -> Iterator[tuple[Path, list[Path], list[Path], list[Problem]]]:
+    """Each folder below `folder` (itself first) with its subfolders, its files and its problems, sorted,
+    like os.walk but without recursion: a folder nested deeper than Python's recursion limit is walked
+    like any other. Symbolic links to folders are not followed, and a link to a file only when its target
+    lies inside `within` (`folder` unless given: the root the user named), so that nothing outside it is
+    read. Nothing is opened: a pipe would block."""
+    inside = (within or folder).resolve()
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        subfolders: list[Path] = []
+        files: list[Path] = []
+        problems: list[Problem] = []
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    path = Path(entry.path)
+                    if entry.is_symlink():
+                        reason = _link_problem(path, inside, within or folder)
+                        if reason:
+                            problems.append((path, reason))
+                        else:
+                            files.append(path)
+                    elif entry.is_dir(follow_symlinks=False):
+                        subfolders.append(path)
+                    elif entry.is_file(follow_symlinks=False):
+                        files.append(path)
+                    else:
+                        problems.append((path, "not a regular file (a pipe, socket or device)"))
+        except OSError as err:
+            problems.append((current, f"unreadable folder ({err.strerror})"))
+        subfolders.sort()
+        yield current, subfolders, sorted(files), sorted(problems)
+        pending += reversed(subfolders)
+
+
+def _link_problem(link: Path, inside: Path, root: Path) -> str | None:
+    """Why the symbolic link is not followed (its target resolved, `inside` being `root` resolved), or
+    None for a link to a regular file inside the root."""
+    try:
+        target = link.resolve(strict=True)
+        mode = target.stat().st_mode
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links, before Python 3.13
+        return f"a dangling symbolic link (to {os.readlink(link)})"
+    if stat.S_ISDIR(mode):
+        return "a symbolic link to a folder: not followed"
+    if not target.is_relative_to(inside):
+        return f"a symbolic link to outside {root}: not followed"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a pipe, socket or device)"
+    return None
+
+
+def list_files(root: Path, within: Path | None = None) -> tuple[list[Path], list[Problem]]:
+    """Every file below `root` (`walk`: links followed only to files inside `within`, default `root`),
+    sorted, and what cannot be listed or read at all, with the reason: an unreadable folder, a dangling
+    symbolic link, a link to a folder or to outside the root, a pipe."""
     files: list[Path] = []
-    problems: list[tuple[Path, str]] = []
-
-    def unreadable(err: OSError) -> None:
-        problems.append((Path(err.filename), f"unreadable folder ({err.strerror})"))
-
-    for folder, folders, names in os.walk(root, onerror=unreadable):
-        for name in folders:
-            if Path(folder, name).is_symlink():
-                problems.append((Path(folder, name), "a symbolic link to a folder: not followed"))
-        for name in names:
-            path = Path(folder, name)
-            if path.is_file():
-                files.append(path)
-            elif path.is_symlink() and not path.exists():
-                problems.append((path, f"a dangling symbolic link (to {os.readlink(path)})"))
-            else:
-                problems.append((path, "not a regular file (a pipe, socket or device)"))
+    problems: list[Problem] = []
+    for _, _, found, trouble in walk(root, within):
+        files += found
+        problems += trouble
     return sorted(files), sorted(problems)

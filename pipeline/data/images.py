@@ -44,9 +44,11 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 @dataclass(frozen=True)
 class Decoded:
-    """A slice as one grey channel in [0, 1], with what the manifest records about the file."""
+    """A slice as one grey channel in [0, 1], its head (found when it was checked), and what the
+    manifest records about the file."""
 
     pixels: np.ndarray
+    head: np.ndarray  # bool, the pixels' shape (`head.head_mask`)
     width: int
     height: int
     mode: str
@@ -115,13 +117,14 @@ def decode(source: Source, config: PreprocessConfig, name: str | Path | None = N
     if is_dicom(source):
         hounsfield, meta = read_hounsfield(source, name, config.max_pixels)
         window = config.dicom_window
-        decoded = Decoded(apply_window(hounsfield, window.level, window.width), **meta)
+        gray = apply_window(hounsfield, window.level, window.width)
     else:
         image = read_image(source, name, config.max_pixels)
+        gray = to_grayscale(image)
         suffix = Path(name).suffix.lstrip(".").upper()
-        decoded = Decoded(to_grayscale(image), image.width, image.height, image.mode, image.format or suffix)
-    check_content(name, decoded.pixels, config.head.threshold)
-    return decoded
+        meta = {"width": image.width, "height": image.height, "mode": image.mode}
+        meta["format"] = image.format or suffix
+    return Decoded(gray, check_content(name, gray, config.head.threshold), **meta)
 
 
 def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
@@ -168,13 +171,16 @@ def slice_geometry(gray: np.ndarray, config: PreprocessConfig, mask: np.ndarray 
 
 
 def preprocess_with_geometry(
-    gray: np.ndarray, config: PreprocessConfig, companion: np.ndarray | None = None
+    gray: np.ndarray,
+    config: PreprocessConfig,
+    companion: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
-    """`preprocess`, with the geometry that maps its output back onto `gray` (see `to_slice`)."""
+    """`preprocess`, with the geometry that maps its output back onto `gray` (see `to_slice`); `mask` is
+    the slice's head mask where it was already found (`Decoded.head`)."""
     head = config.head
-    mask = None
     if head.mask or head.crop or config.normalize:
-        mask = head_mask(gray, head.threshold)
+        mask = head_mask(gray, head.threshold) if mask is None else mask
         if config.normalize:
             gray = normalize_intensity(gray, mask, *NORMALIZE_PERCENTILES)
         if head.mask:
@@ -188,13 +194,16 @@ def preprocess_with_geometry(
 
 
 def preprocess(
-    gray: np.ndarray, config: PreprocessConfig, companion: np.ndarray | None = None
+    gray: np.ndarray,
+    config: PreprocessConfig,
+    companion: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A decoded slice -> the model's (image_size, image_size) input: the head found, everything
-    outside it blanked, cropped to it, intensities normalised, padded to a square and resized, as
-    `config` asks. `companion` (a pixel mask of the same size, e.g. a tumor outline) gets the same
+    """A decoded slice -> the model's (image_size, image_size) input: the head found (or `mask`),
+    everything outside it blanked, cropped to it, intensities normalised, padded to a square and resized,
+    as `config` asks. `companion` (a pixel mask of the same size, e.g. a tumor outline) gets the same
     crop, padding and resizing, so that it stays aligned with the image."""
-    image, resized, _ = preprocess_with_geometry(gray, config, companion)
+    image, resized, _ = preprocess_with_geometry(gray, config, companion, mask)
     return image, resized
 
 
@@ -218,8 +227,8 @@ def to_slice(image: np.ndarray, geometry: Geometry) -> np.ndarray:
 def blanked_png(source: Path, config: PreprocessConfig) -> bytes:
     """The file as an 8-bit grayscale PNG, its own size, with everything outside the head black: how
     a source without burned-in text, overlays or background would have delivered it."""
-    gray = decode(source, config).pixels
-    blanked = np.where(head_mask(gray, config.head.threshold), gray, 0.0)
+    decoded = decode(source, config)
+    blanked = np.where(decoded.head, decoded.pixels, 0.0)
     buffer = io.BytesIO()
     Image.fromarray(np.round(blanked * 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -227,7 +236,8 @@ def blanked_png(source: Path, config: PreprocessConfig) -> bytes:
 
 def load_image(source: Source, config: PreprocessConfig, name: str | Path | None = None) -> np.ndarray:
     """Decode and preprocess one file to a (image_size, image_size) float32 array in [0, 1]."""
-    return preprocess(decode(source, config, name).pixels, config)[0]
+    decoded = decode(source, config, name)
+    return preprocess(decoded.pixels, config, mask=decoded.head)[0]
 
 
 def load_images(

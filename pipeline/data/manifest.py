@@ -17,8 +17,10 @@ from PIL import Image
 from pipeline.config import PreprocessConfig
 from pipeline.data.classes import FOLDERS
 from pipeline.data.dicom import identity
+from pipeline.data.guards import Limits, list_files, walk
 from pipeline.data.images import DECODE_WORKERS, decode
 from pipeline.errors import ImageDecodeError
+from pipeline.io import display_name
 from pipeline.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,11 @@ def inspect(raw_dir: Path, path: Path, class_name: str, config: PreprocessConfig
     model sees it (a DICOM through `config.dicom_window`)."""
     decoded = decode(path, config)
     perceptual = imagehash.phash(Image.fromarray(np.round(decoded.pixels * 255).astype(np.uint8)))
-    scan = identity(path) if decoded.format == "DICOM" else {"patient": "", "series": "", "position": np.nan}
+    scan = (
+        identity(path, Limits.of(config))
+        if decoded.format == "DICOM"
+        else {"patient": "", "series": "", "position": np.nan}
+    )
     return {
         **scan,
         "path": path.relative_to(raw_dir).as_posix(),
@@ -74,17 +80,29 @@ def _place_in_scan(entries: pd.DataFrame) -> pd.DataFrame:
     return entries.drop(columns="position")
 
 
+def portable_names(raw_dir: Path) -> None:
+    """Rename what below `raw_dir` has a name that is not UTF-8 to its `io.display_name` (each such byte
+    as `\\xNN`): manifests, DVC and MLflow hold paths as UTF-8 text, and a copy's name need not be the
+    original's byte for byte. A name taken already gets `~2`, `~3`, ... before its suffix."""
+    folders = [(folder, [*subfolders, *files]) for folder, subfolders, files, _ in walk(raw_dir)]
+    for folder, entries in reversed(folders):  # the deepest first: a renamed folder's children are done
+        for entry in entries:
+            name = display_name(entry.name)
+            if name == entry.name:
+                continue
+            target, copy = folder / name, 1
+            while target.exists():
+                copy += 1
+                target = folder / f"{Path(name).stem}~{copy}{Path(name).suffix}"
+            entry.rename(target)
+
+
 def build_manifest(
     raw_dir: Path, config: PreprocessConfig, unusable: list[tuple[str, str]] = (), *, progress: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Inspect every file under raw_dir/{Healthy,Tumor}; return (manifest, rejects), sorted by path.
     `unusable` (file, reason) are what the source could not bring in at all (a volume without labels)."""
-    jobs = [
-        (path, name)
-        for name, folder in FOLDERS.items()
-        for path in sorted((raw_dir / folder).rglob("*"))
-        if path.is_file()
-    ]
+    jobs = [(path, name) for name, folder in FOLDERS.items() for path in list_files(raw_dir / folder)[0]]
     entries: list[dict] = []
     rejects: list[dict] = []
 
@@ -102,7 +120,7 @@ def build_manifest(
             pool.map(run, jobs), desc="inspect", unit="file", total=len(jobs), enabled=progress
         ):
             pass
-    rejects += [{"path": path, "class": "", "reason": reason} for path, reason in unusable]
+    rejects += [{"path": display_name(path), "class": "", "reason": reason} for path, reason in unusable]
     found = pd.DataFrame(entries, columns=[*MANIFEST_COLUMNS, "patient", "series", "position"])
     manifest = _place_in_scan(found)[MANIFEST_COLUMNS + SCAN_COLUMNS].sort_values("path", ignore_index=True)
     rejected = pd.DataFrame(rejects, columns=REJECT_COLUMNS).sort_values("path", ignore_index=True)

@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
 from pipeline.data.classes import FOLDERS, HEALTHY, TUMOR, mask_path
-from pipeline.data.dicom import HU_RANGE, is_dicom, write_ct_slice
-from pipeline.data.guards import DEFAULT_LIMITS, Limits
+from pipeline.data.dicom import HU_RANGE, is_dicom, placement, write_ct_slice
+from pipeline.data.guards import DEFAULT_LIMITS, Limits, list_files
 from pipeline.data.series import Series, find_series, is_segmentation, read_header, read_segmentation
 from pipeline.data.volumes import (
     MASK_SUFFIX,
@@ -40,10 +42,11 @@ from pipeline.data.volumes import (
     case_name,
     is_mask,
     is_volume,
+    open_volume,
     read_mask,
-    read_volume,
 )
 from pipeline.errors import ImageDecodeError
+from pipeline.io import make_folders
 from pipeline.progress import progress
 
 Labels = dict[int | None, str]  # slice index (None: every slice) -> class, from a labels CSV
@@ -60,8 +63,9 @@ class Case:
 
 
 def has_scans(root: Path) -> bool:
-    """Whether `root` holds CT volumes or DICOM-SEG masks: the layouts this module reads."""
-    files = [path for path in root.rglob("*") if path.is_file()]
+    """Whether `root` holds CT volumes or DICOM-SEG masks: the layouts this module reads (what
+    `guards.list_files` finds: nothing outside `root`)."""
+    files, _ = list_files(root)
     return any(is_volume(path) for path in files) or any(
         is_segmentation(read_header(path)) for path in files if is_dicom(path)
     )
@@ -76,24 +80,32 @@ def _in_class_folder(relative: Path, folders: dict[str, str]) -> tuple[list[str]
     )
 
 
-def volume_case(root: Path, path: Path, folders: dict[str, str] = FOLDERS) -> Case:
-    """A NIfTI file's case: its mask (beside it or under `masks/`), patient and class folder."""
+def volume_case(
+    root: Path, path: Path, folders: dict[str, str] = FOLDERS, listed: set[Path] | None = None
+) -> Case:
+    """A NIfTI file's case: its mask (beside it or under `masks/`, one of the `listed` files where given:
+    a link to outside the root is no mask), patient and class folder."""
     relative = path.relative_to(root)
     suffix = path.name[len(case_name(path)) :]
     beside = path.with_name(f"{case_name(path)}{MASK_SUFFIX}{suffix}")
     in_folder = root / MASKS_FOLDER / relative
-    mask = next((m for m in (beside, in_folder) if m.is_file()), None)
+    mask = next(
+        (m for m in (beside, in_folder) if (m in listed if listed is not None else m.is_file())), None
+    )
     others, healthy = _in_class_folder(relative, folders)
     stem = PurePosixPath(*relative.parts[:-1], case_name(path)).as_posix()
     return Case(path, mask, others[0] if others else case_name(path), stem, healthy)
 
 
-def _series_cases(root: Path, files: list[Path], folders: dict[str, str]) -> list[Case]:
-    """Each DICOM series among `files` with the DICOM-SEG drawn on it, if any."""
-    found, rest = find_series(files)
+def _series_cases(
+    root: Path, files: list[Path], folders: dict[str, str], limits: Limits
+) -> tuple[list[Case], dict[Path, str]]:
+    """Each DICOM series among `files` with the DICOM-SEG drawn on it, if any; and the files of series
+    refused for their size, with the reason."""
+    found, rest, refused = find_series(files, limits)
     segmentations: dict[str, Path] = {}
     for path in rest:
-        header = read_header(path)
+        header = read_header(path, limits)
         if is_segmentation(header):
             for item in header.get("ReferencedSeriesSequence", []):
                 segmentations[str(item.SeriesInstanceUID)] = path
@@ -109,24 +121,55 @@ def _series_cases(root: Path, files: list[Path], folders: dict[str, str]) -> lis
         cases.append(
             Case(series.files[0].parent, segmentations.get(series.uid), patient, name, healthy, series)
         )
-    return cases
+    return cases, refused
 
 
-def find_cases(root: Path, folders: dict[str, str] = FOLDERS) -> list[Case]:
+def find_cases(
+    root: Path, folders: dict[str, str] = FOLDERS, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[Case], list[tuple[Path, str]]]:
     """Every scan under `root`: NIfTI volumes with their masks, DICOM series with their DICOM-SEG, each
-    with its patient and class folder (`folders`: class -> the dataset's name for its folder)."""
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    with its patient and class folder (`folders`: class -> the dataset's name for its folder); and every
+    file that is in none, with the reason (a series refused for its size, a lone slice, a mask without
+    its scan, a file of another kind). Files are what `guards.list_files` finds: nothing outside `root`;
+    hidden files (.DS_Store, ...) are left out."""
+    files, _ = list_files(root)
+    listed = set(files)
     volumes = [
-        volume_case(root, path, folders)
+        volume_case(root, path, folders, listed)
         for path in files
         if is_volume(path) and not is_mask(path.relative_to(root))
     ]
     dicom = [path for path in files if not is_volume(path) and is_dicom(path)]
-    return volumes + _series_cases(root, dicom, folders)
+    series, refused = _series_cases(root, dicom, folders, limits)
+    cases = volumes + series
+    used = {case.image for case in volumes} | {case.mask for case in cases if case.mask is not None}
+    used |= {file for case in series for file in case.series.files}
+    left = [
+        (path, refused.get(path) or _not_a_scan(root, path, limits))
+        for path in files
+        if path not in used and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    ]
+    return cases, left
+
+
+def _not_a_scan(root: Path, path: Path, limits: Limits) -> str:
+    """Why a file of a folder of scans is in no scan."""
+    if is_mask(path.relative_to(root)):
+        return "a lesion mask whose scan is not here (<case>.nii.gz beside <case>_mask.nii.gz, or masks/...)"
+    header = read_header(path, limits) if is_dicom(path) else None
+    if header is None:
+        return "not a scan: a folder of scans holds NIfTI volumes and DICOM series (with their masks)"
+    if is_segmentation(header):
+        return "a DICOM-SEG drawn on no series found here"
+    try:
+        placement(header, path)
+    except ImageDecodeError as err:
+        return err.reason
+    return "a DICOM slice in no series (a series has two or more slices, each at its own position)"
 
 
 def _write_mask(path: Path, mask: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent)
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
@@ -148,48 +191,102 @@ def _slice_classes(
     )
 
 
+def _write_slice(
+    out_dir: Path, path: str, write: Callable[[Path], object], mask: np.ndarray | None
+) -> list[Path]:
+    """Write a slice (by `write`) at `path` under `out_dir`, and its mask beside it when `mask` (an
+    anomalous slice's) marks a finding; return the files written."""
+    make_folders((out_dir / path).parent)
+    write(out_dir / path)
+    if mask is None or not mask.any():
+        return [out_dir / path]
+    _write_mask(out_dir / mask_path(path), mask)
+    return [out_dir / path, out_dir / mask_path(path)]
+
+
+def _slice_list(indices: np.ndarray, shown: int = 5) -> str:
+    """[3, 4, 5, 9] -> "slices 3..5, 9": runs of consecutive slices, the first `shown` of them."""
+    runs = np.split(indices, np.flatnonzero(np.diff(indices) != 1) + 1)
+    text = ", ".join(f"{run[0]}..{run[-1]}" if len(run) > 1 else f"{run[0]}" for run in runs[:shown])
+    return f"slice{'s' if len(indices) > 1 else ''} {text}{', ...' if len(runs) > shown else ''}"
+
+
+def _write_volume(case: Case, out_dir: Path, labels: Labels | None, limits: Limits) -> int:
+    """A NIfTI case's slices, read a slab at a time in the file's order. Training data must be clean:
+    a volume with non-finite voxels is a reject as a whole, as is one whose voxels cannot all be read;
+    what was written of it is removed."""
+    with open_volume(case.image, limits) as volume:
+        masks = read_mask(case.mask, volume, limits) if case.mask else None
+        classes = _slice_classes(case, masks, volume.count, labels)
+        non_finite = np.zeros(volume.count, dtype=np.int64)
+        files: list[Path] = []
+        try:
+            for start, stop in volume.slabs():
+                slab = volume.read(start, stop)
+                non_finite[start:stop] = np.count_nonzero(~np.isfinite(slab), axis=(1, 2))
+                if non_finite.any():
+                    continue  # a reject: the remaining slabs are only counted, for the reason
+                for index, hu in enumerate(slab, start):
+                    if classes[index] is None:
+                        continue
+                    files += _write_slice(
+                        out_dir,
+                        f"{FOLDERS[classes[index]]}/{case.name}_z{index:03d}.dcm",
+                        partial(
+                            write_ct_slice,
+                            hu=np.clip(hu, *HU_RANGE),
+                            patient=case.patient,
+                            series=case.name,
+                            position=index,
+                        ),
+                        masks[index] if classes[index] == TUMOR and masks is not None else None,
+                    )
+            if non_finite.any():
+                count = int(non_finite.sum())
+                raise ImageDecodeError(
+                    case.image,
+                    f"{count} non-finite voxel value{'s' if count > 1 else ''} (NaN or infinite) in "
+                    f"{_slice_list(np.flatnonzero(non_finite))}: training scans must be finite",
+                )
+        except ImageDecodeError:
+            for file in files:
+                file.unlink(missing_ok=True)
+            raise
+    return sum(label is not None for label in classes)
+
+
 def write_case(
     case: Case, out_dir: Path, labels: Labels | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> int:
     """Write the case's slices (and anomalous slices' masks) under `out_dir`; return how many were
     written. Raises ImageDecodeError naming the file when the scan or its mask cannot be used."""
-    if case.series is not None:
-        count, series = len(case.series.files), case.series
-        masks = read_segmentation(case.mask, series) if case.mask else None
-        names = [f"{case.name}/{file.name}" for file in series.files]
-
-        def write(index: int, path: Path) -> None:
-            shutil.copyfile(series.files[index], path)
-
-    else:
-        volume = read_volume(case.image, limits)
-        count = len(volume.slices)
-        masks = read_mask(case.mask, volume, limits) if case.mask else None
-        names = [f"{case.name}_z{index:03d}.dcm" for index in range(count)]
-
-        def write(index: int, path: Path) -> None:
-            hu = np.clip(volume.slices[index], *HU_RANGE)
-            write_ct_slice(path, hu, patient=case.patient, series=case.name, position=index)
-
+    if case.series is None:
+        return _write_volume(case, out_dir, labels, limits)
+    count, series = len(case.series.files), case.series
+    masks = read_segmentation(case.mask, series, limits) if case.mask else None
     written = 0
     for index, label in enumerate(_slice_classes(case, masks, count, labels)):
         if label is None:
             continue
-        path = f"{FOLDERS[label]}/{names[index]}"
-        (out_dir / path).parent.mkdir(parents=True, exist_ok=True)
-        write(index, out_dir / path)
+        path = f"{FOLDERS[label]}/{case.name}/{series.files[index].name}"
+        _write_slice(
+            out_dir,
+            path,
+            partial(shutil.copyfile, series.files[index]),
+            masks[index] if label == TUMOR and masks is not None else None,
+        )
         written += 1
-        if label == TUMOR and masks is not None and masks[index].any():
-            _write_mask(out_dir / mask_path(path), masks[index])
     return written
 
 
 def slice_scans(
     root: Path, out_dir: Path, folders: dict[str, str] = FOLDERS, limits: Limits = DEFAULT_LIMITS
 ) -> list[tuple[str, str]]:
-    """Slice every case under `root` into `out_dir`; return (scan path, reason) for those rejected."""
-    rejects = []
-    for case in progress(find_cases(root, folders), desc="scans", unit="scan"):
+    """Slice every case under `root` into `out_dir`; return (path, reason) for the scans rejected and the
+    files in no scan."""
+    cases, left = find_cases(root, folders, limits)
+    rejects = [(path.relative_to(root).as_posix(), reason) for path, reason in left]
+    for case in progress(cases, desc="scans", unit="scan"):
         try:
             write_case(case, out_dir, limits=limits)
         except ImageDecodeError as err:

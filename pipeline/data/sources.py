@@ -5,31 +5,49 @@ its fetcher under the `source` tag of its config class (`pipeline.config.DataCon
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
 import logging
+import lzma
+import os
+import posixpath
 import shutil
+import stat
 import tempfile
 import zipfile
+import zlib
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from pipeline.config import ArchiveLimits, DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
 from pipeline.data import slicing, synthetic
 from pipeline.data.classes import FOLDERS, MASKS
-from pipeline.data.guards import DEFAULT_LIMITS, HEAD_BYTES, Limits, file_type, list_files
+from pipeline.data.guards import (
+    DEFAULT_LIMITS,
+    HEAD_BYTES,
+    NAME_MAX,
+    PATH_MAX,
+    Limits,
+    file_type,
+    list_files,
+    walk,
+)
 from pipeline.data.volumes import is_mask, is_volume
 from pipeline.errors import DataError, ImageDecodeError
+from pipeline.io import make_folders, remove_tree
 from pipeline.progress import progress
 from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 
 # fetch(config, out_dir, seed, archive, limits) fills the empty folder out_dir with one subfolder per class
-# and returns (file, reason) for what it could not use (whole volumes, unreadable folders; single files are
-# the manifest's to reject); `archive` limits what a zip it extracts may declare, `limits` what a volume may
+# and returns (file, reason) for what it could not use (whole volumes, unreadable folders, links to outside
+# the data folder, a labels CSV's bad rows, a zip's unsafe entries; single images are the manifest's to
+# reject); `archive` limits what a zip it extracts may declare, `limits` what a volume may. Nothing outside
+# the folder the user named is read or written.
 Rejects = list[tuple[str, str]]
 Fetcher = Callable[[Any, Path, int, ArchiveLimits, Limits], Rejects]
 SOURCES: Registry[Fetcher] = Registry("data source", "data.source")
@@ -38,33 +56,40 @@ CT_FOLDER = "Brain Tumor CT scan Images"  # the CT half of the public dataset (b
 ARCHIVE_LIMITS = ArchiveLimits()  # what a zip may declare, unless the config says otherwise
 
 
-def _class_dirs(folder: Path, folders: Folders) -> dict[str, Path] | None:
-    """The folder's class subfolders (any letter case) by class, or None if one is missing."""
-    children = {child.name.lower(): child for child in folder.iterdir() if child.is_dir()}
+def _class_dirs(subfolders: list[Path], folders: Folders) -> dict[str, Path] | None:
+    """Among a folder's subfolders, its class folders (any letter case) by class, or None if one is
+    missing."""
+    children = {child.name.lower(): child for child in subfolders}
     found = {cls: children.get(name.lower()) for cls, name in folders.items()}
     return found if all(found.values()) else None  # type: ignore[return-value]
 
 
-def find_dataset_root(path: Path, folders: Folders = FOLDERS) -> Path:
+def _subfolders(folder: Path) -> list[Path]:
+    """The folder's subfolders (not symbolic links to folders: `walk`)."""
+    return next(walk(folder))[1]
+
+
+def find_dataset_root(path: Path, folders: Folders = FOLDERS, shown: Path | None = None) -> Path:
     """The folder holding the class folders (Healthy/ and Tumor/ unless `folders` names others):
     `path` itself, else its `Brain Tumor CT scan Images` folder, else the one folder below it that
-    has both."""
-    if _class_dirs(path, folders):
+    has both. Messages name `path` as `shown` (an archive, for the folder it was extracted to)."""
+    shown = shown or path
+    if _class_dirs(_subfolders(path), folders):
         return path
     named = ",".join(folders.values())
     pair = "/ and ".join(folders.values())
-    below = [folder for folder in sorted(path.rglob("*")) if folder.is_dir() and _class_dirs(folder, folders)]
+    below = sorted(folder for folder, subfolders, _, _ in walk(path) if _class_dirs(subfolders, folders))
     ct = [folder for folder in below if folder.name.lower() == CT_FOLDER.lower()]
     for candidates in (ct, below):
         if len(candidates) == 1:
             return candidates[0]
         if len(candidates) > 1:
-            listed = ", ".join(str(c) for c in candidates)
+            listed = ", ".join(str(shown / c.relative_to(path)) for c in candidates)
             raise DataError(
-                f"{path}: several folders hold {pair}/ ({listed}); point data.path at one of them"
+                f"{shown}: several folders hold {pair}/ ({listed}); point data.path at one of them"
             )
     raise DataError(
-        f"{path}: no {pair}/ folders found (expected '{CT_FOLDER}/{{{named}}}' or '{{{named}}}' directly, "
+        f"{shown}: no {pair}/ folders found (expected '{CT_FOLDER}/{{{named}}}' or '{{{named}}}' directly, "
         "or CT volumes; other class folder names: data.folders.healthy=... data.folders.tumor=...)"
     )
 
@@ -75,23 +100,54 @@ def is_zip(path: Path) -> bool:
     if not path.is_file():
         return False
     with path.open("rb") as handle:
-        return zipfile.is_zipfile(handle) or file_type(handle.read(HEAD_BYTES)) == "zip"
+        head = handle.read(HEAD_BYTES)
+        return file_type(head) == "zip" or zipfile.is_zipfile(handle)
 
 
-def safe_extract(archive: Path, target: Path, limits: ArchiveLimits) -> None:
-    """Extract a zip, refusing the whole archive before anything is written if any entry would land
-    outside `target`, or its entries declare more than `limits` allow (zipfile writes no more than an
-    entry declares)."""
+def _unsafe_entry(name: str, target: Path) -> str | None:
+    """Why a zip entry cannot be extracted below `target` by its name, or None."""
+    relative = posixpath.normpath(name)
+    if posixpath.isabs(name):
+        return "an absolute entry name: not extracted"
+    if relative == ".." or relative.startswith("../"):
+        return "entry name points outside the archive: not extracted"
+    if any(len(os.fsencode(part)) > NAME_MAX for part in relative.split("/")):
+        return f"entry name too long for the file system (a name above {NAME_MAX} bytes): not extracted"
+    if len(os.fsencode(target / relative)) >= PATH_MAX:
+        return f"entry name too long for the file system (a path above {PATH_MAX} bytes): not extracted"
+    return None
+
+
+# What reading or writing an entry raises: zipfile's own errors (RuntimeError: encrypted), its
+# decompressors', a truncated archive's, the file system's
+_ENTRY_ERRORS = (
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,
+    RuntimeError,
+)
+
+
+def safe_extract(archive: Path, target: Path, limits: ArchiveLimits) -> Rejects:
+    """Extract a zip's entries below `target`; return (entry, reason) for those not extracted: a name
+    absolute, leading outside `target` or too long for the file system, an entry that cannot be read
+    (corrupt, encrypted). The whole archive is refused, before anything is written, if its entries
+    declare more than `limits` allow (a zip bomb; zipfile reads no more than an entry declares).
+    Messages name the archive and the entry, never `target` (a temporary folder)."""
     try:
         with zipfile.ZipFile(archive) as zipped:
-            root = target.resolve()
+            rejects: Rejects = []
+            entries: list[zipfile.ZipInfo] = []
             total = 0
             for entry in zipped.infolist():
-                if not (root / entry.filename).resolve().is_relative_to(root):
-                    raise DataError(
-                        f"{archive}: entry '{entry.filename}' would be written outside the "
-                        "extraction folder; refusing to extract this archive"
-                    )
+                reason = _unsafe_entry(entry.filename, target)
+                if reason:
+                    rejects.append((entry.filename, reason))
+                    continue
+                entries.append(entry)
                 total += entry.file_size
                 if total > limits.max_size:
                     raise DataError(
@@ -104,115 +160,236 @@ def safe_extract(archive: Path, target: Path, limits: ArchiveLimits) -> None:
                         f"{entry.file_size} (above archive.max_ratio, {limits.max_ratio:g} times); "
                         "refusing to extract this archive (a zip bomb?)"
                     )
-            zipped.extractall(target)
-    except zipfile.BadZipFile as err:
+            for entry in entries:
+                reason = _extract_entry(zipped, entry, target / posixpath.normpath(entry.filename))
+                if reason:
+                    rejects.append((entry.filename, reason))
+            return rejects
+    except (zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{archive}: truncated or corrupt zip ({err})") from None
+    except OSError as err:
+        raise DataError(f"{archive}: cannot be read ({err.strerror})") from None
 
 
-def copy_classes(root: Path, out_dir: Path, folders: Folders = FOLDERS) -> Rejects:
+def _extract_entry(zipped: zipfile.ZipFile, entry: zipfile.ZipInfo, destination: Path) -> str | None:
+    """Write one entry to `destination`; why it could not be (nothing of it left behind), or None."""
+    try:
+        make_folders(destination if entry.is_dir() else destination.parent)
+        if not entry.is_dir():
+            with zipped.open(entry) as source, destination.open("wb") as copy:
+                shutil.copyfileobj(source, copy)
+        return None
+    except _ENTRY_ERRORS as err:
+        if not entry.is_dir():
+            with contextlib.suppress(OSError):  # a folder there (an entry "a" after "a/b"): left as it is
+                destination.unlink(missing_ok=True)
+        detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        return f"cannot be extracted ({detail})"
+
+
+def _copy(jobs: list[tuple[Path, Path]], shown: Callable[[Path], str]) -> Rejects:
+    """Copy each (source, destination); (source as `shown` names it, reason) for what could not be."""
+    rejects: Rejects = []
+    for source, destination in progress(jobs, desc="copy", unit="file"):
+        try:
+            make_folders(destination.parent)
+            shutil.copyfile(source, destination)
+        except OSError as err:
+            rejects.append((shown(source), f"cannot be copied ({err.strerror})"))
+    return rejects
+
+
+def copy_classes(root: Path, out_dir: Path, folders: Folders = FOLDERS, shown: Path | None = None) -> Rejects:
     """Copy every file under root's class folders into out_dir's Healthy/ and Tumor/, keeping relative
     paths, and root's `Masks/` (lesion masks: `Masks/<a slice's path below its class folder>.png`, the
     pixel truth of evaluate's localisation metrics). Every file is copied, images or not: the manifest
     decides, and lists what it rejects. Returns what could not be read at all (an unreadable folder, a
-    dangling link)."""
-    dirs = _class_dirs(root, folders)
+    dangling link, a link to outside `root`). Messages name `root` as `shown`."""
+    subfolders = _subfolders(root)
+    dirs = _class_dirs(subfolders, folders)
     assert dirs is not None, root
-    listed = {name: list_files(folder) for name, folder in dirs.items()}
-    files = {name: found for name, (found, _) in listed.items()}
-    for name, found in files.items():
+    listed = {name: list_files(folder, within=root) for name, folder in dirs.items()}
+    for name, (found, _) in listed.items():
         if not found:
-            raise DataError(f"{dirs[name]}: the {folders[name]} class folder is empty")
+            raise DataError(
+                f"{(shown or root) / dirs[name].relative_to(root)}: the {folders[name]} class folder is empty"
+            )
     jobs = [
-        (path, out_dir / FOLDERS[cls] / path.relative_to(dirs[cls])) for cls in dirs for path in files[cls]
+        (path, out_dir / FOLDERS[cls] / path.relative_to(dirs[cls]))
+        for cls, (found, _) in listed.items()
+        for path in found
     ]
-    masks = next(
-        (child for child in root.iterdir() if child.is_dir() and child.name.lower() == MASKS.lower()), None
-    )
+    masks = next((child for child in subfolders if child.name.lower() == MASKS.lower()), None)
     if masks is not None:
-        jobs += [
-            (path, out_dir / MASKS / path.relative_to(masks))
-            for path in sorted(masks.rglob("*"))
-            if path.is_file()
-        ]
-    for source, destination in progress(jobs, desc="copy", unit="file"):
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, destination)
-    return [
+        listed[MASKS] = list_files(masks, within=root)
+        jobs += [(path, out_dir / MASKS / path.relative_to(masks)) for path in listed[MASKS][0]]
+    problems = [
         (path.relative_to(root).as_posix(), reason)
         for _, problems in listed.values()
         for path, reason in problems
     ]
+    return problems + _copy(jobs, lambda source: source.relative_to(root).as_posix())
 
 
-def read_labels(labels: Path, root: Path, folders: Folders) -> pd.DataFrame:
+@dataclasses.dataclass(frozen=True)
+class LabelRow:
+    """A row of a labels CSV that names a file or folder below the root."""
+
+    line: int  # in the CSV file, from 1 (the header)
+    target: Path  # what `path` names, resolved: a file or folder below the root
+    label: str | None  # the class; None where rows contradict each other: the target (slice) is not used
+    slice: int | None  # one slice of a volume, else None
+
+
+def _open_csv(labels: Path) -> list[tuple[int, dict[str, str]]]:
+    """A CSV's records, each with the line it starts on and its columns by (stripped) name."""
+    if not labels.is_file():  # a pipe would block
+        raise DataError(f"{labels}: not a regular file; data.labels names a CSV")
+    try:
+        with labels.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = [name.strip() for name in next(reader, [])]
+            if not {"path", "class"} <= set(header):
+                raise DataError(f"{labels}: needs the columns 'path' and 'class' (has {', '.join(header)})")
+            records, line = [], reader.line_num + 1
+            for values in reader:
+                if any(value.strip() for value in values):
+                    records.append((line, dict(zip(header, values, strict=False))))
+                line = reader.line_num + 1
+            return records
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{labels}: not a readable CSV ({err})") from None
+
+
+def _path_problems(path: str, target: Path | None, slice_: str) -> list[str]:
+    """What is wrong with a labels CSV row's `path` and `slice` (`target`: what the path names, resolved;
+    None when it is outside the root, which is then neither looked at nor read)."""
+    if not path:
+        return ["no path"]
+    if os.path.isabs(path):
+        return [f"{path} is an absolute path (give it relative to data.path)"]
+    if target is None:
+        return [f"{path} is outside data.path"]
+    try:
+        mode: int | None = target.stat().st_mode
+    except OSError:
+        mode = None
+    problems = []
+    if mode is None:
+        problems.append(f"{path} does not exist")
+    elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        problems.append(f"{path} is not a regular file (a pipe, socket or device)")
+    if slice_ and not slice_.isdigit():
+        problems.append(f"slice '{slice_}' is not a whole number >= 0")
+    elif slice_ and not (mode is not None and stat.S_ISREG(mode) and is_volume(target)):
+        problems.append(f"a slice is given for {path}, which is not a volume")
+    return problems
+
+
+def _resolve_below(root: Path, path: str) -> Path | None:
+    """What `path` (relative to the resolved `root`) names, after `..` and symbolic links; None if that
+    is outside `root` or cannot be resolved (a loop of links, a NUL character)."""
+    try:
+        target = (root / path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return target if target.is_relative_to(root) else None
+
+
+def read_labels(labels: Path, root: Path, folders: Folders) -> tuple[list[LabelRow], Rejects]:
     """A labels CSV: `path` (below `root`: an image, a NIfTI volume, or a folder such as a patient's or
     a series'), `class` (healthy/tumor or the class folders' names), optionally `slice` (one slice of a
-    volume, inferior to superior from 0); each row checked, with the lines at fault named."""
-    try:
-        table = pd.read_csv(labels, dtype=str, keep_default_na=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{labels}: not a readable CSV ({err})") from None
-    if not {"path", "class"} <= set(table.columns):
-        raise DataError(f"{labels}: needs the columns 'path' and 'class' (has {', '.join(table.columns)})")
+    volume, inferior to superior from 0). Returns its usable rows, and (path, reason naming the line) for
+    each other row: a path absolute or outside `root` (after `..` and symbolic links) or missing, an
+    unknown class, a bad slice, a file (or slice) labelled as two classes. A CSV that cannot be read, or
+    lacks the columns, is one DataError."""
+    top = root.resolve()
     classes = {name.lower(): cls for cls, name in folders.items()} | {cls: cls for cls in folders}
-    slices = table["slice"] if "slice" in table.columns else pd.Series("", index=table.index)
-    table = table.assign(label=table["class"].str.lower().map(classes), slice=slices.str.strip())
-    volume = table["path"].map(is_volume)
-    problems = {
-        "class is not one of " + ", ".join(sorted(classes)): table["label"].isna(),
-        "path does not exist": ~table["path"].map(lambda path: (root / path).exists()),
-        "slice is not a whole number >= 0": (table["slice"] != "") & ~table["slice"].str.isdigit(),
-        "slice is given for a file that is not a volume": (table["slice"] != "") & ~volume,
-    }
-    for what, bad in problems.items():
-        if bad.any():
-            rows = "; ".join(f"line {i + 2}: {table.at[i, 'path']}" for i in table.index[bad][:3])
-            raise DataError(f"{labels}: {int(bad.sum())} row(s) whose {what}, e.g. {rows}")
-    return table
+    rows: list[LabelRow] = []
+    rejects: Rejects = []
+    for line, record in _open_csv(labels):
+        path, given = record.get("path") or "", (record.get("class") or "").strip()
+        slice_ = (record.get("slice") or "").strip()
+        target = _resolve_below(top, path) if path and not os.path.isabs(path) else None
+        label = classes.get(given.lower())
+        problems = _path_problems(path, target, slice_)
+        if label is None:
+            problems.insert(0, f"class '{given}' is not one of {', '.join(sorted(classes))}")
+        if problems:
+            rejects.append((path or labels.name, f"{labels.name} line {line}: {'; '.join(problems)}"))
+        else:
+            rows.append(LabelRow(line, target, label, int(slice_) if slice_ else None))
+    return _without_contradictions(rows, top, labels.name, rejects)
+
+
+def _without_contradictions(
+    rows: list[LabelRow], root: Path, csv_name: str, rejects: Rejects
+) -> tuple[list[LabelRow], Rejects]:
+    """The rows, those labelling one file (or one slice of a volume) as two classes replaced by one row
+    without a class (not used, not even with its folder's class), a reject naming their lines. The same
+    class twice is no contradiction, nor a file's row against its folder's."""
+    lines: dict[tuple[Path, int | None], dict[str | None, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        lines[row.target, row.slice][row.label].append(row.line)
+    contradicted = {key for key, by_label in lines.items() if len(by_label) > 1}
+    unused = []
+    for target, slice_ in sorted(contradicted, key=lambda key: (key[0], -1 if key[1] is None else key[1])):
+        said = " and ".join(
+            f"{label} on line{'s' if len(found) > 1 else ''} {', '.join(map(str, found))}"
+            for label, found in lines[target, slice_].items()
+        )
+        which = "" if slice_ is None else f"slice {slice_} "
+        rejects.append((target.relative_to(root).as_posix(), f"{csv_name}: {which}labelled {said}"))
+        first = min(min(found) for found in lines[target, slice_].values())
+        unused.append(LabelRow(first, target, None, slice_))
+    return [row for row in rows if (row.target, row.slice) not in contradicted] + unused, rejects
 
 
 def copy_labelled(
     root: Path, out_dir: Path, labels: Path, folders: Folders, limits: Limits = DEFAULT_LIMITS
 ) -> Rejects:
     """Bring what a labels CSV lists (`read_labels`) into out_dir's class folders: files are copied, a
-    folder's files take its class (unless listed themselves), a volume is sliced with its class or its
-    listed slices' classes (`slicing.write_case`). Files it does not list are rejects."""
-    table = read_labels(labels, root, folders)
-    files: dict[Path, str] = {}
-    for path, label in zip(table["path"], table["label"], strict=True):  # folders first, files override
-        if (root / path).is_dir():
-            files |= {file: label for file in sorted((root / path).rglob("*")) if file.is_file()}
-    listed = table[~table["path"].map(lambda path: (root / path).is_dir())]
-    files |= {root / path: label for path, label in zip(listed["path"], listed["label"], strict=True)}
-    files = {file: label for file, label in files.items() if not is_mask(file.relative_to(root))}
-    per_slice = {
-        path: {int(s) if s else None: label for s, label in zip(rows["slice"], rows["label"], strict=True)}
-        for path, rows in listed[listed["path"].map(is_volume)].groupby("path")
-    }
-    rejects: Rejects = []
-    for file, label in sorted(files.items()):
+    folder's files take its class (a folder's row overrides its parent folder's, a file's row both), a
+    volume is sliced with its class or its listed slices' classes (`slicing.write_case`). Nothing
+    outside `root` is read. Rejects: the CSV's bad rows, what cannot be read, files it does not list."""
+    top = root.resolve()
+    rows, rejects = read_labels(labels, top, folders)
+    files: dict[Path, slicing.Labels] = {}
+    for row in sorted((row for row in rows if row.target.is_dir()), key=lambda row: len(row.target.parts)):
+        files |= {file.resolve(): {None: row.label} for file in list_files(row.target, within=top)[0]}
+    listed: dict[Path, slicing.Labels] = defaultdict(dict)
+    for row in rows:
+        if not row.target.is_dir():
+            listed[row.target][row.slice] = row.label
+    files |= listed  # a class None (contradicting rows): the file, or the volume's slice, is not used
+    files = {file: classes for file, classes in files.items() if not is_mask(file.relative_to(top))}
+    for file, classes in sorted(files.items()):
         if not is_volume(file):
             continue
-        relative = file.relative_to(root).as_posix()
-        case = dataclasses.replace(slicing.volume_case(root, file, folders), mask=None)
+        case = dataclasses.replace(slicing.volume_case(top, file, folders), mask=None)
         try:
-            slicing.write_case(case, out_dir, per_slice.get(relative, {None: label}), limits)
+            slicing.write_case(case, out_dir, classes, limits)
         except ImageDecodeError as err:
-            rejects.append((relative, err.reason))
-    images = {file: label for file, label in files.items() if not is_volume(file)}
-    for file, label in progress(sorted(images.items()), desc="copy", unit="file"):
-        destination = out_dir / FOLDERS[label] / file.relative_to(root)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, destination)
-    return rejects + [
-        (file.relative_to(root).as_posix(), f"not in the labels CSV {labels.name}")
-        for file in sorted(root.rglob("*"))
-        if file.is_file()
-        and not file.name.startswith(".")
-        and file not in files
-        and file != labels
-        and not is_mask(file.relative_to(root))
+            rejects.append((file.relative_to(top).as_posix(), err.reason))
+    images = [
+        (file, out_dir / FOLDERS[classes[None]] / file.relative_to(top))
+        for file, classes in sorted(files.items())
+        if not is_volume(file) and classes[None] is not None
     ]
+    rejects += _copy(images, lambda source: source.relative_to(top).as_posix())
+    found, problems = list_files(top)
+    used = set(files) | {labels.resolve()}
+    return (
+        rejects
+        + [(path.relative_to(top).as_posix(), reason) for path, reason in problems]
+        + [
+            (file.relative_to(top).as_posix(), f"not in the labels CSV {labels.name}")
+            for file in found
+            if not file.name.startswith(".")
+            and file.resolve() not in used
+            and not is_mask(file.relative_to(top))
+        ]
+    )
 
 
 @SOURCES.register("synthetic")
@@ -248,27 +425,35 @@ def fetch_synthetic_volumes(
 def fetch_local(data: LocalData, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits) -> Rejects:
     path = data.path
     if is_zip(path):
-        with tempfile.TemporaryDirectory(dir=out_dir.parent) as extracted:
-            safe_extract(path, Path(extracted), archive)
-            return _from_folder(Path(extracted), out_dir, limits, data)
+        extracted = Path(tempfile.mkdtemp(dir=out_dir.parent))
+        try:
+            rejects = safe_extract(path, extracted, archive)
+            return rejects + _from_folder(extracted, out_dir, limits, data, shown=path)
+        finally:
+            remove_tree(extracted)  # not TemporaryDirectory: its shutil.rmtree recurses, once per level
     if path.is_dir():
         return _from_folder(path, out_dir, limits, data)
     raise DataError(f"{path}: neither a folder nor a zip archive")
 
 
-def _from_folder(root: Path, out_dir: Path, limits: Limits, data: LocalData | None = None) -> Rejects:
+def _from_folder(
+    root: Path, out_dir: Path, limits: Limits, data: LocalData | None = None, shown: Path | None = None
+) -> Rejects:
     """CT volumes are sliced; files listed in a labels CSV are copied by their class; otherwise the
-    class folders' images are copied."""
+    class folders' images are copied. Messages name `root` as `shown` (the archive it was extracted
+    from)."""
     folders = data.folders.model_dump() if data else FOLDERS
+    shown = shown or root
     if data and data.labels:
         return copy_labelled(root, out_dir, data.labels, folders, limits)
     if slicing.has_scans(root):
         rejects = slicing.slice_scans(root, out_dir, folders, limits)
-        if not any(out_dir.rglob("*.dcm")):
+        if not any(file.suffix == ".dcm" for file in list_files(out_dir)[0]):
             listed = "; ".join(f"{file}: {reason}" for file, reason in rejects)
-            raise DataError(f"{root}: none of its scans could be used ({listed})")
-        return rejects
-    return copy_classes(find_dataset_root(root, folders), out_dir, folders)
+            raise DataError(f"{shown}: none of its scans could be used ({listed})")
+        return rejects + [(path.relative_to(root).as_posix(), reason) for path, reason in list_files(root)[1]]
+    dataset = find_dataset_root(root, folders, shown)
+    return copy_classes(dataset, out_dir, folders, shown / dataset.relative_to(root))
 
 
 @SOURCES.register("kaggle")

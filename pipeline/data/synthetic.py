@@ -158,7 +158,7 @@ def _write_dicom(folder: Path, hounsfield: np.ndarray, masks: np.ndarray) -> Non
         )
         for k, image in enumerate(hounsfield)
     ]
-    (series,), _ = find_series(files)
+    (series,), _, _ = find_series(files)
     write_segmentation(series, masks, folder / "lesion.seg.dcm", "synthetic")  # empty: a clean scan
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from pydantic import ValidationError
 
 from pipeline.config import Section
@@ -33,6 +34,8 @@ class ModelSpec:
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "model.name", discover=__name__)
+# Images in every forward pass at inference, whatever the caller holds (`infer`).
+INFERENCE_BATCH = 8
 
 
 def register(
@@ -93,3 +96,14 @@ def load_model(path: str | Path) -> keras.Model:
     """Load a saved model of any registered variant (importing them registers their custom layers)."""
     MODELS.names()
     return keras.models.load_model(path)
+
+
+def infer(model: keras.Model, images: np.ndarray, batch: int = INFERENCE_BATCH) -> np.ndarray:
+    """The model's outputs for `images`, every forward pass on exactly `batch` images (the last one
+    padded with zeros). oneDNN and BLAS pick their kernels by batch size, so an image's output would
+    otherwise differ in its last bits with how many images it came with; with one shape it is the same
+    bit for bit, alone or in any batch, at any place in it."""
+    padding = -len(images) % batch
+    if padding:
+        images = np.concatenate([images, np.zeros((padding, *images.shape[1:]), images.dtype)])
+    return np.asarray(model.predict(images, batch_size=batch, verbose=0))[: len(images) - padding]
