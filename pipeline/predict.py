@@ -48,15 +48,17 @@ CHUNK = 64  # files (or a volume's slices) decoded and scored at a time: memory 
 OnMap = Callable[[int, np.ndarray], None]  # (input order, its anomaly map on its own pixel grid)
 
 
-def map_stems(maps: Path, files: list[InputFile], orders: list[int], scans: list[Scan]) -> dict[object, Path]:
+def map_stems(
+    maps: Path, files: list[InputFile], orders: list[int], scans: list[Scan]
+) -> dict[int | str, Path]:
     """Where each input's maps go under `maps`, as a stem that `.map.png`, `.map.nii.gz`, `.seg.dcm`, ...
     complete: its place under PATH, with its full name (`a/b.png`, `a/ct.nii.gz`, a series' folder
     `a/ct`), so that no two inputs share one (a volume `ct.nii.gz` beside a series folder `ct/`). Keyed by
     the file's order, or by the series' name. A name taken already (several series of one folder beside
     a folder of that name, or names equal but for letter case) gets `~2`, `~3`, ... and a warning."""
-    wanted: list[tuple[object, Path]] = [(order, files[order].relative) for order in orders]
+    wanted: list[tuple[int | str, Path]] = [(order, files[order].relative) for order in orders]
     wanted += [(scan.name, scan.relative) for scan in scans]
-    stems: dict[object, Path] = {}
+    stems: dict[int | str, Path] = {}
     taken: set[str] = set()
     for key, relative in wanted:
         stem, copy = relative, 1
@@ -118,7 +120,7 @@ def _score_images(
     files: list[InputFile],
     orders: list[int],
     heatmaps: Path | None,
-    stems: dict[object, Path] | None,
+    stems: dict[int | str, Path] | None,
 ) -> list[dict]:
     """Score 2-D files as one batch; under --maps each gets its map and mask PNGs, written one by one."""
 
@@ -155,7 +157,7 @@ def _score_series(
     files: list[InputFile],
     scan: Scan,
     heatmaps: Path | None,
-    stems: dict[object, Path] | None,
+    stems: dict[int | str, Path] | None,
 ) -> list[dict]:
     """Score a DICOM series' slices (one row per file, numbered by position); under --maps, its map and
     mask as NIfTI with the series' affine and its mask as a DICOM-SEG referencing the series (slices not
@@ -177,7 +179,7 @@ def _score_series(
     if stack is not None:
         stem = stems[scan.name]
         scored = ~np.isnan(stack).all(axis=(1, 2))
-        mask = detector.anomaly_mask(np.nan_to_num(stack))
+        mask = detector.anomaly_mask(stack)  # NaN (not scored) is above no threshold
         write_segmentation(scan.series, mask, _suffixed(stem, ".seg.dcm"), SOFTWARE, scored)
         if scan.series.regular:
             _save_scan_maps(detector, scan.series.to_voxels(stack), scan.series.affine, stem)
@@ -195,7 +197,7 @@ def _score_volume(
     item: InputFile,
     order: int,
     heatmaps: Path | None,
-    stems: dict[object, Path] | None,
+    stems: dict[int | str, Path] | None,
 ) -> list[dict]:
     """Score every axial slice of a NIfTI volume, a slab at a time, one row each; the volume's score is the
     highest. Under --maps its map is placed slab by slab on the file's own grid (NaN where a slice was not
@@ -210,7 +212,7 @@ def _score_volume(
     best: tuple[float, int, tuple[np.ndarray, ...]] | None = None  # the top slice, for --heatmaps
     with volume:
         grid = np.full(volume.shape, np.nan, dtype=np.float32) if stems is not None else None
-        slabs = [(start, stop) for start, stop in volume.slabs(CHUNK)]
+        slabs = list(volume.slabs(CHUNK))
         for number, (start, stop) in enumerate(slabs):
             try:
                 slices = volume.read(start, stop)

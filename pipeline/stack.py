@@ -1,15 +1,20 @@
 """A team's tracking stack on one machine: PostgreSQL as MLflow's backend store, SeaweedFS's S3 gateway
 as the artifact store (and a DVC remote), and `mlflow server` in front of both, proxying artifacts so
-that a workstation logs with the tracking URI alone. Everything listens on 127.0.0.1.
+that a workstation logs with the tracking URI alone. Everything listens on 127.0.0.1 and asks for
+credentials, as every account of the machine reaches 127.0.0.1: PostgreSQL a password (SCRAM), the S3
+gateway its keys; SeaweedFS's own servers serve no HTTP API (master, filer) or only to a JWT signed
+with a key of the stack (volume server), and their gRPC ports only to a client with a certificate of
+the stack's CA (`security.toml`).
 
     python -m pipeline.stack up [--dir .stack] [--port 5050]   # start what is not running, print the exports
     python -m pipeline.stack status [--dir .stack]             # what runs, where
     python -m pipeline.stack down [--dir .stack]               # stop it all; the data stays in the folder
 
 Each service runs in the background, detached from the shell, with its pid and log in the folder
-(`<service>.pid`, `<service>.log`); `stack.json` there keeps the ports and the generated S3
-credentials, so a later `up` brings back the same stack on the same data. A real deployment runs the
-same three services on a server (README, "Working as a team").
+(`<service>.pid`, `<service>.log`); `stack.json` there keeps the ports and the generated credentials
+(S3's, PostgreSQL's, SeaweedFS's JWT signing keys), so a later `up` brings back the same stack on the
+same data. Only the folder's owner enters it. A real deployment runs the same three services on a
+server (README, "Working as a team").
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +54,14 @@ START_TIMEOUT = 120.0  # seconds: the first start of the tracking server migrate
 STOP_TIMEOUT = 30.0  # seconds a service gets to stop before it is killed (SeaweedFS takes 17)
 # SeaweedFS's own servers (master, volume, filer) and their gRPC ports; its S3 gateway is `s3`
 WEED_PORTS = ("master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3.grpc")
+# SeaweedFS's JWT signing keys (sections of its security.toml): the volume server's writes and reads, the
+# filer's writes and reads
+WEED_JWT = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+# SeaweedFS's gRPC parties, each with a certificate of the stack's CA (security.toml's `[grpc.<name>]`);
+# `client`: the S3 gateway's and `weed shell`'s
+WEED_TLS = ("master", "volume", "filer", "s3", "client")
+# PostgreSQL's pg_hba.conf: password (SCRAM) connections over TCP from 127.0.0.1, nothing else
+PG_HBA = "# pipeline.stack: TYPE DATABASE USER ADDRESS METHOD\nhost all all 127.0.0.1/32 scram-sha-256\n"
 
 
 def free_port() -> int:
@@ -62,7 +76,8 @@ def free_port() -> int:
 
 def _launch(folder: Path, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     """Start `argv` in a session of its own (a closed shell does not stop it), its output appended to
-    `folder/name.log`, its pid and start time in `folder/name.pid` for `status` and `down`."""
+    `folder/name.log`, its pid and start time in `folder/name.pid` for `status` and `down`. What it makes
+    is its owner's alone (umask 077), SeaweedFS's Unix sockets in /tmp included."""
     with open(folder / f"{name}.log", "ab") as log:
         process = subprocess.Popen(
             argv,
@@ -72,6 +87,7 @@ def _launch(folder: Path, name: str, argv: list[str], env: dict[str, str] | None
             cwd=folder,
             env=env,
             start_new_session=True,
+            umask=0o077,
         )
     started = psutil.Process(process.pid).create_time()
     (folder / f"{name}.pid").write_text(json.dumps({"pid": process.pid, "started": started}))
@@ -159,57 +175,90 @@ def _as_non_root(argv: list[str]) -> list[str]:
     return ["unshare", "--user", f"--map-user={nobody.pw_uid}", f"--map-group={nobody.pw_gid}", *argv]
 
 
-def _pg_ready(port: int) -> bool:
+def _pg_env(password: str) -> dict[str, str]:
+    """The environment of PostgreSQL's client programs: the password there, never on a command line."""
+    return {**os.environ, "PGPASSWORD": password}
+
+
+def _pg_ready(port: int, password: str) -> bool:
     check = [pg_program("pg_isready"), "-q", "-h", HOST, "-p", str(port), "-U", PG_USER, "-d", "postgres"]
-    return subprocess.run(check, check=False).returncode == 0
+    return subprocess.run(check, env=_pg_env(password), check=False).returncode == 0
 
 
-def _start_postgres(folder: Path, port: int) -> str:
-    """Start PostgreSQL on `port` with its cluster in `folder/postgres` (made on first use, trusting
-    connections from 127.0.0.1 only) and a database `mlflow`; its SQLAlchemy URL."""
+def _init_cluster(data: Path, log: Path) -> None:
+    """A new cluster in `data` whose role `mlflow` cannot log in until `_secure` gives it a password."""
+    shutil.rmtree(data, ignore_errors=True)  # what a failed initdb left
+    init = [pg_program("initdb"), "-D", str(data), "-U", PG_USER, "--auth=reject", "--locale=C", "-E", "UTF8"]
+    with open(log, "ab") as out:
+        done = subprocess.run(_as_non_root(init), stdout=out, stderr=subprocess.STDOUT, check=False)
+    if done.returncode:
+        raise ServiceError(f"initdb of {data} failed: {_last_line(log)} (log: {log})")
+
+
+def _secure(data: Path, password: str, log: Path) -> None:
+    """Give the role `mlflow` of the stopped cluster `data` `password` and let it in from 127.0.0.1 only
+    (PG_HBA). Single-user mode: nothing listens meanwhile, and the statement, on stdin, is on no command
+    line and in no log."""
+    single = [pg_program("postgres"), "--single", "-D", str(data)]
+    single += ["-c", "password_encryption=scram-sha-256", "-c", "log_min_error_statement=panic", "postgres"]
+    statement = f"ALTER ROLE {PG_USER} PASSWORD '{password}';\n"
+    done = subprocess.run(_as_non_root(single), input=statement, capture_output=True, text=True, check=False)
+    with open(log, "a") as out:
+        out.write(done.stdout + done.stderr)
+    errors = [line for line in done.stderr.splitlines() if "ERROR:" in line or "FATAL:" in line]
+    if done.returncode or errors:
+        why = errors[-1] if errors else f"exit status {done.returncode}"
+        raise ServiceError(f"setting the password of {PG_USER} in {data} failed: {why} (log: {log})")
+    (data / "pg_hba.conf").write_text(PG_HBA)
+
+
+def _start_postgres(folder: Path, port: int, password: str) -> str:
+    """Start PostgreSQL on `port` with its cluster in `folder/postgres` (made on first use; a cluster of an
+    earlier version, which trusted every local account, secured in place), the role `mlflow` logging in
+    with `password`, and a database `mlflow`; its SQLAlchemy URL."""
     data = folder / "postgres"
     log = folder / "postgres.log"
-    if not (data / "PG_VERSION").exists():
-        shutil.rmtree(data, ignore_errors=True)  # what a failed initdb left
-        init = [
-            pg_program("initdb"),
-            "-D",
-            str(data),
-            "-U",
-            PG_USER,
-            "--auth=trust",
-            "--locale=C",
-            "-E",
-            "UTF8",
-        ]
-        with open(log, "ab") as out:
-            done = subprocess.run(_as_non_root(init), stdout=out, stderr=subprocess.STDOUT, check=False)
-        if done.returncode:
-            raise ServiceError(f"initdb of {data} failed: {_last_line(log)} (log: {log})")
+    made = (data / "PG_VERSION").exists()
+    earlier = made and (data / "pg_hba.conf").read_text() != PG_HBA  # an earlier version's `--auth=trust`
+    if not made:
+        _init_cluster(data, log)
+    _secure(data, password, log)
+    if earlier:
+        print(
+            f"PostgreSQL in {data} trusted every local account: now {PG_USER} logs in with a password, "
+            f"from {HOST} only",
+            file=sys.stderr,
+        )
     server = [pg_program("postgres"), "-D", str(data), "-p", str(port)]
     options = ["-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories="]  # TCP on 127.0.0.1 only
     _launch(folder, "postgres", _as_non_root(server + options))
-    _wait(folder, "postgres", f"{HOST}:{port}", lambda: _pg_ready(port))
+    _wait(folder, "postgres", f"{HOST}:{port}", lambda: _pg_ready(port, password))
     create = [pg_program("createdb"), "-h", HOST, "-p", str(port), "-U", PG_USER, DATABASE]
-    made = subprocess.run(create, capture_output=True, text=True, check=False)
+    made = subprocess.run(create, env=_pg_env(password), capture_output=True, text=True, check=False)
     if made.returncode and "already exists" not in made.stderr:
         raise ServiceError(f"PostgreSQL on {HOST}:{port}: createdb {DATABASE} failed: {made.stderr.strip()}")
-    return database_url(port)
+    return database_url(port, password)
 
 
-def database_url(port: int) -> str:
+def database_url(port: int, password: str) -> str:
     """The SQLAlchemy URL of the database `mlflow` of the PostgreSQL server on `port`."""
-    return f"postgresql+psycopg2://{PG_USER}@{HOST}:{port}/{DATABASE}"
+    return f"postgresql+psycopg2://{PG_USER}:{password}@{HOST}:{port}/{DATABASE}"
+
+
+def new_password() -> str:
+    """A generated password, safe in a URL and in an SQL string."""
+    return secrets.token_urlsafe(24)
 
 
 @contextlib.contextmanager
 def postgres(folder: Path, port: int | None = None) -> Iterator[str]:
     """A PostgreSQL server for the block (on a free port unless `port`), its cluster in `folder/postgres`
-    (made if needed, kept after): yields the SQLAlchemy URL of its database `mlflow`."""
+    (made if needed, kept after) with a new password each time: yields the SQLAlchemy URL of its
+    database `mlflow`, the password in it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        yield _start_postgres(folder, port or free_port())
+        yield _start_postgres(folder, port or free_port(), new_password())
     finally:
         stop(folder, "postgres")
 
@@ -219,12 +268,14 @@ def postgres(folder: Path, port: int | None = None) -> Iterator[str]:
 
 @dataclass
 class Stack:
-    """Where a stack's services listen and the S3 credentials it generated (`stack.json`)."""
+    """Where a stack's services listen and the credentials it generated (`stack.json`)."""
 
     folder: Path
     ports: dict[str, int]  # postgres, s3, tracking, and SeaweedFS's own (WEED_PORTS)
     access_key: str
     secret_key: str
+    pg_password: str = ""  # none in a stack of an earlier version: `up` makes one
+    weed_keys: dict[str, str] = field(default_factory=dict)  # WEED_JWT's; none in an earlier version's
 
     @property
     def tracking_uri(self) -> str:
@@ -236,7 +287,7 @@ class Stack:
 
     @property
     def backend_uri(self) -> str:
-        return database_url(self.ports["postgres"])
+        return database_url(self.ports["postgres"], self.pg_password)
 
     def s3_client(self) -> Any:  # boto3 makes its client classes at run time
         """A boto3 client of the stack's S3 gateway that fails at once, without retries."""
@@ -266,13 +317,16 @@ def load(folder: Path = DEFAULT_DIR) -> Stack:
 
 
 def _configure(folder: Path, ports: dict[str, int | None]) -> Stack:
-    """The folder's stack, with the ports asked for; a new one (free ports, new credentials) on first use."""
+    """The folder's stack, with the ports asked for and the credentials an earlier version's `stack.json`
+    lacks; a new one (free ports, new credentials) on first use."""
     try:
         stack = load(folder)
     except ServiceError:
         stack = Stack(folder, {}, access_key=secrets.token_hex(10).upper(), secret_key=secrets.token_hex(20))
     for name in ("postgres", "s3", "tracking", *WEED_PORTS):
         stack.ports[name] = ports.get(name) or stack.ports.get(name) or free_port()
+    stack.pg_password = stack.pg_password or new_password()
+    stack.weed_keys = {name: stack.weed_keys.get(name) or secrets.token_urlsafe(32) for name in WEED_JWT}
     saved = {k: v for k, v in asdict(stack).items() if k != "folder"}
     _write_private(folder / "stack.json", json.dumps(saved, indent=2))
     credentials = [{"accessKey": stack.access_key, "secretKey": stack.secret_key}]
@@ -282,9 +336,16 @@ def _configure(folder: Path, ports: dict[str, int | None]) -> Stack:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner reads (it holds credentials)."""
-    path.touch(mode=0o600, exist_ok=True)
-    path.write_text(text)
+    """Replace `path` by a file only its owner reads (it holds credentials), whatever mode it had: a new
+    file, made 0600, then renamed over it, so that no one else ever reads the text."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _bucket_ready(stack: Stack) -> bool:
@@ -311,11 +372,76 @@ def weed_program() -> str:
     return weed
 
 
+def _issue_certificates(folder: Path) -> None:
+    """A new CA in `folder` (`ca.crt`) and, signed by it, a certificate and key for each of WEED_TLS
+    (`<name>.crt`, `<name>.key`), each for both ends of a connection (SeaweedFS checks no host name). Made
+    anew at each start of SeaweedFS: the CA's key is never written (no one issues more), and nothing
+    expires while a stack is kept."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509  # MLflow's dependency
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    authority_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pipeline.stack CA")])
+    authority_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def signed(subject: x509.Name, key: ec.EllipticCurvePrivateKey, *extensions: Any) -> bytes:
+        """The PEM of a certificate of `subject`'s `key`, with `extensions`, signed by the CA."""
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(authority_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=3650))
+        )
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=isinstance(extension, x509.BasicConstraints))
+        return builder.sign(authority_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    folder.mkdir(mode=0o700, exist_ok=True)
+    (folder / "ca.crt").write_bytes(signed(authority_name, authority_key, x509.BasicConstraints(True, 0)))
+    both_ends = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    loopback = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))])
+    for name in WEED_TLS:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        certificate = signed(subject, key, x509.BasicConstraints(False, None), both_ends, loopback)
+        (folder / f"{name}.crt").write_bytes(certificate)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        _write_private(folder / f"{name}.key", pem.decode())
+
+
+def _write_security(stack: Stack) -> None:
+    """SeaweedFS's `security.toml` in the stack's folder: the JWT signing keys of `stack.json`, and gRPC
+    mutual TLS with new certificates (in `tls/`)."""
+    tls = stack.folder / "tls"
+    _issue_certificates(tls)
+    value = json.dumps  # a JSON string is a TOML basic string
+    sections = [f"[{name}]\nkey = {value(stack.weed_keys[name])}\n" for name in WEED_JWT]
+    sections.append(f"[grpc]\nca = {value(str(tls / 'ca.crt'))}\n")
+    sections += [
+        f"[grpc.{name}]\ncert = {value(str(tls / f'{name}.crt'))}\nkey = {value(str(tls / f'{name}.key'))}\n"
+        for name in WEED_TLS
+    ]
+    header = "# written by pipeline.stack at each start of SeaweedFS; the keys are kept in stack.json\n"
+    _write_private(stack.folder / "security.toml", header + "\n".join(sections))
+
+
 def _start_seaweedfs(stack: Stack) -> None:
     folder, ports = stack.folder, stack.ports
     (folder / "seaweedfs").mkdir(exist_ok=True)
+    _write_security(stack)
     argv = [
         weed_program(),
+        f"-config_dir={folder}",  # its security.toml, not one of ~/.seaweedfs or /etc/seaweedfs
         "server",
         f"-dir={folder / 'seaweedfs'}",
         f"-ip={HOST}",
@@ -332,8 +458,13 @@ def _start_seaweedfs(stack: Stack) -> None:
         "-master.volumeSizeLimitMB=1024",  # small volumes: a bucket takes 7 of them at once
         "-volume.max=0",  # as many volumes as the disk holds
         "-volume.preStopSeconds=1",
+        "-master.telemetry=false",  # no cluster statistics sent to SeaweedFS's server (on by default)
+        # no HTTP API on the master and the filer: the master's asks for no credentials (its /col/delete
+        # deletes a bucket's data, its /dir/assign hands out write JWTs); the S3 gateway needs neither
+        "-disableHttp",
     ]
-    _launch(folder, "seaweedfs", argv)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("WEED_")}  # they override it
+    _launch(folder, "seaweedfs", argv, environment)
     _wait(folder, "seaweedfs", stack.s3_endpoint, lambda: _bucket_ready(stack))
 
 
@@ -354,8 +485,9 @@ def _start_mlflow(stack: Stack, workers: int) -> None:
         "AWS_SECRET_ACCESS_KEY": stack.secret_key,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_RETRY_MODE": "standard",  # 3 tries in about a second: a store that is down fails requests fast
+        "MLFLOW_BACKEND_STORE_URI": stack.backend_uri,  # --backend-store-uri: its password on no command line
     }
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", stack.backend_uri]
+    argv = [sys.executable, "-m", "mlflow", "server"]
     argv += ["--artifacts-destination", ARTIFACTS, "--serve-artifacts"]
     argv += ["--host", HOST, "--port", str(stack.ports["tracking"]), "--workers", str(workers)]
     _launch(stack.folder, "mlflow", argv, env)
@@ -370,10 +502,21 @@ def running(folder: Path) -> dict[str, bool]:
 def up(folder: Path = DEFAULT_DIR, ports: dict[str, int | None] | None = None, workers: int = 2) -> Stack:
     """Start the services of `folder` that do not run, each once the one before answers."""
     folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)  # its logs, data and credentials: the owner's alone
     before = running(folder)
     if any(before.values()):
         stack = load(folder)
+        if before["postgres"] and not stack.pg_password:
+            raise ServiceError(
+                f"the stack in {folder} runs a PostgreSQL that trusts every local account (an earlier "
+                "version's): `down` it, then `up` gives it a password"
+            )
+        if before["seaweedfs"] and not (folder / "security.toml").exists():
+            raise ServiceError(
+                f"the stack in {folder} runs a SeaweedFS whose own ports let every local account in (an "
+                "earlier version's): `down` it, then `up` starts it with security.toml"
+            )
         changed = [
             f"{k} on {stack.ports[k]}, not {v}" for k, v in (ports or {}).items() if v and stack.ports[k] != v
         ]
@@ -381,11 +524,10 @@ def up(folder: Path = DEFAULT_DIR, ports: dict[str, int | None] | None = None, w
             raise ServiceError(
                 f"the stack in {folder} runs with {', '.join(changed)}: `down` it first to change ports"
             )
-    else:
-        stack = _configure(folder, ports or {})
+    stack = _configure(folder, ports or {})  # what an earlier version's stack.json lacks, made once
     try:
         if not before["postgres"]:
-            _start_postgres(folder, stack.ports["postgres"])
+            _start_postgres(folder, stack.ports["postgres"], stack.pg_password)
         if not before["seaweedfs"]:
             _start_seaweedfs(stack)
         if not before["mlflow"]:
@@ -420,7 +562,8 @@ def exports(stack: Stack) -> str:
 def _status(folder: Path) -> str:
     stack = load(folder)
     state = running(folder)
-    address = {"postgres": stack.backend_uri, "seaweedfs": stack.s3_endpoint, "mlflow": stack.tracking_uri}
+    database = database_url(stack.ports["postgres"], "***")  # the password stays in stack.json
+    address = {"postgres": database, "seaweedfs": stack.s3_endpoint, "mlflow": stack.tracking_uri}
     lines = [f"{name:10} {'running' if state[name] else 'stopped':8} {address[name]}" for name in SERVICES]
     return "\n".join([f"stack in {folder}", *lines])
 
