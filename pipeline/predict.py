@@ -32,7 +32,7 @@ from pipeline.data.guards import Limits
 from pipeline.data.images import to_slice
 from pipeline.data.series import write_segmentation
 from pipeline.data.volumes import is_volume, open_volume, save_nifti
-from pipeline.detector import Detector
+from pipeline.detector import DecodedBatch, Detector
 from pipeline.errors import ImageDecodeError, PipelineError, unexpected
 from pipeline.inputs import InputFile, Scan, collect, find_scans
 from pipeline.io import check_output_file, check_output_folder, display_name, remove_tree, write_csv
@@ -82,26 +82,28 @@ def _heatmap(heatmaps: Path, item: InputFile, arrays: tuple[np.ndarray, ...], la
     save_figure(figure, heatmaps / item.relative.with_name(f"{item.relative.name}.png"))
 
 
+def _batch_rows(
+    detector: Detector, batch: DecodedBatch, scores: np.ndarray, row: Callable[[int], dict]
+) -> list[dict]:
+    """A row per source of a batch, `row(index)` saying which it is: its score and label, or its error."""
+    rows = [
+        {**row(int(index)), "score": float(score), "is_anomaly": bool(detector.is_anomaly(score))}
+        for index, score in zip(batch.decoded, scores, strict=True)
+    ]
+    return rows + [{**row(index), "error": reason} for index, reason in batch.errors.items()]
+
+
 def _score_files(
     detector: Detector, files: list[InputFile], orders: list[int], heatmaps: Path | None, on_map: OnMap | None
 ) -> list[dict]:
     """Score the 2-D files at `orders` (their places in `files`) as one batch; `on_map` gets each decoded
     file's anomaly map on its own pixel grid as soon as it is made (so that no more than one is held)."""
     chunk = [files[order] for order in orders]
-    rows = []
     batch = detector.decode([item.file for item in chunk], [item.path for item in chunk])
     reconstructions, scores = detector.reconstruct_and_score(batch.images)
-    for index, score in zip(batch.decoded, scores, strict=True):
-        rows.append(
-            {
-                "order": orders[index],
-                "path": chunk[index].path,
-                "score": float(score),
-                "is_anomaly": bool(detector.is_anomaly(score)),
-            }
-        )
-    for index, reason in batch.errors.items():
-        rows.append({"order": orders[index], "path": chunk[index].path, "error": reason})
+    rows = _batch_rows(
+        detector, batch, scores, lambda index: {"order": orders[index], "path": chunk[index].path}
+    )
     if (heatmaps is None and on_map is None) or not len(batch.decoded):
         return rows
     residuals = detector.residual_maps(batch.images, reconstructions)
@@ -226,18 +228,9 @@ def _score_volume(
             batch = detector.prepare_hounsfield(slices)
             del slices
             reconstructions, scores = detector.reconstruct_and_score(batch.images)
-            for index, score in zip(batch.decoded, scores, strict=True):
-                rows.append(
-                    {
-                        **base,
-                        "slice": start + int(index),
-                        "score": float(score),
-                        "is_anomaly": bool(detector.is_anomaly(score)),
-                    }
-                )
-            rows += [
-                {**base, "slice": start + index, "error": reason} for index, reason in batch.errors.items()
-            ]
+            rows += _batch_rows(
+                detector, batch, scores, lambda index, first=start: {**base, "slice": first + index}
+            )
             if (heatmaps is None and grid is None) or not len(batch.decoded):
                 continue
             residuals = detector.residual_maps(batch.images, reconstructions)

@@ -14,7 +14,7 @@ Each service runs in the background, detached from the shell, with its pid and l
 (`<service>.pid`, `<service>.log`); `stack.json` there keeps the ports and the generated credentials
 (S3's, PostgreSQL's, SeaweedFS's JWT signing keys), so a later `up` brings back the same stack on the
 same data. Only the folder's owner enters it. A real deployment runs the same three services on a
-server (README, "Working as a team").
+server (docs/team.md).
 """
 
 from __future__ import annotations

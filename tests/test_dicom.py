@@ -15,6 +15,7 @@ from pydicom.uid import JPEGLSLossless
 
 from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield, write_ct_slice
 from pipeline.errors import ImageDecodeError
+from tests.volume_factory import edited_dicom
 
 # Air, water, brain, bone, and values either side of the brain window.
 HU = np.array([[-1024, -1000, 0, 40], [80, 1000, 3071, -2]], dtype=np.float32)
@@ -140,16 +141,8 @@ def text_named_dcm(tmp_path: Path) -> Path:
     return path
 
 
-def _edited(path: Path, edit: Callable[[pydicom.Dataset], None]) -> Path:
-    """Rewrite a valid slice with one defect."""
-    dataset = pydicom.dcmread(path)
-    edit(dataset)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
 def without_pixel_data(tmp_path: Path) -> Path:
-    return _edited(write_ct_slice(tmp_path / "nopixels.dcm", HU), lambda ds: delattr(ds, "PixelData"))
+    return edited_dicom(write_ct_slice(tmp_path / "nopixels.dcm", HU), lambda ds: delattr(ds, "PixelData"))
 
 
 def multi_frame(tmp_path: Path) -> Path:
@@ -157,7 +150,7 @@ def multi_frame(tmp_path: Path) -> Path:
         dataset.NumberOfFrames = 2
         dataset.PixelData = dataset.PixelData * 2
 
-    return _edited(write_ct_slice(tmp_path / "frames.dcm", HU), two_frames)
+    return edited_dicom(write_ct_slice(tmp_path / "frames.dcm", HU), two_frames)
 
 
 def colour(tmp_path: Path) -> Path:
@@ -167,7 +160,7 @@ def colour(tmp_path: Path) -> Path:
         dataset.PhotometricInterpretation = "RGB"
         dataset.PixelData = dataset.PixelData * 3
 
-    return _edited(write_ct_slice(tmp_path / "colour.dcm", HU), rgb)
+    return edited_dicom(write_ct_slice(tmp_path / "colour.dcm", HU), rgb)
 
 
 def undecodable_compressed(tmp_path: Path) -> Path:

@@ -48,7 +48,7 @@ from pipeline.data.series import find_series, read_header, read_segmentation, wr
 from pipeline.errors import ImageDecodeError, describe
 from pipeline.inputs import InputFile, find_scans
 from tests.conftest import preprocess_config
-from tests.volume_factory import head_volume, write_series
+from tests.volume_factory import edited_dicom, head_volume, write_series
 
 CONFIG = preprocess_config(32)
 SMALL = Limits(max_pixels=64 * 64, max_voxels=64 * 64 * 8)  # bounds: HEADER_BYTES and a few kilobytes
@@ -64,17 +64,10 @@ def _hu() -> np.ndarray:
     return hu
 
 
-def _edited(path: Path, edit: Callable[[pydicom.Dataset], None]) -> Path:
-    dataset = pydicom.dcmread(path)
-    edit(dataset)
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
 def _deflated(path: Path) -> Path:
     """A CT slice written deflated, by pydicom's own deflate writing."""
     write_ct_slice(path, _hu())
-    return _edited(
+    return edited_dicom(
         path, lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", DeflatedExplicitVRLittleEndian)
     )
 
@@ -188,7 +181,7 @@ def _compressed(path: Path, syntax: str, frame: bytes) -> Path:
         dataset.PixelData = encapsulate([frame])
         dataset["PixelData"].VR = "OB"
 
-    return _edited(path, compress)
+    return edited_dicom(path, compress)
 
 
 def test_a_jpeg_2000_slice_decodes_to_its_hounsfield_units(tmp_path: Path) -> None:
@@ -227,7 +220,7 @@ def _rle_frame(segments: list[bytes]) -> bytes:
 def test_an_rle_slice_decodes_and_an_rle_segment_expanding_beyond_its_header_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    good = _edited(write_ct_slice(tmp_path / "rle.dcm", _hu()), lambda ds: ds.compress(RLELossless))
+    good = edited_dicom(write_ct_slice(tmp_path / "rle.dcm", _hu()), lambda ds: ds.compress(RLELossless))
     np.testing.assert_array_equal(read_hounsfield(good, good)[0], _hu())
     repeats = b"\x81\x00" * 4000  # each pair: one byte 128 times, 500 KB in all
     path = _compressed(
@@ -243,7 +236,7 @@ def test_pixel_data_in_a_compression_without_a_size_check_is_refused(tmp_path: P
 
 
 def test_native_pixel_data_of_another_size_than_its_header_is_refused(tmp_path: Path) -> None:
-    path = _edited(write_ct_slice(tmp_path / "short.dcm", _hu()), lambda ds: setattr(ds, "Rows", 64))
+    path = edited_dicom(write_ct_slice(tmp_path / "short.dcm", _hu()), lambda ds: setattr(ds, "Rows", 64))
     assert _reason(path) == (
         "its pixel data holds 2048 bytes where 32x64 pixels of 16 bits need 4096: truncated or corrupt"
     )
@@ -294,7 +287,7 @@ def test_a_slice_with_a_malformed_geometry_is_an_error_and_the_rest_of_its_serie
     edit: Callable[[pydicom.Dataset], None], reason: str, tmp_path: Path
 ) -> None:
     files = write_series(tmp_path / "ct", _slices(4))
-    bad = _edited(files[2], edit)
+    bad = edited_dicom(files[2], edit)
     (series,), rest, refused = find_series(files)
     assert series.files == tuple(f for f in files if f != bad) and rest == [bad] and refused == {}
     assert _reason(bad) == reason
@@ -310,7 +303,7 @@ def test_a_slice_without_geometry_is_still_read_alone(tmp_path: Path) -> None:
         for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
             delattr(dataset, keyword)
 
-    path = _edited(write_ct_slice(tmp_path / "bare.dcm", _hu()), strip)
+    path = edited_dicom(write_ct_slice(tmp_path / "bare.dcm", _hu()), strip)
     np.testing.assert_array_equal(read_hounsfield(path, path)[0], _hu())
 
 
@@ -333,7 +326,7 @@ def test_a_series_above_max_pixels_or_max_voxels_is_refused_with_the_reason(tmp_
 def test_a_series_whose_headers_claim_30000_pixels_a_side_is_refused_unread(tmp_path: Path) -> None:
     files = write_series(tmp_path / "ct", _slices(3))
     for file in files:
-        _edited(file, lambda ds: (setattr(ds, "Rows", 30000), setattr(ds, "Columns", 30000)))
+        edited_dicom(file, lambda ds: (setattr(ds, "Rows", 30000), setattr(ds, "Columns", 30000)))
     series, rest, refused = find_series(files)
     assert series == [] and rest == []
     assert set(refused.values()) == {"30000x30000 pixels is above preprocess.max_pixels (16777216)"}
@@ -351,7 +344,7 @@ def test_a_deflated_segmentation_reads_back_and_a_deflate_bomb_segmentation_is_r
     mask[1, 4:9, 5:7] = True
     path = tmp_path / "seg.dcm"
     write_segmentation(series, mask, path, "test")
-    _edited(path, lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", DeflatedExplicitVRLittleEndian))
+    edited_dicom(path, lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", DeflatedExplicitVRLittleEndian))
     np.testing.assert_array_equal(read_segmentation(path, series), mask)
     bomb = _deflate_bomb(tmp_path / "bomb.seg.dcm", 64)
     with pytest.raises(ImageDecodeError, match="inflates to more than"):

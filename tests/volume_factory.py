@@ -1,11 +1,14 @@
-"""Small CT volumes for tests: a head-like phantom in Hounsfield units, written as NIfTI."""
+"""Small CT volumes for tests: a head-like phantom in Hounsfield units, written as NIfTI or a DICOM series;
+and a DICOM file rewritten with one defect."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 
 
 def head_volume(size: int = 48, slices: int = 8, seed: int = 0) -> np.ndarray:
@@ -64,3 +67,11 @@ def write_series(
         )
         for index, (name, hu) in enumerate(zip(names, slices, strict=True))
     ]
+
+
+def edited_dicom(path: Path, edit: Callable[[pydicom.Dataset], object]) -> Path:
+    """Rewrite a valid DICOM file with what `edit` changes in its data set (one defect, a compression)."""
+    dataset = pydicom.dcmread(path)
+    edit(dataset)
+    dataset.save_as(path, enforce_file_format=True)
+    return path

@@ -131,8 +131,9 @@ def find_cases(
     with its patient and class folder (`folders`: class -> the dataset's name for its folder); and every
     file that is in none, with the reason (a series refused for its size, a lone slice, a mask without
     its scan, a file of another kind). Files are what `guards.list_files` finds: nothing outside `root`;
-    hidden files (.DS_Store, ...) are left out."""
-    files, _ = list_files(root)
+    hidden files (.DS_Store, ...) are left out; what cannot be read at all (`guards.list_files`'
+    problems: a link to outside `root`, an unreadable folder) is in none either."""
+    files, problems = list_files(root)
     listed = set(files)
     volumes = [
         volume_case(root, path, folders, listed)
@@ -144,7 +145,7 @@ def find_cases(
     cases = volumes + series
     used = {case.image for case in volumes} | {case.mask for case in cases if case.mask is not None}
     used |= {file for case in series for file in case.series.files}
-    left = [
+    left = problems + [
         (path, refused.get(path) or _not_a_scan(root, path, limits))
         for path in files
         if path not in used and not any(part.startswith(".") for part in path.relative_to(root).parts)

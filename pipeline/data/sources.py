@@ -451,7 +451,7 @@ def _from_folder(
         if not any(file.suffix == ".dcm" for file in list_files(out_dir)[0]):
             listed = "; ".join(f"{file}: {reason}" for file, reason in rejects)
             raise DataError(f"{shown}: none of its scans could be used ({listed})")
-        return rejects + [(path.relative_to(root).as_posix(), reason) for path, reason in list_files(root)[1]]
+        return rejects
     dataset = find_dataset_root(root, folders, shown)
     return copy_classes(dataset, out_dir, folders, shown / dataset.relative_to(root))
 
