@@ -245,7 +245,7 @@ def test_a_file_name_that_is_not_utf8_and_one_that_is_a_formula_are_written_safe
     text = (tmp_path / "s.csv").read_bytes().decode("utf-8")  # valid UTF-8 throughout
     scores = pd.read_csv(tmp_path / "s.csv")
     assert set(scores["path"]) == {"caf\\xe9.png", "'-1.png", '\'=HYPERLINK("x.example","click").png'}
-    assert "\n\"'=HYPERLINK(" in text and "\n=" not in text and "\n\"=" not in text  # quoted: commas
+    assert "\n\"'=HYPERLINK(" in text and "\n=" not in text and '\n"=' not in text  # quoted: commas
     assert scores["score"].notna().all()
     # the same escaping, cell by cell: text that begins like a formula; a number is not
     frame = pd.DataFrame({"path": ['=HYPERLINK("x")', "@SUM(1)", "-1.png", "+1", "ok"], "score": [-1.0] * 5})
