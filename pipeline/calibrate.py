@@ -6,6 +6,7 @@ localisation. Tuning never looks at the test set."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import mlflow
 import numpy as np
@@ -22,7 +23,7 @@ from pipeline.features import SCALE, FeatureScore, PatchMemory
 from pipeline.io import write_csv, write_json
 from pipeline.metrics import bootstrap_intervals, ranking_metrics
 from pipeline.models import load_model
-from pipeline.normalization import ContentNormalizer, brain_content
+from pipeline.normalization import NORMALIZERS, ContentNormalizer, Normalizer, SliceFacts
 from pipeline.plots import error_histogram, save_figure
 from pipeline.scoring import AUTO, choose_kind
 from pipeline.thresholds import calibrate_thresholds, label_free
@@ -32,7 +33,7 @@ PIXEL_PERCENTILE = 99.5  # of healthy validation residuals inside the head: a pi
 
 
 def choose_features(
-    detector: Detector, settings: Settings, val: Split, scores: np.ndarray
+    detector: Detector, settings: Settings, val: Split, facts: SliceFacts, scores: np.ndarray
 ) -> tuple[FeatureScore | None, np.ndarray, dict[str, float]]:
     """Fit the feature-space memory on the healthy training slices (always: it is a stage output) and
     decide whether the detector adds its score to `scores` (the applied kind's, normalised):
@@ -42,7 +43,7 @@ def choose_features(
     memory = PatchMemory.fit(detector.model, train.images, detector.regions(train.images), settings.seed)
     memory.save(settings.paths.patches)
     configured = settings.score.features
-    if settings.score.normalize != "content":  # the config allows only `never` then: nothing to add to
+    if settings.score.normalize == "none":  # the config allows only `never` then: nothing to add to
         return None, scores, {}
     if not memory.usable:
         if configured == "always":
@@ -53,10 +54,9 @@ def choose_features(
         return None, scores, {}
     is_tumor = val.labels == 1
     masks = detector.regions(val.images)
-    content = brain_content(val.images, masks)
     distances = memory.scores(detector.model, val.images, masks, settings.score.percentile)
-    feature_score = FeatureScore(memory, ContentNormalizer.fit(content[~is_tumor], distances[~is_tumor]))
-    combined = scores + feature_score.normalizer.apply(distances, content)
+    feature_score = FeatureScore(memory, ContentNormalizer.fit(facts[~is_tumor], distances[~is_tumor]))
+    combined = scores + feature_score.normalizer.apply(distances, facts)
     if not is_tumor.any():
         add = configured == "always"  # auto has nothing to decide on: it leaves the score as it is
         return (feature_score, combined, {}) if add else (None, scores, {})
@@ -68,6 +68,60 @@ def choose_features(
     return (feature_score, combined, report) if add else (None, scores, report)
 
 
+@dataclass(frozen=True)
+class Normalization:
+    """What calibrate applies: the normaliser (None: raw scores), every kind's validation scores through
+    it, their ROC AUCs, the kind applied, and the applied kind's ROC AUC under each normaliser tried."""
+
+    normalizer: Normalizer | None
+    scores: dict[str, np.ndarray]
+    by_kind: dict[str, float]
+    kind: str
+    by_normalizer: dict[str, float]
+
+
+def choose_normalization(
+    settings: Settings, val: Split, facts: SliceFacts, scores: dict[str, np.ndarray]
+) -> Normalization:
+    """Fit the configured normaliser (under `auto`, each registered one) on the healthy validation slices,
+    each kind of score its own, and keep the one (and, under `score.kind: auto`, the kind) with the best
+    validation ROC AUC; ties and a validation split without anomalies keep the first registered. The
+    reference judges each validation slice by other patients' slices only, as it will a new scan."""
+    configured = settings.score.normalize
+    names = NORMALIZERS.names() if configured == "auto" else [] if configured == "none" else [configured]
+    is_tumor, patients = val.labels == 1, val.patients
+    healthy = ~is_tumor
+    candidates: list[Normalization] = []
+    for name in names or [None]:
+        normalizers: dict[str, Normalizer] = {}
+        if name is not None:
+            normalizer_class = NORMALIZERS.get(name)
+            normalizers = {
+                kind: normalizer_class.fit(facts[healthy], values[healthy], patients[healthy])
+                for kind, values in scores.items()
+            }
+        normalised = {
+            kind: normalizers[kind].apply(values, facts, patients) if normalizers else values
+            for kind, values in scores.items()
+        }
+        by_kind = (
+            {kind: ranking_metrics(val.labels, values)["roc_auc"] for kind, values in normalised.items()}
+            if is_tumor.any()
+            else {}
+        )
+        kind = choose_kind(settings.score.kind, by_kind)
+        candidates.append(
+            Normalization(normalizers[kind] if normalizers else None, normalised, by_kind, kind, {})
+        )
+    by_normalizer = {
+        candidate.normalizer.name: candidate.by_kind[candidate.kind]
+        for candidate in candidates
+        if candidate.normalizer is not None and candidate.by_kind
+    }
+    best = max(candidates, key=lambda candidate: candidate.by_kind.get(candidate.kind, -np.inf))
+    return Normalization(best.normalizer, best.scores, best.by_kind, best.kind, by_normalizer)
+
+
 def run(settings: Settings) -> None:
     detector = Detector.uncalibrated(
         load_model(settings.paths.model_file), settings.preprocess, settings.score
@@ -76,22 +130,16 @@ def run(settings: Settings) -> None:
     reconstructions = detector.reconstruct(val.images)
     scores = detector.all_scores(val.images, reconstructions)
     is_tumor = val.labels == 1
-    normalizers = {}
-    if settings.score.normalize == "content":  # each kind relative to healthy slices of as much brain
-        content = detector.brain_content(val.images)
-        normalizers = {
-            kind: ContentNormalizer.fit(content[~is_tumor], values[~is_tumor])
-            for kind, values in scores.items()
-        }
-        scores = {kind: normalizers[kind].apply(values, content) for kind, values in scores.items()}
-    by_kind = (
-        {kind: ranking_metrics(val.labels, values)["roc_auc"] for kind, values in scores.items()}
-        if is_tumor.any()
-        else {}
+    facts = detector.facts(val.images, val.levels)
+    normalization = choose_normalization(settings, val, facts, scores)
+    normalizer, scores, by_kind, kind = (
+        normalization.normalizer,
+        normalization.scores,
+        normalization.by_kind,
+        normalization.kind,
     )
-    kind = choose_kind(settings.score.kind, by_kind)
     applied = scores[kind]
-    features, applied, with_features = choose_features(detector, settings, val, applied)
+    features, applied, with_features = choose_features(detector, settings, val, facts, applied)
     healthy, tumor = applied[~is_tumor], applied[is_tumor]
     thresholds = calibrate_thresholds(healthy, tumor, settings.threshold)
     method = settings.threshold.method
@@ -106,7 +154,9 @@ def run(settings: Settings) -> None:
         "method": method,
         "score": kind,
         "score_configured": settings.score.kind,
-        "normalizer": normalizers[kind].as_dict() if normalizers else None,
+        "normalizer": normalizer.as_dict() if normalizer is not None else None,
+        "normalize": normalizer.name if normalizer is not None else "none",
+        "normalize_configured": settings.score.normalize,
         "features": features is not None,
         "feature_normalizer": features.normalizer.as_dict() if features is not None else None,
         "thresholds": thresholds,
@@ -127,6 +177,7 @@ def run(settings: Settings) -> None:
         )["roc_auc"]
         summary.update(val_roc_auc_ci_low=low, val_roc_auc_ci_high=high)  # is a change beyond sampling?
         summary["val_roc_auc_by_score"] = by_kind
+        summary["val_roc_auc_by_normalizer"] = normalization.by_normalizer
         summary.update(with_features)
 
     out = settings.paths.stage_reports("calibrate")
@@ -143,10 +194,15 @@ def run(settings: Settings) -> None:
 
     with tracking.model_run(settings, "calibrate", detector.model):
         mlflow.set_tag("score_applied", kind)  # what score.kind=auto chose, beside the configured kind
+        mlflow.set_tag("normalize_applied", summary["normalize"])  # what score.normalize=auto chose
         mlflow.log_metrics(
             {k: v for k, v in summary.items() if isinstance(v, int | float)}
             | {f"threshold_{k}": v for k, v in thresholds.items()}
             | {f"val_roc_auc_{k}": v for k, v in summary.get("val_roc_auc_by_score", {}).items()}
+            | {
+                f"val_roc_auc_normalize_{k}": v
+                for k, v in summary.get("val_roc_auc_by_normalizer", {}).items()
+            }
         )
         for name in ("threshold.json", "val_errors.csv", "error_histogram.png"):
             mlflow.log_artifact(str(out / name), "calibrate")
@@ -156,11 +212,12 @@ def run(settings: Settings) -> None:
         else "no validation tumors"
     )
     log.info(
-        "threshold %.6g (%s on %s scores%s of %d healthy validation slices)%s; "
+        "threshold %.6g (%s on %s scores, %s%s, of %d healthy validation slices)%s; "
         "validation ROC AUC by score: %s%s",
         summary["threshold"],
         method,
         kind,
+        f"normalised: {summary['normalize']}" if normalizer is not None else "not normalised",
         " + the feature-space score" if features is not None else "",
         len(healthy),
         " (score.kind=auto: the best on validation)" if settings.score.kind == AUTO else "",

@@ -219,10 +219,12 @@ class ScoreConfig(Section):
     """Which anomaly score (`pipeline.scoring`) a slice gets, and where it is read."""
 
     kind: str  # a name registered in pipeline.scoring.SCORES, or `auto`: calibrate picks on validation
-    region: Literal["head", "image"]
+    region: Literal["head", "brain", "image"]  # brain: the cranial cavity and the skull's inner table
     percentile: float = Field(gt=0, le=100)  # residual_percentile and symmetry; 100 = the maximum
     smoothing: float = Field(ge=0, le=16)  # Gaussian sigma (pixels) of the residual before the percentile
-    normalize: Literal["none", "content"] = "none"  # content: relative to healthy slices of as much brain
+    # relative to healthy slices like it (pipeline.normalization): of as much brain (content), nearest in
+    # level and anatomy (reference), the better of the two on validation (auto)
+    normalize: Literal["none", "content", "reference", "auto"] = "none"
     tta: Literal["none", "flip"] = "none"  # flip: reconstructions averaged with the mirror image's
     # add the feature-space score (pipeline.features): when it raises validation ROC AUC, always, never
     features: Literal["auto", "always", "never"] = "never"
@@ -236,10 +238,10 @@ class ScoreConfig(Section):
 
     @model_validator(mode="after")
     def _features_need_a_common_scale(self) -> ScoreConfig:
-        if self.features != "never" and self.normalize != "content":
+        if self.features != "never" and self.normalize == "none":
             raise ValueError(
                 f"score.features={self.features} adds two scores, which needs them on one scale: "
-                "set score.normalize=content or score.features=never"
+                "set score.normalize (content, reference or auto) or score.features=never"
             )
         return self
 

@@ -31,7 +31,7 @@ from pipeline.errors import ImageDecodeError, PipelineError, unexpected
 from pipeline.features import FeatureScore, PatchMemory
 from pipeline.io import read_json, write_json
 from pipeline.models import load_model
-from pipeline.normalization import ContentNormalizer, brain_content
+from pipeline.normalization import ContentNormalizer, Normalizer, SliceFacts, load_normalizer
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "model.keras"
@@ -57,7 +57,7 @@ class Detector:
     scoring: ScoreConfig
     info: dict[str, Any] = field(default_factory=dict)  # provenance: run id, model name, ...
     pixel_threshold: float = math.nan  # a residual-map pixel above it is anomalous (the anomaly mask)
-    normalizer: ContentNormalizer | None = None  # score.normalize=content: scores relative to brain content
+    normalizer: Normalizer | None = None  # score.normalize: scores relative to healthy slices like each
     features: FeatureScore | None = None  # the feature-space score, where calibrate chose to add it
 
     @classmethod
@@ -78,7 +78,7 @@ class Detector:
             settings.score.model_copy(update={"kind": calibration["score"]}),
             info or {},
             calibration["pixel_threshold"],
-            _normalizer(calibration.get("normalizer")),
+            load_normalizer(calibration.get("normalizer")),
             _features(calibration.get("feature_normalizer"), settings.paths.patches),
         )
 
@@ -133,19 +133,30 @@ class Detector:
             images[decoded], decoded, dict(sorted(errors.items())), tuple(geometries[i] for i in decoded)
         )
 
-    def reconstruct_and_score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Reconstructions and scores of a preprocessed batch (from `decode`, or a cached split)."""
+    def reconstruct_and_score(
+        self, images: np.ndarray, levels: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstructions and scores of a preprocessed batch (from `decode`, or a cached split); `levels`:
+        each slice's place in its scan (0 lowest .. 1 highest, NaN for a lone image), where known."""
         return scoring.reconstruct_and_score(
-            self.model, images, self.scoring, self.preprocess.head.threshold, self.normalizer, self.features
+            self.model,
+            images,
+            self.scoring,
+            self.preprocess.head.threshold,
+            self.normalizer,
+            self.features,
+            levels,
         )
 
     def regions(self, images: np.ndarray) -> np.ndarray:
         """(n, h, w) masks of where each slice is scored (its head, or the whole image)."""
         return scoring.regions(images, self.scoring, self.preprocess.head.threshold)
 
-    def brain_content(self, images: np.ndarray) -> np.ndarray:
-        """Each slice's share of soft tissue in its scored region (`pipeline.normalization`)."""
-        return brain_content(images, self.regions(images))
+    def facts(self, images: np.ndarray, levels: np.ndarray | None = None) -> SliceFacts:
+        """What each slice's healthy reference is matched on (`pipeline.normalization`)."""
+        head_masks = scoring.heads(images, self.preprocess.head.threshold)
+        masks = scoring.regions(images, self.scoring, self.preprocess.head.threshold, head_masks)
+        return SliceFacts.of(images, masks, head_masks, levels)
 
     def reconstruct(self, images: np.ndarray) -> np.ndarray:
         return scoring.reconstruct(self.model, images, self.scoring.tta)
@@ -155,8 +166,8 @@ class Detector:
         the kinds on validation slices (its own kind is `self.scoring.kind`)."""
         return scoring.score_all(images, reconstructions, self.scoring, self.preprocess.head.threshold)
 
-    def score(self, images: np.ndarray) -> np.ndarray:
-        return self.reconstruct_and_score(images)[1]
+    def score(self, images: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
+        return self.reconstruct_and_score(images, levels)[1]
 
     def residual_maps(self, images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
         """Where each slice is anomalous: smoothed absolute residuals inside the scored region."""
@@ -229,13 +240,9 @@ class Detector:
             sections["score"],
             saved.get("info", {}),
             float(pixel_threshold) if isinstance(pixel_threshold, int | float) else math.nan,
-            _normalizer(saved.get("normalizer")),
+            load_normalizer(saved.get("normalizer")),
             _features(saved.get("feature_normalizer"), directory / PATCHES_FILE),
         )
-
-
-def _normalizer(saved: dict[str, Any] | None) -> ContentNormalizer | None:
-    return ContentNormalizer.from_dict(saved) if saved else None
 
 
 def _features(normalizer: dict[str, Any] | None, patches: Path) -> FeatureScore | None:

@@ -91,14 +91,14 @@ def _with_intervals(
     return {f"{prefix}{key}": value for key, value in results.items()}
 
 
-def _blanked_scores(detector: Detector, settings: Settings, frame: pd.DataFrame) -> np.ndarray:
+def _blanked_scores(detector: Detector, settings: Settings, split: Split) -> np.ndarray:
     """Scores of a copy of the slices with everything outside the head blanked before they reach the
     detector: if the detector scored text, overlays or background, these would differ."""
-    files = [settings.paths.raw / path for path in frame["path"]]
+    files = [settings.paths.raw / path for path in split.frame["path"]]
     with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
         copies = list(pool.map(lambda file: blanked_png(file, settings.preprocess), files))
     batch = detector.decode(copies, [str(file) for file in files])
-    return detector.score(batch.images)
+    return detector.score(batch.images, split.levels[batch.decoded])
 
 
 def _by_source(frame: pd.DataFrame, labels: np.ndarray, scores: np.ndarray, threshold: float) -> pd.DataFrame:
@@ -135,14 +135,14 @@ class Scored:
 
 def score_test_sets(detector: Detector, settings: Settings) -> Scored:
     test, extra = load_split(settings, "test"), load_split(settings, "test_extra")
-    reconstructions, scores = detector.reconstruct_and_score(test.images)
+    reconstructions, scores = detector.reconstruct_and_score(test.images, test.levels)
     return Scored(
         test,
         extra,
         reconstructions,
         scores,
-        _blanked_scores(detector, settings, test.frame),
-        detector.score(extra.images),
+        _blanked_scores(detector, settings, test),
+        detector.score(extra.images, extra.levels),
         detector.residual_maps(test.images, reconstructions),
         scan_table(test.frame, test.labels, scores, settings.evaluate.top_k),
     )

@@ -24,7 +24,7 @@ from scipy import ndimage
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path
 from pipeline.models import infer
-from pipeline.normalization import ContentNormalizer
+from pipeline.normalization import ContentNormalizer, SliceFacts
 
 SCALE = 4  # the features' resolution: the input's divided by this
 BANK = 20_000  # feature vectors kept from the healthy training slices
@@ -152,7 +152,7 @@ class FeatureScore:
         model: keras.Model,
         images: np.ndarray,
         masks: np.ndarray,
-        content: np.ndarray,
+        facts: SliceFacts,
         percentile: float,
     ) -> np.ndarray:
-        return self.normalizer.apply(self.memory.scores(model, images, masks, percentile), content)
+        return self.normalizer.apply(self.memory.scores(model, images, masks, percentile), facts)

@@ -94,13 +94,21 @@ def _batch_rows(
 
 
 def _score_files(
-    detector: Detector, files: list[InputFile], orders: list[int], heatmaps: Path | None, on_map: OnMap | None
+    detector: Detector,
+    files: list[InputFile],
+    orders: list[int],
+    heatmaps: Path | None,
+    on_map: OnMap | None,
+    levels: np.ndarray | None = None,
 ) -> list[dict]:
-    """Score the 2-D files at `orders` (their places in `files`) as one batch; `on_map` gets each decoded
-    file's anomaly map on its own pixel grid as soon as it is made (so that no more than one is held)."""
+    """Score the 2-D files at `orders` (their places in `files`) as one batch (`levels`: their places in
+    their scan, where they are slices of one); `on_map` gets each decoded file's anomaly map on its own
+    pixel grid as soon as it is made (so that no more than one is held)."""
     chunk = [files[order] for order in orders]
     batch = detector.decode([item.file for item in chunk], [item.path for item in chunk])
-    reconstructions, scores = detector.reconstruct_and_score(batch.images)
+    reconstructions, scores = detector.reconstruct_and_score(
+        batch.images, None if levels is None else levels[batch.decoded]
+    )
     rows = _batch_rows(
         detector, batch, scores, lambda index: {"order": orders[index], "path": chunk[index].path}
     )
@@ -174,7 +182,10 @@ def _score_series(
     rows = []
     for start in range(0, count, CHUNK):
         orders = scan.orders[start : start + CHUNK]
-        rows.extend(_score_files(detector, files, orders, heatmaps, put if stack is not None else None))
+        levels = np.array([place[order] for order in orders], dtype=float) / max(count - 1, 1)
+        rows.extend(
+            _score_files(detector, files, orders, heatmaps, put if stack is not None else None, levels)
+        )
     for row in rows:
         row.update(scan=scan.name, slice=place[row["order"]])
     _log_scan_score(scan.name, rows)
@@ -227,7 +238,8 @@ def _score_volume(
                 break
             batch = detector.prepare_hounsfield(slices)
             del slices
-            reconstructions, scores = detector.reconstruct_and_score(batch.images)
+            levels = (start + batch.decoded) / max(volume.count - 1, 1)
+            reconstructions, scores = detector.reconstruct_and_score(batch.images, levels)
             rows += _batch_rows(
                 detector, batch, scores, lambda index, first=start: {**base, "slice": first + index}
             )

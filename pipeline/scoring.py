@@ -23,11 +23,11 @@ from scipy import ndimage
 from skimage.metrics import structural_similarity
 
 from pipeline.config import ScoreConfig
-from pipeline.data.head import head_mask
+from pipeline.data.head import head_mask, intracranial_mask
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureScore
 from pipeline.models import infer
-from pipeline.normalization import ContentNormalizer, brain_content
+from pipeline.normalization import Normalizer, SliceFacts
 from pipeline.registry import Registry
 
 # (x, r, masks, config) -> one score per slice; x, r are (n, h, w) float64 with r == x outside the masks.
@@ -50,14 +50,27 @@ def reconstruct(model: keras.Model, images: np.ndarray, tta: str = "none") -> np
     return reconstructions
 
 
-def regions(images: np.ndarray, config: ScoreConfig, head_threshold: float) -> np.ndarray:
-    """(n, h, w) boolean masks of where each slice is scored: its head, or the whole image."""
+def heads(images: np.ndarray, head_threshold: float) -> np.ndarray:
+    """(n, h, w) head masks of a batch; a slice with nothing head-like (a blank upload) is all head,
+    scored whole rather than not at all."""
+    masks = np.stack([head_mask(image[..., 0], head_threshold) for image in images])
+    masks[~masks.any(axis=(1, 2))] = True
+    return masks
+
+
+def regions(
+    images: np.ndarray, config: ScoreConfig, head_threshold: float, head_masks: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, h, w) boolean masks of where each slice is scored: its head, its cranial cavity with the
+    skull's inner table (`brain`), or the whole image. `head_masks`: the batch's `heads`, if at hand."""
     if config.region == "image":
         return np.ones(images.shape[:3], dtype=bool)
-    masks = np.stack([head_mask(image[..., 0], head_threshold) for image in images])
-    empty = ~masks.any(axis=(1, 2))
-    masks[empty] = True  # nothing head-like (a blank upload): score the whole image rather than nothing
-    return masks
+    head_masks = heads(images, head_threshold) if head_masks is None else head_masks
+    if config.region == "head":
+        return head_masks
+    return np.stack(
+        [intracranial_mask(image[..., 0], head) for image, head in zip(images, head_masks, strict=True)]
+    )
 
 
 def _smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
@@ -160,20 +173,23 @@ def reconstruct_and_score(
     images: np.ndarray,
     config: ScoreConfig,
     head_threshold: float,
-    normalizer: ContentNormalizer | None = None,
+    normalizer: Normalizer | None = None,
     features: FeatureScore | None = None,
+    levels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reconstructions and the configured anomaly score of a preprocessed batch (an empty batch gives
-    empty arrays); with a `normalizer`, relative to healthy slices with as much brain, and with
-    `features` (which needs the normalizer), plus the feature-space score on the same scale."""
+    empty arrays); with a `normalizer`, relative to healthy slices like it (`levels`: each slice's place
+    in its scan, where it has one), and with `features` (which needs the normalizer), plus the
+    feature-space score on the same scale."""
     if not len(images):
         return images, np.empty(0, dtype=np.float64)
     reconstructions = reconstruct(model, images, config.tta)
-    masks = regions(images, config, head_threshold)
+    head_masks = heads(images, head_threshold)
+    masks = regions(images, config, head_threshold, head_masks)
     scores = score_all(images, reconstructions, config, head_threshold, (config.kind,), masks)[config.kind]
     if normalizer is not None:
-        content = brain_content(images, masks)
-        scores = normalizer.apply(scores, content)
+        facts = SliceFacts.of(images, masks, head_masks, levels)
+        scores = normalizer.apply(scores, facts)
         if features is not None:
-            scores = scores + features(model, images, masks, content, config.percentile)
+            scores = scores + features(model, images, masks, facts, config.percentile)
     return reconstructions, scores

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.data.head import bounding_box, head_mask, normalize_intensity
+from pipeline.data.head import bounding_box, head_mask, intracranial_mask, normalize_intensity
 from pipeline.data.images import blanked_png, preprocess
 from tests.conftest import preprocess_config
 
@@ -196,3 +196,33 @@ def test_blanked_png_keeps_the_head_and_blacks_out_the_rest(tmp_path: Path) -> N
     assert decoded.shape == pixels.shape and decoded.dtype == np.uint8
     assert not decoded[~HEAD].any()  # the text is gone
     np.testing.assert_allclose(decoded[HEAD].astype(int), pixels[HEAD].astype(int), atol=1)
+
+
+def _skull(size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """A head seen in a brain window: scalp (0.3) round a skull (1.0, 4 px) round the brain (0.45), with
+    a 2-pixel bleed (0.85) against the skull's inner table on the right; and the bleed's mask."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r = np.hypot(yy, xx)
+    gray = np.where(r < 40, 0.3, 0.0)
+    gray = np.where(r < 37, 1.0, gray)
+    gray = np.where(r < 33, 0.45, gray)
+    bleed = (r < 33) & (r >= 31) & (xx > 20)
+    return np.where(bleed, 0.85, gray).astype(np.float32), bleed
+
+
+def test_the_intracranial_region_holds_the_cavity_and_the_inner_table_only() -> None:
+    gray, bleed = _skull()
+    head = head_mask(gray, 0.1)
+    region = intracranial_mask(gray, head, rim=2)
+    r = np.hypot(*(np.mgrid[:96, :96] - 47.5))
+    assert region[bleed].all()  # a bleed against the bone is scored
+    assert region[(r < 33)].all() and region[(r >= 33) & (r < 34.5)].all()  # cavity, inner table
+    assert not region[r >= 35.5].any()  # the outer table and the scalp are not
+    assert region.sum() < head.sum()
+
+
+def test_a_slice_without_a_closed_skull_keeps_its_head() -> None:
+    gray, _ = _skull()
+    gray[:, 60:] = np.where(gray[:, 60:] == 1.0, 0.3, gray[:, 60:])  # the skull open on one side
+    head = head_mask(gray, 0.1)
+    np.testing.assert_array_equal(intracranial_mask(gray, head), head)

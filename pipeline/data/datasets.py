@@ -26,6 +26,28 @@ class Split:
         """1 for tumor (the anomaly), 0 for healthy."""
         return (self.frame["class"] == TUMOR).to_numpy(dtype=np.int64)
 
+    @property
+    def levels(self) -> np.ndarray:
+        """Each slice's place in its scan, 0 lowest .. 1 highest; NaN for a lone image."""
+        if not {"slice", "slices"} <= set(self.frame.columns):
+            return np.full(len(self.frame), np.nan)
+        index = pd.to_numeric(self.frame["slice"], errors="coerce").to_numpy(dtype=float)
+        count = pd.to_numeric(self.frame["slices"], errors="coerce").to_numpy(dtype=float)
+        return np.where(count > 1, index / np.maximum(count - 1, 1), np.nan)
+
+    @property
+    def patients(self) -> np.ndarray:
+        """Each slice's patient, or its own path where it has none: who may not judge whom."""
+        patient = (
+            self.frame["patient"]
+            if "patient" in self.frame.columns
+            else pd.Series("", index=self.frame.index)
+        )
+        patient = patient.fillna("").astype(str)
+        return np.where(patient != "", "patient:" + patient, "path:" + self.frame["path"].astype(str)).astype(
+            str
+        )
+
 
 def split_file(settings: Settings, name: str) -> Path:
     return settings.paths.splits / f"{name}.csv"

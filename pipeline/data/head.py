@@ -27,6 +27,27 @@ def head_mask(gray: np.ndarray, threshold: float, opening: int = 2) -> np.ndarra
     return ndimage.binary_fill_holes(labels == int(np.argmax(sizes[1:])) + 1)
 
 
+BONE = 0.95  # of the model's input (a brain window, stretched): bone and nothing else reaches it
+MIN_CAVITY = 0.25  # of the head: a smaller enclosed space is no cranial cavity (skull base, vertex)
+
+
+def intracranial_mask(gray: np.ndarray, head: np.ndarray, rim: int = 2) -> np.ndarray:
+    """The cranial cavity of a slice and the `rim` pixels of bone around it (the inner table, where
+    epidural and subdural bleeds lie): the space the bone inside `head` encloses. Scalp, the rest of the
+    skull and what lies outside are left out. A slice whose bone encloses no cavity of at least
+    MIN_CAVITY of the head (the skull base, the vertex, an image without a closed skull) keeps its head."""
+    bone = head & (gray >= BONE)
+    cavity = ndimage.binary_fill_holes(bone) & ~bone
+    labels, count = ndimage.label(cavity)
+    if count == 0:
+        return head
+    sizes = np.bincount(labels[cavity])
+    largest = labels == int(np.argmax(sizes[1:])) + 1
+    if sizes[1:].max() < MIN_CAVITY * head.sum():
+        return head
+    return largest | (bone & (ndimage.distance_transform_edt(~largest) <= rim))
+
+
 def bounding_box(mask: np.ndarray, margin: float) -> tuple[slice, slice]:
     """Rows and columns of the mask's bounding box, widened by `margin` times its longer side
     (clipped to the image); the whole image when the mask is empty."""
