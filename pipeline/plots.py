@@ -140,9 +140,10 @@ def score_by_level(
     ax.axhline(finite_number(threshold), color="black", linestyle="--", label="threshold")
     ax.set_xlabel("level in the scan (0 = lowest slice, 1 = highest)")
     ax.set_ylabel("anomaly score")
+    banded = bands is not None and len(bands) > 0
     ax.set_title(
-        "score by slice level"
-        + (" (bars: band medians; top: band ROC AUC)" if bands is not None and len(bands) else "")
+        "score by slice level" + (" (bars: band medians; above: band ROC AUC)" if banded else ""),
+        pad=16 if banded else None,
     )
     ax.legend()
     return fig
@@ -165,7 +166,7 @@ def roc_auc_by_kind(kinds: pd.DataFrame, overall: float) -> Figure:
     ax.invert_yaxis()
     ax.set_xlabel("ROC AUC against all healthy test slices")
     ax.set_title("detection by lesion kind")
-    ax.legend(loc="lower right", fontsize="small")
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     return fig
 
 
