@@ -3,8 +3,12 @@ intervals, at the applied threshold and at every threshold rule calibrate comput
 of the test slices blanked outside the head, and per image source (format, mode, size), both of which
 would expose a detector that scores the source instead of the anatomy; the shortcut audit
 (`pipeline.audit`: what metadata alone, or a slice's level in its scan, would achieve); localisation
-where tumor outlines exist; the detection rate on the extra tumor-only set. All as DVC metrics and
-plots and in the model's MLflow run. Packaging the detector is the next stage's job (`package`)."""
+where tumor outlines exist; the detection rate on the extra tumor-only set. Where the detector fails
+(`pipeline.diagnostics`): the metrics per band of the slice's level in its scan (`by_level.csv`, for
+slices of scans) and per lesion kind (`by_kind.csv`, where the split has a `kind` column), and a warning
+(log, MLflow tag `warning.*`, 0/1 metric `warning_*`) when validation does not separate the classes or
+the slice's level alone beats the detector. All as DVC metrics and plots and in the model's MLflow run.
+Packaging the detector is the next stage's job (`package`)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,15 @@ from pipeline.data.classes import CLASSES
 from pipeline.data.datasets import Split, load_split
 from pipeline.data.images import DECODE_WORKERS, blanked_png
 from pipeline.detector import Detector
+from pipeline.diagnostics import (
+    WARNING_TAGS,
+    by_kind,
+    by_level,
+    failure_warnings,
+    flat_metrics,
+    slice_kinds,
+    warning_flags,
+)
 from pipeline.entrypoint import stage
 from pipeline.io import read_json, write_csv, write_json
 from pipeline.localization import pixel_intervals, pixel_metrics, tumor_outlines
@@ -40,6 +53,7 @@ from pipeline.plots import (
     confusion_figure,
     error_histogram,
     reconstruction_grid,
+    roc_auc_by_kind,
     roc_pr_figure,
     save_figure,
     score_by_level,
@@ -148,7 +162,38 @@ def score_test_sets(detector: Detector, settings: Settings) -> Scored:
     )
 
 
-def evaluation_metrics(scored: Scored, calibration: dict, settings: Settings) -> dict[str, float]:
+def lesion_outlines(scored: Scored, settings: Settings) -> np.ndarray | None:
+    """The anomalous test slices' lesion outlines, aligned with their residual maps; None unless every
+    one has a mask."""
+    frame = scored.test.frame[scored.test.labels == 1]
+    return tumor_outlines(settings.paths.raw, frame, settings.preprocess)
+
+
+def diagnostic_tables(
+    scored: Scored, calibration: dict, outlines: np.ndarray | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The test set's metrics per level band (no rows for lone images) and per lesion kind (no rows
+    without kinds; Dice where outlines exist)."""
+    frame, labels, scores = scored.test.frame, scored.test.labels, scored.scores
+    threshold = calibration["threshold"]
+    tumor_maps = scored.maps[labels == 1] if outlines is not None else None
+    return (
+        by_level(levels(frame), labels, scores, threshold),
+        by_kind(
+            slice_kinds(frame, labels),
+            labels,
+            scores,
+            threshold,
+            tumor_maps,
+            outlines,
+            calibration["pixel_threshold"],
+        ),
+    )
+
+
+def evaluation_metrics(
+    scored: Scored, calibration: dict, settings: Settings, outlines: np.ndarray | None
+) -> dict[str, float]:
     """Every metric of the test sets: at the applied threshold with intervals, at each rule's threshold,
     on the blanked copy, on the extra tumors, and of localisation where outlines exist."""
     labels, scores, threshold = scored.test.labels, scored.scores, calibration["threshold"]
@@ -161,7 +206,6 @@ def evaluation_metrics(scored: Scored, calibration: dict, settings: Settings) ->
     results |= _with_intervals(labels, scored.blanked, threshold, settings, prefix="blanked_")
     if len(scored.extra_scores):
         results["extra_tumor_detection_rate"] = detection_rate(scored.extra_scores, threshold)
-    outlines = tumor_outlines(settings.paths.raw, scored.test.frame[labels == 1], settings.preprocess)
     if outlines is not None:
         tumor_maps = scored.maps[labels == 1]
         results |= pixel_metrics(tumor_maps, outlines, calibration["pixel_threshold"])
@@ -176,9 +220,12 @@ def evaluation_metrics(scored: Scored, calibration: dict, settings: Settings) ->
     return results
 
 
-def write_tables(scored: Scored, detector: Detector, out: Path) -> list[str]:
-    """The per-slice and per-scan scores, the per-source metrics and the curves DVC plots; returns the
-    file names."""
+def write_tables(
+    scored: Scored, detector: Detector, diagnostics: tuple[pd.DataFrame, pd.DataFrame], out: Path
+) -> list[str]:
+    """The per-slice and per-scan scores, the per-source, per-level-band and per-kind metrics (the last
+    two written without rows where they do not apply, so DVC always finds them) and the curves DVC
+    plots; returns the file names."""
     test, extra, labels = scored.test, scored.extra, scored.test.labels
     flagged = detector.is_anomaly(scored.scores)
     tables = {
@@ -207,6 +254,8 @@ def write_tables(scored: Scored, detector: Detector, out: Path) -> list[str]:
         ),
         "scans.csv": scored.scans,
         "by_source.csv": _by_source(test.frame, labels, scored.scores, detector.threshold),
+        "by_level.csv": diagnostics[0],
+        "by_kind.csv": diagnostics[1],
         "roc.csv": roc_curve_table(labels, scored.scores),
         "pr.csv": pr_curve_table(labels, scored.scores),
         "confusion.csv": pd.DataFrame(
@@ -219,7 +268,12 @@ def write_tables(scored: Scored, detector: Detector, out: Path) -> list[str]:
 
 
 def draw_figures(
-    scored: Scored, results: dict[str, float], detector: Detector, settings: Settings, out: Path
+    scored: Scored,
+    results: dict[str, float],
+    diagnostics: tuple[pd.DataFrame, pd.DataFrame],
+    detector: Detector,
+    settings: Settings,
+    out: Path,
 ) -> list[str]:
     labels, scores = scored.test.labels, scored.scores
     histogram = {name: scores[labels == label] for label, name in enumerate(CLASSES)}
@@ -245,26 +299,55 @@ def draw_figures(
     }
     level = levels(scored.test.frame)
     if level is not None:
-        figures["score_by_level.png"] = score_by_level(level, labels, scores, results["threshold"])
+        figures["score_by_level.png"] = score_by_level(
+            level, labels, scores, results["threshold"], bands=diagnostics[0]
+        )
+    if len(diagnostics[1]):
+        figures["roc_auc_by_kind.png"] = roc_auc_by_kind(diagnostics[1], results["roc_auc"])
     for name, figure in figures.items():
         save_figure(figure, out / name)
     return list(figures)
+
+
+def failures(results: dict[str, float], calibration: dict) -> dict[str, str]:
+    """The failures a report must show (`pipeline.diagnostics.failure_warnings`: MLflow tag -> message),
+    each logged as a warning."""
+    warnings = failure_warnings(results, calibration)
+    for message in warnings.values():
+        log.warning(message)
+    return warnings
+
+
+def _set_warning_tags(warnings: dict[str, str]) -> None:
+    """The active run's `warning.*` tags become exactly `warnings`: one a former evaluate of the same
+    run set (the model's run is resumed) goes when its failure is gone."""
+    tags = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+    for tag in WARNING_TAGS:
+        if tag in tags and tag not in warnings:
+            mlflow.delete_tag(tag)
+    mlflow.set_tags(warnings)
 
 
 def run(settings: Settings) -> None:
     calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
     detector = Detector.calibrated(settings)
     scored = score_test_sets(detector, settings)
-    results = evaluation_metrics(scored, calibration, settings)
+    outlines = lesion_outlines(scored, settings)
+    results = evaluation_metrics(scored, calibration, settings, outlines)
+    diagnostics = diagnostic_tables(scored, calibration, outlines)
+    results |= flat_metrics(*diagnostics)
+    warnings = failures(results, calibration)
+    results |= warning_flags(warnings)
     out = settings.paths.stage_reports("evaluate")
     write_json(out / "metrics.json", results)
     files = [
         "metrics.json",
-        *write_tables(scored, detector, out),
-        *draw_figures(scored, results, detector, settings, out),
+        *write_tables(scored, detector, diagnostics, out),
+        *draw_figures(scored, results, diagnostics, detector, settings, out),
     ]
     with tracking.model_run(settings, "evaluate", detector.model):
         mlflow.log_metrics({f"test_{k}": v for k, v in results.items() if np.isfinite(v)})
+        _set_warning_tags(warnings)
         for name in files:
             mlflow.log_artifact(str(out / name), "evaluate")
     log.info(

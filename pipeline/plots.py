@@ -1,5 +1,5 @@
 """Report figures for the evaluate stage (error histograms, ROC/PR, confusion matrix, reconstructions,
-score by slice level)
+score by slice level and level band, ROC AUC by lesion kind)
 and for comparisons of several runs (ROC overlay, histogram panels).
 
 Figures are built with matplotlib's object-oriented API (`Figure`, no pyplot), as matplotlib
@@ -93,19 +93,80 @@ def roc_overlay(curves: dict[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-def score_by_level(levels: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float) -> Figure:
+def score_by_level(
+    levels: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    bands: pd.DataFrame | None = None,
+) -> Figure:
     """Each test slice's score against its level in its scan: a detector that scores the level (skull
-    base, skull top) rather than the lesion shows healthy slices climbing at both ends."""
+    base, skull top) rather than the lesion shows healthy slices climbing at both ends. With `bands`
+    (`pipeline.diagnostics.by_level`), each class's median score per level band as a bar across the
+    band, and the band's ROC AUC along the top: where the classes' medians meet, the detector is blind."""
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for label, name in enumerate(CLASSES):
         chosen = labels == label
-        ax.scatter(levels[chosen], scores[chosen], s=12, alpha=0.6, label=f"{name} (n={int(chosen.sum())})")
+        points = ax.scatter(
+            levels[chosen], scores[chosen], s=12, alpha=0.6, label=f"{name} (n={int(chosen.sum())})"
+        )
+        if bands is not None and len(bands):
+            column = "median_healthy_score" if label == 0 else "median_anomalous_score"
+            ax.hlines(
+                bands[column], bands["low"], bands["high"], colors=points.get_facecolor()[:1], linewidth=2.5
+            )
+    if bands is not None and len(bands):
+        for row in bands.itertuples(index=False):
+            if np.isfinite(row.roc_auc):
+                ax.text(
+                    (row.low + row.high) / 2,
+                    1.0,
+                    f"{row.roc_auc:.2f}",
+                    transform=ax.get_xaxis_transform(),
+                    ha="center",
+                    va="bottom",
+                    fontsize="small",
+                )
+        ax.vlines(
+            bands["low"].iloc[1:],
+            0,
+            1,
+            transform=ax.get_xaxis_transform(),
+            colors="grey",
+            linestyles=":",
+            linewidth=0.8,
+        )
     ax.axhline(finite_number(threshold), color="black", linestyle="--", label="threshold")
     ax.set_xlabel("level in the scan (0 = lowest slice, 1 = highest)")
     ax.set_ylabel("anomaly score")
-    ax.set_title("score by slice level")
+    banded = bands is not None and len(bands) > 0
+    ax.set_title(
+        "score by slice level" + (" (bars: band medians; above: band ROC AUC)" if banded else ""),
+        pad=16 if banded else None,
+    )
     ax.legend()
+    return fig
+
+
+def roc_auc_by_kind(kinds: pd.DataFrame, overall: float) -> Figure:
+    """Each lesion kind's ROC AUC against all healthy test slices (`pipeline.diagnostics.by_kind`), with
+    its slice count and recall, beside the detector's overall ROC AUC and chance."""
+    fig = Figure(figsize=(7, 0.5 + 0.45 * max(len(kinds), 2)), layout="constrained")
+    ax = fig.add_subplot()
+    positions = np.arange(len(kinds))
+    ax.barh(positions, kinds["roc_auc"].fillna(0), color="tab:orange")
+    ax.set_yticks(
+        positions,
+        labels=[f"{row.kind} (n={row.slices}, recall {row.recall:.0%})" for row in kinds.itertuples()],
+    )
+    ax.axvline(0.5, color="grey", linestyle=":", label="chance")
+    ax.axvline(overall, color="black", linestyle="--", label=f"all anomalies ({overall:.3f})")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("ROC AUC against all healthy test slices")
+    ax.set_title("detection by lesion kind")
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")
     return fig
 
 

@@ -57,7 +57,9 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
     by_source = pd.read_csv(project / "reports/evaluate/by_source.csv")
     assert set(by_source["by"]) == {"source", "format", "mode", "size"}
     assert {"metadata_roc_auc", "metadata_score_roc_auc"} <= set(metrics)  # the shortcut audit
-    for name in ("roc.csv", "pr.csv", "confusion.csv", "error_histogram.png", "reconstructions.png"):
+    assert {"warning_separation", "warning_level_shortcut"} <= set(metrics)  # 0/1: the failure warnings
+    names = ("roc.csv", "pr.csv", "confusion.csv", "by_level.csv", "by_kind.csv", "error_histogram.png")
+    for name in (*names, "reconstructions.png"):
         assert (project / "reports/evaluate" / name).stat().st_size > 0
 
 

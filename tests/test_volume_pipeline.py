@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline.data.synthetic import generate_volumes
+from pipeline.diagnostics import LEVEL_BANDS, LEVEL_SHORTCUT_TAG, WARNING_TAGS
 from pipeline.params import ROOT
 
 pytestmark = pytest.mark.slow
@@ -71,6 +73,25 @@ def test_slice_pixel_and_scan_level_results(run: Path) -> None:
     assert set(scans["top_slice"]) <= set(test["path"])
     if 0 < metrics["anomalous_scans"] < metrics["scans"]:
         assert 0 <= metrics["scan_roc_auc"] <= 1 and 0 <= metrics["scan_roc_auc_top_k"] <= 1
+
+
+def test_where_the_detector_fails_per_level_band_and_its_warnings(run: Path) -> None:
+    """Slices of scans get a row per level band; the phantoms have no lesion kinds, so by_kind.csv has
+    none (DVC still finds it); each warning is a 0/1 metric and, where it fires, an MLflow tag."""
+    metrics = json.loads((run / "job/reports/evaluate/metrics.json").read_text())
+    by_level = pd.read_csv(run / "job/reports/evaluate/by_level.csv")
+    test = pd.read_csv(run / "job/data/splits/test.csv")
+    assert len(by_level) == len(LEVEL_BANDS)
+    assert by_level["healthy"].sum() + by_level["anomalous"].sum() == len(test)
+    assert pd.read_csv(run / "job/reports/evaluate/by_kind.csv").empty
+    assert (run / "job/reports/evaluate/score_by_level.png").stat().st_size > 0
+    flags = {tag: metrics[tag.replace(".", "_")] for tag in WARNING_TAGS}
+    assert set(flags.values()) <= {0, 1}
+    assert flags[LEVEL_SHORTCUT_TAG] == int(metrics["level_only_roc_auc"] > metrics["roc_auc"])
+    mlflow.set_tracking_uri(f"sqlite:///{run / 'mlflow.db'}")
+    run_id = json.loads((run / "job/reports/evaluate/run.json").read_text())["run_id"]
+    tags = mlflow.get_run(run_id).data.tags
+    assert {tag for tag, flag in flags.items() if flag} == set(WARNING_TAGS) & set(tags)
 
 
 def test_predict_maps_land_on_the_scans_voxel_grid(run: Path) -> None:
