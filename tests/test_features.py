@@ -99,7 +99,7 @@ def test_the_memory_survives_a_round_trip_and_a_corrupt_file_is_named(tmp_path: 
 
 def test_adding_two_scores_needs_them_on_one_scale(make_settings: Callable[..., Settings]) -> None:
     with pytest.raises(
-        ConfigError, match="set score.normalize \(content, reference or auto\) or score.features=never"
+        ConfigError, match=r"set score.normalize \(content, reference or auto\) or score.features=never"
     ):
         make_settings("score.normalize=none", "score.features=always")
 
