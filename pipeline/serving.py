@@ -40,9 +40,10 @@ from pipeline.params import ROOT, params_section
 
 ARTIFACT = "detector"  # the Detector folder inside the MLflow model, and the model's name in a run
 INPUT_COLUMN = "image"
+LEVEL_COLUMN = "level"  # optional: the slice's place in its scan, 0 lowest .. 1 highest (empty: a lone slice)
 MAPS = "maps"  # the inference parameter that asks for each row's anomaly map and mask
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
+    inputs=Schema([ColSpec("binary", INPUT_COLUMN), ColSpec("double", LEVEL_COLUMN, required=False)]),
     outputs=Schema(
         [
             ColSpec("double", "score"),
@@ -98,7 +99,7 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
             raise MlflowException(
                 "; ".join(f"row {i}: {reason}" for i, reason in batch.errors.items()), INVALID_PARAMETER_VALUE
             )
-        reconstructions, scores = self.detector.reconstruct_and_score(batch.images)
+        reconstructions, scores = self.detector.reconstruct_and_score(batch.images, _levels(model_input))
         scores = scores.astype("float64")
         result = pd.DataFrame({"score": scores, "is_anomaly": self.detector.is_anomaly(scores)})
         if maps:  # every row decoded (an error fails the request), so row i is input row i
@@ -115,6 +116,21 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
         """One row's residual map (on the model's grid) -> its map and mask PNGs on its image's grid."""
         anomaly_map = to_slice(residual, geometry)
         return maps_io.map_png(anomaly_map), maps_io.mask_png(self.detector.anomaly_mask(anomaly_map))
+
+
+def _levels(model_input: pd.DataFrame) -> np.ndarray | None:
+    """The rows' places in their scans (`level`), where given; a value outside 0..1 fails the request."""
+    if LEVEL_COLUMN not in model_input.columns:
+        return None
+    levels = pd.to_numeric(model_input[LEVEL_COLUMN], errors="coerce").to_numpy(dtype=float)
+    wrong = np.flatnonzero((levels < 0) | (levels > 1))
+    if len(wrong):
+        raise MlflowException(
+            f"row {wrong[0]}: '{LEVEL_COLUMN}' is the slice's place in its scan, 0 (lowest) to 1 (highest), "
+            f"got {levels[wrong[0]]}",
+            INVALID_PARAMETER_VALUE,
+        )
+    return levels
 
 
 def inference_code(target: Path) -> Path:

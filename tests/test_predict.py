@@ -16,10 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline import serving
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import load_image
 from pipeline.data.volumes import open_volume
 from pipeline.errors import PipelineError
+from pipeline.normalization import ReferenceNormalizer, SliceFacts
 from pipeline.predict import COLUMNS, main
 from pipeline.serving import ARTIFACT, load_detector
 from tests.conftest import write_scans
@@ -267,3 +269,26 @@ def test_a_volume_is_scored_slice_by_slice_as_its_slices_would_be(
         assert rows["score"].iloc[k] == pytest.approx(direct, rel=1e-5)
     top = rows["score"].max()
     assert f"{volume_file.as_posix()}: scan score {top:.6g}" in caplog.text
+
+
+def test_a_volumes_slices_are_judged_against_healthy_slices_of_their_level(
+    packaged_detector: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With a reference normaliser, slice k of n is scored at level k / (n - 1), from the feet up."""
+    detector = load_detector(str(packaged_detector))
+    levels = np.linspace(0, 1, 40)
+    reference = SliceFacts(np.full(40, 0.5), np.full((40, 4), 0.5), levels)
+    detector.normalizer = ReferenceNormalizer.fit(reference, 3.0 - 2.0 * levels)
+    serving.save(detector, tmp_path / "detector", write_scans(tmp_path / "example")["png"].read_bytes())
+    hu = head_volume(24, 7)[:, :, 1:6].astype(np.int16)
+    (tmp_path / "scans").mkdir()
+    nib.save(nib.Nifti1Image(hu, np.diag([0.8, 0.8, 3.0, 1.0])), tmp_path / "scans" / "head.nii.gz")
+    code, scores, _ = _predict(
+        capsys, tmp_path / "scans", "--model", tmp_path / "detector", "--out", tmp_path / "s.csv"
+    )
+    assert code == 0 and scores["slice"].tolist() == [0, 1, 2, 3, 4]
+    with open_volume(tmp_path / "scans" / "head.nii.gz") as volume:
+        batch = detector.prepare_hounsfield(volume.read(0, volume.count))
+    expected = detector.score(batch.images, np.arange(5) / 4)
+    np.testing.assert_allclose(scores["score"], expected, rtol=1e-5)
+    assert not np.allclose(expected, detector.score(batch.images))  # the levels made a difference

@@ -28,6 +28,7 @@ from pipeline.data.images import load_image, to_slice
 from pipeline.detector import Detector
 from pipeline.errors import PipelineError
 from pipeline.maps import map_png, read_map_png
+from pipeline.normalization import ReferenceNormalizer, SliceFacts
 from tests.conftest import served, write_scans
 
 
@@ -55,6 +56,28 @@ def test_pyfunc_names_the_row_that_is_not_an_image(packaged_detector: Path, scan
     model = mlflow.pyfunc.load_model(str(packaged_detector))
     with pytest.raises(MlflowException, match="row 1: not an image"):
         model.predict(pd.DataFrame({"image": [scans["png"].read_bytes(), b"hello"]}))
+
+
+def test_a_level_column_judges_each_row_against_healthy_slices_of_its_level(
+    packaged_detector: Path, scans: dict[str, Path], tmp_path: Path
+) -> None:
+    detector = serving.load_detector(str(packaged_detector))
+    levels = np.linspace(0, 1, 40)
+    reference = SliceFacts(np.full(40, 0.5), np.full((40, 4), 0.5), levels)
+    detector.normalizer = ReferenceNormalizer.fit(reference, 3.0 - 2.0 * levels)  # the skull base scores high
+    folder = tmp_path / "detector"
+    serving.save(detector, folder, scans["png"].read_bytes())
+    model = mlflow.pyfunc.load_model(str(folder))
+    image = scans["png"].read_bytes()
+    result = model.predict(pd.DataFrame({"image": [image] * 3, "level": [0.0, 1.0, np.nan]}))
+    batch = np.stack([load_image(scans["png"], detector.preprocess)] * 3)[..., None]
+    expected = detector.score(batch, np.array([0.0, 1.0, np.nan]))
+    np.testing.assert_allclose(result["score"], expected, rtol=1e-5)
+    assert result["score"][1] > result["score"][0] + 1  # the same slice is more unusual high in the head
+    lone = model.predict(pd.DataFrame({"image": [image]}))["score"]
+    np.testing.assert_allclose(lone, result["score"][2:], rtol=1e-5)
+    with pytest.raises(MlflowException, match="row 1: 'level' is the slice's place in its scan"):
+        model.predict(pd.DataFrame({"image": [image] * 2, "level": [0.5, 1.5]}))
 
 
 @pytest.fixture(scope="module")
