@@ -105,12 +105,12 @@ _PIXEL_MM, _SLICE_MM = 0.8, 5.0  # in-plane pixels, thick axial slices
 # scan) each kind is drawn: bleeds at every level above the skull base, intraventricular blood only
 # where the lateral ventricles are.
 _PLACES = {
-    EPIDURAL: ((0.3, 0.75), (3, 6)),
-    SUBDURAL: ((0.35, 0.8), (4, 8)),
-    SUBARACHNOID: ((0.32, 0.8), (2, 5)),
+    EPIDURAL: ((0.3, 0.7), (3, 6)),
+    SUBDURAL: ((0.35, 0.75), (4, 8)),
+    SUBARACHNOID: ((0.32, 0.72), (2, 5)),
     INTRAVENTRICULAR: ((0.42, 0.56), (2, 4)),
-    INTRAPARENCHYMAL: ((0.32, 0.7), (1, 3)),
-    TUMOR: ((0.35, 0.7), (2, 4)),
+    INTRAPARENCHYMAL: ((0.32, 0.65), (1, 3)),
+    TUMOR: ((0.35, 0.65), (2, 4)),
 }
 _VENTRICLE_LEVELS = (0.36, 0.64)  # where the lateral ventricles' bodies are cut
 _LOWEST = 0.22  # no lesion below this level: the skull base's bone and air would cover it
@@ -295,7 +295,7 @@ def _plan_lesions(
                     kind, rng.uniform(0.5, 1.1)
                 ),
                 thick={
-                    EPIDURAL: rng.uniform(3.5, 6.5) * px,
+                    EPIDURAL: rng.uniform(2.5, 4.5) * px,
                     SUBDURAL: rng.uniform(2.5, 4.5) * px,
                     INTRAPARENCHYMAL: rng.uniform(2.0, 5.0) * px,
                     TUMOR: rng.uniform(3.0, 8.0) * px,
@@ -304,7 +304,7 @@ def _plan_lesions(
                 hu=(rng.uniform(10, 22) if rng.random() < 0.5 else -rng.uniform(8, 14))
                 if kind == TUMOR
                 else blood,
-                mix=rng.uniform(0.55, 0.9) if kind == SUBARACHNOID else rng.uniform(0.0, 0.7),
+                mix=rng.uniform(0.4, 0.8) if kind == SUBARACHNOID else rng.uniform(0.0, 0.7),
                 shape=_angular_table(rng, rng.uniform(0.05, 0.25), 2, 6),
                 seed=int(rng.integers(2**31)),
             )
@@ -324,7 +324,7 @@ def _render_level(
     scale = math.sqrt(max(1 - ((level - 0.4) / 0.67) ** 2, 0.2))
     a, b = p.axes[0] * scale, p.axes[1] * scale
     # Only the head's box (room for the scalp and the blur) is drawn: air beyond.
-    reach = max(a * (1 + p.egg), b) * 1.03 + 2.5 * p.scalp_px + 4 * px
+    reach = max(a * (1 + p.egg), b) * 1.03 + 3.5 * p.scalp_px + 4 * px
     box = (_box(p.centre[0], reach, n), _box(p.centre[1], reach, n))
     y = np.arange(box[0].start, box[0].stop, dtype=np.float32)[:, None] + 0.5 - p.centre[0]
     x = np.arange(box[1].start, box[1].stop, dtype=np.float32)[None, :] + 0.5 - p.centre[1]
@@ -340,16 +340,16 @@ def _render_level(
     rh = r / outline
     ray = np.sqrt(u * u + v * v) / np.maximum(r, 1e-6) * outline  # pixels per unit of rh
     outer = (1 - rh) * ray  # pixels inside the skull's outer surface
-    frontal = np.exp(-(((theta + np.pi / 2) / 0.35) ** 2)) * _bump(level, 0.26, 0.42)  # frontal sinus
+    frontal = np.exp(-(((theta + np.pi / 2) / 0.35) ** 2)) * _bump(level, 0.2, 0.36)  # frontal sinus
     thickness = (
         p.bone_px
         * (1 + p.thickness.take(around, mode="clip") + 0.3 * np.clip(vn, 0, None))
-        * (1 + 0.9 * top + 0.3 * base + 1.5 * frontal)
+        * (1 + 0.9 * top + 1.5 * frontal)
     )
     jag = _harmonics(rng, around, p.jag_px * (1 + 1.5 * base + 0.5 * top), 6, 48)
     inside = outer - thickness - jag  # pixels inside the inner table: the brain where > 0
     fringe = np.maximum(
-        p.fringe_px * (1 + _harmonics(rng, around, 0.7, 3, 24)) * (1 + 1.5 * top + 1.0 * base), 0.3 * px
+        p.fringe_px * (1 + _harmonics(rng, around, 0.7, 3, 24)) * (1 + 1.5 * top + 0.5 * base), 0.3 * px
     )
 
     # The brain: grey cortex over white matter, fine texture, then CSF where sulci, fissures, cisterns
@@ -378,10 +378,11 @@ def _render_level(
     sylvian = (
         np.exp(-((((v / b) + 0.05) * b / ((0.8 + p.atrophy) * px)) ** 2))
         * _smoothstep(0.45, 0.62, np.abs(un))
-        * _bump(level, 0.26, 0.46)
+        * _bump(level, 0.22, 0.4)
+        * 0.6
     )
     cistern = np.exp(-(((np.hypot(u / (0.16 * a), (v - 0.04 * b) / (0.13 * b)) - 1) / 0.28) ** 2)) * _bump(
-        level, 0.16, 0.32
+        level, 0.12, 0.28
     )
     fissure = (
         np.exp(-((u / (0.6 * px)) ** 2))
@@ -394,7 +395,7 @@ def _render_level(
     deep = np.exp(-((np.hypot((np.abs(un) - 0.22) / 0.12, (vn + 0.02) / 0.2)) ** 4)) * _bump(
         level, 0.33, 0.54
     )
-    content += (p.grey - 1 - content) * deep * (1 - fluid)
+    content += (p.grey - 2 - content) * deep * (1 - fluid) * 0.5
 
     ventricles = _ventricle_map(p, level, un, vn, px, a)
     content += (p.csf - content) * ventricles
@@ -415,13 +416,13 @@ def _render_level(
     share = np.clip(1 - np.maximum(inside, 0) / fringe, 0, 1) ** 2  # bone's share of a pixel
     across = np.clip(outer / np.maximum(thickness + jag, 0.5), 0, 1)  # 0 outer table .. 1 inner table
     skull = p.bone * (1 - 0.55 * np.exp(-(((across - 0.5) / 0.22) ** 2)))
-    if _bump(level, 0.26, 0.42) > 0:  # the frontal sinus: air cells in the frontal bone
+    if _bump(level, 0.2, 0.36) > 0:  # the frontal sinus: air cells in the frontal bone
         cells = _smooth_field(rng, shape, 1.5 * px) > -0.3
         skull = np.where((frontal > 0.2) & (across > 0.3) & (across < 0.75) & cells, _HU["air"], skull)
     hu = np.where(inside > 0, content * (1 - share) + p.bone * share, skull)
     # the temporalis muscles, and at the skull base the muscles of the face and neck round the skull
-    muscle = np.maximum(_bump(level, 0.2, 0.75) * _smoothstep(0.6, 0.85, np.abs(un)), 0.85 * base)
-    scalp = p.scalp_px * (1 + 1.5 * base)
+    muscle = np.maximum(_bump(level, 0.2, 0.75) * _smoothstep(0.6, 0.85, np.abs(un)), min(2 * base, 1.0))
+    scalp = p.scalp_px * (1 + 2.5 * base)
     soft = np.where(-outer > scalp - 1.2 * px, 35.0, _HU["fat"] * (1 - muscle) + 45 * muscle)
     hu = soft + (hu - soft) * np.clip(outer + 0.5, 0, 1)
     edge = np.clip(outer + scalp + 0.5, 0, 1)  # the skin's partial volume
@@ -541,7 +542,9 @@ def _skull_base(
         return content
     bone = p.bone
     out = content
-    cells = _smooth_field(rng, u.shape, 1.8 * px)
+    cells = _smooth_field(rng, u.shape, 1.3 * px)
+    # air cells (mastoid, ethmoid): air in the cells, thin bony septa round them, soft tissue between
+    air_cells = np.where(np.abs(cells) < 0.2, 0.5 * bone, np.where(cells > 0, _HU["air"], 40.0))
 
     def segment(u0: float, v0: float, u1: float, v1: float) -> np.ndarray:
         du, dv = u1 - u0, v1 - v0
@@ -553,20 +556,20 @@ def _skull_base(
 
     streak = _bump(level, -0.15, 0.26)
     if streak:  # beam hardening: dark (and some bright) bands between the petrous bones
-        for angle, depth in zip(rng.uniform(-0.6, 0.6, 5), rng.uniform(-30, 15, 5), strict=True):
+        for angle, depth in zip(rng.uniform(-0.7, 0.7, 8), rng.uniform(-40, 20, 8), strict=True):
             distance = np.abs(np.cos(angle) * (v - rng.uniform(0, 0.3) * b) - np.sin(angle) * u)
-            out = out + depth * streak * np.exp(-((distance / (1.2 * px)) ** 2)) * (np.abs(u) < 0.7 * a)
+            out = out + depth * streak * np.exp(-((distance / (0.8 * px)) ** 2)) * (np.abs(u) < 0.75 * a)
     maxillary = _bump(level, -0.3, 0.16)
     if maxillary:  # the maxillary sinuses and the nasal cavity, air among thin bone
         for side in (-1, 1):
-            m = ellipse(side * 0.3 * a, -0.55 * b, 0.17 * a * maxillary, 0.2 * b * maxillary)
+            m = ellipse(side * 0.3 * a, -0.55 * b, 0.12 * a * maxillary, 0.14 * b * maxillary)
             out = np.where(m < 1, np.where(m > 0.88, 0.6 * bone, _HU["air"]), out)
-        nose = ellipse(0, -0.72 * b, 0.1 * a * maxillary, 0.18 * b)
+        nose = ellipse(0, -0.72 * b, 0.08 * a * maxillary, 0.14 * b)
         out = np.where(nose < 1, np.where(cells > -0.2, _HU["air"], 40.0), out)
     for side in (-1, 1):
         petrous = _bump(level, -0.08, 0.27)
         if petrous:
-            width = (1.0 + 1.5 * petrous) * px * (1 + 0.3 * cells)
+            width = (0.7 + 1.0 * petrous) * px * (1 + 0.4 * cells)
             d = segment(side * 0.8 * a, 0.28 * b, side * 0.14 * a, -0.06 * b)
             out = np.where(
                 d < width,
@@ -574,10 +577,10 @@ def _skull_base(
                 out + (bone - out) * np.clip(width + 0.7 - d, 0, 1) * 0.5,
             )
             mastoid = ellipse(side * 0.78 * a, 0.42 * b, 0.17 * a * petrous, 0.2 * b * petrous)
-            out = np.where(mastoid < 1, np.where(cells > 0.35, _HU["air"], 0.55 * bone), out)
+            out = np.where(mastoid < 1, air_cells, out)
         orbit = _bump(level, 0.08, 0.3)
         if orbit:
-            o = ellipse(side * 0.4 * a, -0.7 * b, 0.2 * a, 0.17 * b)
+            o = ellipse(side * 0.4 * a, -0.7 * b, 0.16 * a, 0.14 * b)
             globe = ellipse(side * 0.42 * a, -0.78 * b, 0.12 * a * orbit, 0.1 * b * orbit)
             out = np.where(o < 1, np.where(globe < 1, 12.0, _HU["fat"]), np.where(o < 1.15, 0.7 * bone, out))
             nerve = segment(side * 0.4 * a, -0.66 * b, side * 0.12 * a, -0.42 * b)
@@ -593,16 +596,16 @@ def _skull_base(
     ethmoid = _bump(level, 0.06, 0.3)
     if ethmoid:
         e = ellipse(0, -0.6 * b, 0.1 * a * ethmoid, 0.2 * b)
-        out = np.where(e < 1, np.where(cells > 0.0, _HU["air"], 0.6 * bone), out)
+        out = np.where(e < 1, air_cells, out)
     clivus = _bump(level, -0.1, 0.2)
     if clivus:
-        c = ellipse(0, 0.02 * b, 0.08 * a * clivus, 0.15 * b * clivus)
+        c = ellipse(0, 0.02 * b, 0.06 * a * clivus, 0.11 * b * clivus)
         out = np.where(c < 1, np.where(c < 0.6, 0.35 * bone, bone), out)
-    islands = int(rng.integers(2, 8) * (1 - _smoothstep(0.2, 0.34, level)))
+    islands = int(rng.integers(4, 13) * (1 - _smoothstep(0.2, 0.34, level)))
     for cu, cv, radius in zip(
         rng.uniform(-0.7, 0.7, islands),
         rng.uniform(-0.6, 0.5, islands),
-        rng.uniform(0.6, 1.8, islands) * px,
+        rng.uniform(0.5, 1.2, islands) * px,
         strict=True,
     ):
         out = np.where(ellipse(cu * a, cv * b, radius, radius) < 1, bone * 0.9, out)
