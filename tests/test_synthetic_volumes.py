@@ -113,8 +113,10 @@ def test_masks_cover_the_painted_lesion_and_it_has_blood_or_tumor_density(index:
         assert np.abs(hu - clean)[mask].mean() > 5
     else:  # acute blood: brighter than what it replaced, within the brain window's top
         assert np.median((hu - clean)[mask]) > 0
-    if lesion.kind in (INTRAVENTRICULAR, INTRAPARENCHYMAL):
+    if lesion.kind == INTRAVENTRICULAR:
         assert 45 < np.median(hu[mask]) < 90
+    if lesion.kind == INTRAPARENCHYMAL:  # a small contusion's blood is partial-volumed with brain
+        assert 35 < np.median(hu[mask]) < 90
 
 
 def test_hounsfield_units_are_plausible(scans: tuple[Path, dict]) -> None:

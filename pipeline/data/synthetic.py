@@ -285,7 +285,16 @@ def _plan_lesions(
             continue
         taken |= set(chosen)
         px = size / 128
-        blood = rng.uniform(58, 78)
+        # half the haematomas are small cortical contusions, blood mixed with bruised brain; the others
+        # deep (basal ganglia, lobar); tumors lie deep too, brighter or darker than the parenchyma
+        contusion = kind == INTRAPARENCHYMAL and rng.random() < 0.5
+        side = rng.choice([-1, 1])
+        if contusion:
+            where, hu = (side * rng.uniform(0.45, 0.6), rng.uniform(-0.6, 0.4)), rng.uniform(48, 62)
+        else:
+            where, hu = (side * rng.uniform(0.12, 0.5), rng.uniform(-0.45, 0.45)), rng.uniform(58, 78)
+        if kind == TUMOR:
+            hu = rng.uniform(10, 22) if rng.random() < 0.5 else -rng.uniform(8, 14)
         lesions.append(
             _Lesion(
                 kind=kind,
@@ -295,16 +304,14 @@ def _plan_lesions(
                     kind, rng.uniform(0.5, 1.1)
                 ),
                 thick={
-                    EPIDURAL: rng.uniform(2.5, 4.5) * px,
+                    EPIDURAL: rng.uniform(2.0, 4.0) * px,
                     SUBDURAL: rng.uniform(2.5, 4.5) * px,
-                    INTRAPARENCHYMAL: rng.uniform(2.0, 5.0) * px,
+                    INTRAPARENCHYMAL: (rng.uniform(1.5, 3.0) if contusion else rng.uniform(2.5, 5.0)) * px,
                     TUMOR: rng.uniform(3.0, 8.0) * px,
                 }.get(kind, 0.0),
-                where=(rng.choice([-1, 1]) * rng.uniform(0.12, 0.5), rng.uniform(-0.45, 0.45)),
-                hu=(rng.uniform(10, 22) if rng.random() < 0.5 else -rng.uniform(8, 14))
-                if kind == TUMOR
-                else blood,
-                mix=rng.uniform(0.4, 0.8) if kind == SUBARACHNOID else rng.uniform(0.0, 0.7),
+                where=where,
+                hu=hu,
+                mix=rng.uniform(0.3, 0.7) if kind == SUBARACHNOID else rng.uniform(0.0, 0.7),
                 shape=_angular_table(rng, rng.uniform(0.05, 0.25), 2, 6),
                 seed=int(rng.integers(2**31)),
             )
