@@ -143,8 +143,11 @@ def generate_volumes(
     consecutive slices, the first's kind taken in turn (by patient) from `classes.KINDS`: thin
     lentiform epidural and thin crescent subdural blood against the inner table, sulcal subarachnoid
     blood partial-volumed with CSF, intraventricular blood layering in a ventricle, an intraparenchymal
-    haematoma with an oedema rim, a tumor (mass, oedema halo). Masks mark the painted lesion (more than
-    half of a pixel), inside the skull.
+    haematoma (deep, or a small cortical contusion) with an oedema rim, a tumor (mass, oedema halo);
+    lesions lie between levels 0.22 and 1 (`_PLACES`), a second one over other slices. Masks mark the
+    painted lesion (more than half of a pixel; a fifth for subarachnoid blood), inside the skull; an
+    oedema rim or halo is left out, as a radiologist would. Patient `i`'s scan depends only on
+    (`seed`, `i`, `slices`, `size`, `lesion_share`): the same call rewrites the same voxels.
     """
     kinds: dict[PurePosixPath, dict[int, str]] = {}
     for index in progress_bar(range(patients), desc="synthetic volumes", enabled=progress):
