@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.data.classes import KINDS_FILE, add_kinds
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.manifest import (
+    KIND_COLUMN,
     MANIFEST_COLUMNS,
     REJECT_COLUMNS,
     SCAN_COLUMNS,
     build_manifest,
     content_hash,
+    read_manifest,
 )
 from tests.conftest import preprocess_config
 
@@ -40,8 +43,10 @@ def raw(tmp_path: Path) -> Path:
 def test_manifest_rows_and_rejects(raw: Path) -> None:
     manifest, rejects = build_manifest(raw, CONFIG, progress=False)
     assert (
-        list(manifest.columns) == MANIFEST_COLUMNS + SCAN_COLUMNS and list(rejects.columns) == REJECT_COLUMNS
+        list(manifest.columns) == [*MANIFEST_COLUMNS, *SCAN_COLUMNS, KIND_COLUMN]
+        and list(rejects.columns) == REJECT_COLUMNS
     )
+    assert (manifest[KIND_COLUMN] == "").all()  # no kinds recorded: none known
     assert (manifest["patient"] == "").all() and manifest["slice"].isna().all()  # lone images: no scan
     assert manifest["path"].tolist() == ["Healthy/a.png", "Healthy/b.jpg", "Tumor/nested/c.png"]
     row = manifest.set_index("path").loc["Healthy/a.png"]
@@ -89,3 +94,25 @@ def test_slices_of_a_dicom_series_are_numbered_by_position(
     assert by_patient["slice"].apply(list).to_dict() == {"p1": [0, 1, 2, 4, 5], "p2": [0, 1]}
     assert by_patient["slices"].first().to_dict() == {"p1": 6, "p2": 2}
     assert "1 of its 6 slice positions hold no slice" in caplog.text
+
+
+def test_recorded_kinds_reach_the_manifest_and_healthy_slices_have_none(raw: Path, tmp_path: Path) -> None:
+    add_kinds(raw, {"Tumor/nested/c.png": "subdural"})
+    add_kinds(raw, {"Healthy/a.png": "tumor"})  # a healthy slice's kind is never shown
+    manifest, _ = build_manifest(raw, CONFIG, progress=False)
+    assert dict(zip(manifest["path"], manifest[KIND_COLUMN], strict=True)) == {
+        "Healthy/a.png": "",
+        "Healthy/b.jpg": "",
+        "Tumor/nested/c.png": "subdural",
+    }
+    assert KINDS_FILE not in manifest["path"].tolist()
+    manifest.to_csv(tmp_path / "raw.csv", index=False)
+    read = read_manifest(tmp_path / "raw.csv")
+    assert read[KIND_COLUMN].tolist() == ["", "", "subdural"]  # text, empty (not NaN) for none
+    manifest.drop(columns=KIND_COLUMN).to_csv(tmp_path / "old.csv", index=False)
+    assert read_manifest(tmp_path / "old.csv")[KIND_COLUMN].tolist() == ["", "", ""]  # written before kinds
+
+
+def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown kind 'bleed'"):
+        add_kinds(tmp_path, {"Tumor/x.png": "bleed"})

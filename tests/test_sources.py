@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.config import ArchiveLimits, KaggleData, LocalData
+from pipeline.data.classes import read_kinds
 from pipeline.data.guards import list_files
 from pipeline.data.slicing import find_cases, has_scans
 from pipeline.data.sources import CT_FOLDER, SOURCES, fetch, find_dataset_root, is_zip, safe_extract
@@ -431,3 +432,43 @@ def test_every_zip_entry_is_extracted_inside_the_target_or_a_reject(names: list[
         for name in names:
             written = target / posixpath.normpath(name)
             assert name in rejects or written.is_dir() or written.is_file(), name
+
+
+def test_a_labels_csv_kind_column_reaches_the_manifest(tmp_path: Path) -> None:
+    """`kind` (optional, any letter case) names an anomalous row's lesion kind: for an image, a volume
+    (every slice, or one), a folder (every file below it); an unknown kind, or one on a healthy row, is
+    a reject; the same file with two kinds is a contradiction."""
+    root = tmp_path / "scans"
+    (root / "img").mkdir(parents=True)
+    for name in ("a", "b", "c"):
+        Image.new("L", (8, 8), 50).save(root / "img" / f"{name}.png")
+    write_volume(root / "vol.nii.gz", head_volume(slices=4))
+    write_series(root / "p7" / "ct", np.transpose(head_volume(slices=2), (2, 0, 1)), patient="p7")
+    labels = root / "labels.csv"
+    labels.write_text(
+        "path,slice,class,kind\nimg/a.png,,tumor,Subdural \nimg/b.png,,tumor,\nimg/c.png,,healthy,\n"
+        "vol.nii.gz,1,tumor,epidural\nvol.nii.gz,2,tumor,\nvol.nii.gz,3,healthy,\np7,,tumor,intraventricular\n"
+    )
+    out = tmp_path / "raw"
+    assert fetch(LocalData(source="local", path=root, labels=labels), out, 0) == []
+    assert read_kinds(out) == {
+        "Tumor/img/a.png": "subdural",
+        "Tumor/vol_z001.dcm": "epidural",
+        "Tumor/p7/ct/IM0000.dcm": "intraventricular",
+        "Tumor/p7/ct/IM0001.dcm": "intraventricular",
+    }
+    labels.write_text(
+        "path,slice,class,kind\nimg/a.png,,tumor,bleed\nimg/b.png,,healthy,tumor\n"
+        "img/c.png,,tumor,subdural\nimg/c.png,,tumor,epidural\n"
+    )
+    rejects = fetch(LocalData(source="local", path=root, labels=labels), tmp_path / "raw2", 0)
+    assert rejects[:3] == [
+        (
+            "img/a.png",
+            "labels.csv line 2: kind 'bleed' is not one of epidural, subdural, subarachnoid, "
+            "intraventricular, intraparenchymal, tumor",
+        ),
+        ("img/b.png", "labels.csv line 3: a kind (tumor) is given for a healthy row"),
+        ("img/c.png", "labels.csv: labelled tumor (subdural) on line 4 and tumor (epidural) on line 5"),
+    ]
+    assert read_kinds(tmp_path / "raw2") == {}

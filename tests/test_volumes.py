@@ -207,7 +207,7 @@ def test_the_built_in_scans_as_dicom_series_with_dicom_seg_equal_their_nifti_for
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     """The same phantoms written as NIfTI + masks and as DICOM series + DICOM-SEG come out of download
-    as the same slices (pixels in HU, displayed alike), labels, masks and patients."""
+    as the same slices (pixels in HU, displayed alike), labels, lesion kinds, masks and patients."""
     manifests = {}
     for file_format in ("nifti", "dicom"):
         settings = make_settings(
@@ -229,6 +229,8 @@ def test_the_built_in_scans_as_dicom_series_with_dicom_seg_equal_their_nifti_for
     nifti, dicom = manifests["nifti"], manifests["dicom"]
     assert len(nifti) == 36 and nifti.index.get_level_values("patient").nunique() == 6
     assert nifti.index.equals(dicom.index) and nifti["class"].tolist() == dicom["class"].tolist()
+    assert nifti["kind"].tolist() == dicom["kind"].tolist()  # each lesioned slice's kind, either way
+    assert ((nifti["kind"] != "") == (nifti["class"] == "tumor")).all()
     assert (dicom["class"] == "tumor").any() and dicom["path"].str.match(
         r"(Healthy|Tumor)/patient\d{3}/ct/"
     ).all()

@@ -1,6 +1,7 @@
 """The manifest: one row per usable raw image (class, content hash, perceptual hash, size, mode,
-format; for CT slices of a scan also its patient, its scan (series), and its place in the scan) and a
-rejects list (file and reason) for everything that cannot be decoded."""
+format; for CT slices of a scan also its patient, its scan (series), and its place in the scan; the
+lesion kind where the source recorded one) and a rejects list (file and reason) for everything that
+cannot be decoded. The splits keep every manifest column."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline.config import PreprocessConfig
-from pipeline.data.classes import FOLDERS
+from pipeline.data.classes import FOLDERS, TUMOR, read_kinds
 from pipeline.data.dicom import identity
 from pipeline.data.guards import Limits, list_files, walk
 from pipeline.data.images import DECODE_WORKERS, decode
@@ -28,6 +29,9 @@ MANIFEST_COLUMNS = ["path", "class", "sha256", "phash", "width", "height", "mode
 # Of a slice of a scan (empty for a lone image): its patient, its scan, and its place in the scan
 # (slice = rank from the feet up, slices = the scan's slice count; level = slice / (slices - 1)).
 SCAN_COLUMNS = ["patient", "series", "slice", "slices"]
+# What an anomalous slice shows, where the source knows (`classes.KINDS`); empty for healthy slices and
+# where unknown. The source records it in the raw folder's `classes.KINDS_FILE`.
+KIND_COLUMN = "kind"
 REJECT_COLUMNS = ["path", "class", "reason"]
 
 
@@ -122,20 +126,30 @@ def build_manifest(
             pass
     rejects += [{"path": display_name(path), "class": "", "reason": reason} for path, reason in unusable]
     found = pd.DataFrame(entries, columns=[*MANIFEST_COLUMNS, "patient", "series", "position"])
-    manifest = _place_in_scan(found)[MANIFEST_COLUMNS + SCAN_COLUMNS].sort_values("path", ignore_index=True)
+    kinds = read_kinds(raw_dir)
+    found[KIND_COLUMN] = [
+        kinds.get(path, "") if cls == TUMOR else ""
+        for path, cls in zip(found["path"], found["class"], strict=True)
+    ]
+    columns = MANIFEST_COLUMNS + SCAN_COLUMNS + [KIND_COLUMN]
+    manifest = _place_in_scan(found)[columns].sort_values("path", ignore_index=True)
     rejected = pd.DataFrame(rejects, columns=REJECT_COLUMNS).sort_values("path", ignore_index=True)
     return manifest, rejected
 
 
 def read_manifest(path: Path) -> pd.DataFrame:
+    """A manifest or split CSV; `kind` is text, '' where none (a file written before the column existed
+    gets it empty)."""
     # phash and sha256 are hex strings that may look numeric: keep them as text.
     text = {"sha256": str, "phash": str, "path": str, "class": str, "patient": str, "series": str}
     frame = pd.read_csv(
         path,
-        dtype=text | {"slice": "Int64", "slices": "Int64"},
+        dtype=text | {"slice": "Int64", "slices": "Int64", KIND_COLUMN: str},
         keep_default_na=False,
         na_values={"slice": [""], "slices": [""]},
     )
+    if KIND_COLUMN not in frame.columns:
+        frame[KIND_COLUMN] = ""
     return frame
 
 

@@ -16,15 +16,17 @@ are written as DICOM files in Hounsfield units (so `preprocess.dicom_window` app
 CT slice) under `Healthy/` or `Tumor/`, carrying its patient, its volume (series) and its position in
 the scan; a series' files are copied there as they are. Each anomalous slice's mask goes to `Masks/`
 under the same relative path (`.png`), the pixel truth of evaluate's localisation metrics. A labels
-CSV (`pipeline.data.sources.copy_labelled`) may name the slices' classes instead of masks. A scan
-that cannot be read or labelled is a reject with its reason; the others are used.
+CSV (`pipeline.data.sources.copy_labelled`) may name the slices' classes instead of masks. Where the
+caller knows an anomalous slice's lesion kind (`Kinds`: the built-in phantoms, a labels CSV's `kind`
+column), it is recorded beside the class folders (`classes.add_kinds`) for the manifest's `kind`
+column. A scan that cannot be read or labelled is a reject with its reason; the others are used.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -32,7 +34,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from pipeline.data.classes import FOLDERS, HEALTHY, TUMOR, mask_path
+from pipeline.data.classes import FOLDERS, HEALTHY, TUMOR, add_kinds, mask_path
 from pipeline.data.dicom import HU_RANGE, is_dicom, placement, write_ct_slice
 from pipeline.data.guards import DEFAULT_LIMITS, Limits, list_files
 from pipeline.data.series import Series, find_series, is_segmentation, read_header, read_segmentation
@@ -50,6 +52,7 @@ from pipeline.io import make_folders
 from pipeline.progress import progress
 
 Labels = dict[int | None, str]  # slice index (None: every slice) -> class, from a labels CSV
+Kinds = dict[int | None, str]  # slice index (None: every slice) -> lesion kind (`classes.KINDS`)
 
 
 @dataclass(frozen=True)
@@ -212,15 +215,16 @@ def _slice_list(indices: np.ndarray, shown: int = 5) -> str:
     return f"slice{'s' if len(indices) > 1 else ''} {text}{', ...' if len(runs) > shown else ''}"
 
 
-def _write_volume(case: Case, out_dir: Path, labels: Labels | None, limits: Limits) -> int:
-    """A NIfTI case's slices, read a slab at a time in the file's order. Training data must be clean:
-    a volume with non-finite voxels is a reject as a whole, as is one whose voxels cannot all be read;
-    what was written of it is removed."""
+def _write_volume(case: Case, out_dir: Path, labels: Labels | None, limits: Limits) -> dict[int, str]:
+    """A NIfTI case's slices, read a slab at a time in the file's order; returns each written slice's
+    path below `out_dir` by index. Training data must be clean: a volume with non-finite voxels is a
+    reject as a whole, as is one whose voxels cannot all be read; what was written of it is removed."""
     with open_volume(case.image, limits) as volume:
         masks = read_mask(case.mask, volume, limits) if case.mask else None
         classes = _slice_classes(case, masks, volume.count, labels)
         non_finite = np.zeros(volume.count, dtype=np.int64)
         files: list[Path] = []
+        written: dict[int, str] = {}
         try:
             for start, stop in volume.slabs():
                 slab = volume.read(start, stop)
@@ -230,9 +234,10 @@ def _write_volume(case: Case, out_dir: Path, labels: Labels | None, limits: Limi
                 for index, hu in enumerate(slab, start):
                     if classes[index] is None:
                         continue
+                    written[index] = f"{FOLDERS[classes[index]]}/{case.name}_z{index:03d}.dcm"
                     files += _write_slice(
                         out_dir,
-                        f"{FOLDERS[classes[index]]}/{case.name}_z{index:03d}.dcm",
+                        written[index],
                         partial(
                             write_ct_slice,
                             hu=np.clip(hu, *HU_RANGE),
@@ -253,43 +258,67 @@ def _write_volume(case: Case, out_dir: Path, labels: Labels | None, limits: Limi
             for file in files:
                 file.unlink(missing_ok=True)
             raise
-    return sum(label is not None for label in classes)
-
-
-def write_case(
-    case: Case, out_dir: Path, labels: Labels | None = None, limits: Limits = DEFAULT_LIMITS
-) -> int:
-    """Write the case's slices (and anomalous slices' masks) under `out_dir`; return how many were
-    written. Raises ImageDecodeError naming the file when the scan or its mask cannot be used."""
-    if case.series is None:
-        return _write_volume(case, out_dir, labels, limits)
-    count, series = len(case.series.files), case.series
-    masks = read_segmentation(case.mask, series, limits) if case.mask else None
-    written = 0
-    for index, label in enumerate(_slice_classes(case, masks, count, labels)):
-        if label is None:
-            continue
-        path = f"{FOLDERS[label]}/{case.name}/{series.files[index].name}"
-        _write_slice(
-            out_dir,
-            path,
-            partial(shutil.copyfile, series.files[index]),
-            masks[index] if label == TUMOR and masks is not None else None,
-        )
-        written += 1
     return written
 
 
+def _write_series(case: Case, out_dir: Path, labels: Labels | None, limits: Limits) -> dict[int, str]:
+    """A DICOM series' slices, copied; returns each written slice's path below `out_dir` by index."""
+    count, series = len(case.series.files), case.series
+    masks = read_segmentation(case.mask, series, limits) if case.mask else None
+    written: dict[int, str] = {}
+    for index, label in enumerate(_slice_classes(case, masks, count, labels)):
+        if label is None:
+            continue
+        written[index] = f"{FOLDERS[label]}/{case.name}/{series.files[index].name}"
+        _write_slice(
+            out_dir,
+            written[index],
+            partial(shutil.copyfile, series.files[index]),
+            masks[index] if label == TUMOR and masks is not None else None,
+        )
+    return written
+
+
+def write_case(
+    case: Case,
+    out_dir: Path,
+    labels: Labels | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    kinds: Kinds | None = None,
+) -> int:
+    """Write the case's slices (and anomalous slices' masks) under `out_dir`; return how many were
+    written. `kinds`: the lesion kinds of its slices, recorded for those written as anomalous. Raises
+    ImageDecodeError naming the file when the scan or its mask cannot be used."""
+    write = _write_volume if case.series is None else _write_series
+    written = write(case, out_dir, labels, limits)
+    if kinds:
+        add_kinds(
+            out_dir,
+            {
+                path: kind
+                for index, path in written.items()
+                if path.startswith(f"{FOLDERS[TUMOR]}/") and (kind := kinds.get(index, kinds.get(None)))
+            },
+        )
+    return len(written)
+
+
 def slice_scans(
-    root: Path, out_dir: Path, folders: dict[str, str] = FOLDERS, limits: Limits = DEFAULT_LIMITS
+    root: Path,
+    out_dir: Path,
+    folders: dict[str, str] = FOLDERS,
+    limits: Limits = DEFAULT_LIMITS,
+    kinds: Mapping[PurePosixPath, Kinds] | None = None,
 ) -> list[tuple[str, str]]:
     """Slice every case under `root` into `out_dir`; return (path, reason) for the scans rejected and the
-    files in no scan."""
+    files in no scan. `kinds`: lesion kinds by scan (a NIfTI file, or a series' folder, relative to
+    `root`) and slice, recorded for the anomalous slices written (`write_case`)."""
     cases, left = find_cases(root, folders, limits)
     rejects = [(path.relative_to(root).as_posix(), reason) for path, reason in left]
     for case in progress(cases, desc="scans", unit="scan"):
         try:
-            write_case(case, out_dir, limits=limits)
+            scan = PurePosixPath(case.image.relative_to(root).as_posix())
+            write_case(case, out_dir, limits=limits, kinds=(kinds or {}).get(scan))
         except ImageDecodeError as err:
             rejects.append((case.image.relative_to(root).as_posix(), err.reason))
     return rejects

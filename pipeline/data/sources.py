@@ -18,13 +18,13 @@ import tempfile
 import zipfile
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.config import ArchiveLimits, DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
 from pipeline.data import slicing, synthetic
-from pipeline.data.classes import FOLDERS, MASKS
+from pipeline.data.classes import FOLDERS, HEALTHY, KINDS, MASKS, TUMOR, add_kinds, kind_of
 from pipeline.data.guards import (
     DEFAULT_LIMITS,
     HEAD_BYTES,
@@ -239,6 +239,7 @@ class LabelRow:
     target: Path  # what `path` names, resolved: a file or folder below the root
     label: str | None  # the class; None where rows contradict each other: the target (slice) is not used
     slice: int | None  # one slice of a volume, else None
+    kind: str = ""  # the lesion kind (`classes.KINDS`) of an anomalous row, '' where not given
 
 
 def _open_csv(labels: Path) -> list[tuple[int, dict[str, str]]]:
@@ -299,10 +300,12 @@ def _resolve_below(root: Path, path: str) -> Path | None:
 def read_labels(labels: Path, root: Path, folders: Folders) -> tuple[list[LabelRow], Rejects]:
     """A labels CSV: `path` (below `root`: an image, a NIfTI volume, or a folder such as a patient's or
     a series'), `class` (healthy/tumor or the class folders' names), optionally `slice` (one slice of a
-    volume, inferior to superior from 0). Returns its usable rows, and (path, reason naming the line) for
-    each other row: a path absolute or outside `root` (after `..` and symbolic links) or missing, an
-    unknown class, a bad slice, a file (or slice) labelled as two classes. A CSV that cannot be read, or
-    lacks the columns, is one DataError."""
+    volume, inferior to superior from 0) and `kind` (an anomalous row's lesion kind, one of
+    `classes.KINDS`, any letter case; empty where unknown: the manifest's `kind` column). Returns its
+    usable rows, and (path, reason naming the line) for each other row: a path absolute or outside
+    `root` (after `..` and symbolic links) or missing, an unknown class, a bad slice, an unknown kind or
+    a kind on a healthy row, a file (or slice) labelled as two classes (or two kinds). A CSV that cannot
+    be read, or lacks the columns, is one DataError."""
     top = root.resolve()
     classes = {name.lower(): cls for cls, name in folders.items()} | {cls: cls for cls in folders}
     rows: list[LabelRow] = []
@@ -312,31 +315,39 @@ def read_labels(labels: Path, root: Path, folders: Folders) -> tuple[list[LabelR
         slice_ = (record.get("slice") or "").strip()
         target = _resolve_below(top, path) if path and not os.path.isabs(path) else None
         label = classes.get(given.lower())
+        kind = kind_of(record.get("kind"))
         problems = _path_problems(path, target, slice_)
         if label is None:
             problems.insert(0, f"class '{given}' is not one of {', '.join(sorted(classes))}")
+        if kind is None:
+            problems.append(f"kind '{(record.get('kind') or '').strip()}' is not one of {', '.join(KINDS)}")
+        elif kind and label == HEALTHY:
+            problems.append(f"a kind ({kind}) is given for a healthy row")
         if problems:
             rejects.append((path or labels.name, f"{labels.name} line {line}: {'; '.join(problems)}"))
         else:
-            rows.append(LabelRow(line, target, label, int(slice_) if slice_ else None))
+            rows.append(LabelRow(line, target, label, int(slice_) if slice_ else None, kind))
     return _without_contradictions(rows, top, labels.name, rejects)
 
 
 def _without_contradictions(
     rows: list[LabelRow], root: Path, csv_name: str, rejects: Rejects
 ) -> tuple[list[LabelRow], Rejects]:
-    """The rows, those labelling one file (or one slice of a volume) as two classes replaced by one row
-    without a class (not used, not even with its folder's class), a reject naming their lines. The same
-    class twice is no contradiction, nor a file's row against its folder's."""
-    lines: dict[tuple[Path, int | None], dict[str | None, list[int]]] = defaultdict(lambda: defaultdict(list))
+    """The rows, those labelling one file (or one slice of a volume) as two classes (or two kinds)
+    replaced by one row without a class (not used, not even with its folder's class), a reject naming
+    their lines. The same class twice is no contradiction, nor a file's row against its folder's."""
+    lines: dict[tuple[Path, int | None], dict[tuple[str | None, str], list[int]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for row in rows:
-        lines[row.target, row.slice][row.label].append(row.line)
+        lines[row.target, row.slice][row.label, row.kind].append(row.line)
     contradicted = {key for key, by_label in lines.items() if len(by_label) > 1}
     unused = []
     for target, slice_ in sorted(contradicted, key=lambda key: (key[0], -1 if key[1] is None else key[1])):
         said = " and ".join(
-            f"{label} on line{'s' if len(found) > 1 else ''} {', '.join(map(str, found))}"
-            for label, found in lines[target, slice_].items()
+            f"{label}{f' ({kind})' if kind else ''} on line{'s' if len(found) > 1 else ''} "
+            f"{', '.join(map(str, found))}"
+            for (label, kind), found in lines[target, slice_].items()
         )
         which = "" if slice_ is None else f"slice {slice_} "
         rejects.append((target.relative_to(root).as_posix(), f"{csv_name}: {which}labelled {said}"))
@@ -350,25 +361,32 @@ def copy_labelled(
 ) -> Rejects:
     """Bring what a labels CSV lists (`read_labels`) into out_dir's class folders: files are copied, a
     folder's files take its class (a folder's row overrides its parent folder's, a file's row both), a
-    volume is sliced with its class or its listed slices' classes (`slicing.write_case`). Nothing
+    volume is sliced with its class or its listed slices' classes (`slicing.write_case`); the anomalous
+    ones' kinds, where given, are recorded (`classes.add_kinds`), taken like the classes. Nothing
     outside `root` is read. Rejects: the CSV's bad rows, what cannot be read, files it does not list."""
     top = root.resolve()
     rows, rejects = read_labels(labels, top, folders)
     files: dict[Path, slicing.Labels] = {}
+    kinds: dict[Path, slicing.Kinds] = {}
     for row in sorted((row for row in rows if row.target.is_dir()), key=lambda row: len(row.target.parts)):
-        files |= {file.resolve(): {None: row.label} for file in list_files(row.target, within=top)[0]}
+        below = [file.resolve() for file in list_files(row.target, within=top)[0]]
+        files |= {file: {None: row.label} for file in below}
+        kinds |= {file: {None: row.kind} for file in below}
     listed: dict[Path, slicing.Labels] = defaultdict(dict)
+    listed_kinds: dict[Path, slicing.Kinds] = defaultdict(dict)
     for row in rows:
         if not row.target.is_dir():
             listed[row.target][row.slice] = row.label
+            listed_kinds[row.target][row.slice] = row.kind
     files |= listed  # a class None (contradicting rows): the file, or the volume's slice, is not used
+    kinds |= listed_kinds
     files = {file: classes for file, classes in files.items() if not is_mask(file.relative_to(top))}
     for file, classes in sorted(files.items()):
         if not is_volume(file):
             continue
         case = dataclasses.replace(slicing.volume_case(top, file, folders), mask=None)
         try:
-            slicing.write_case(case, out_dir, classes, limits)
+            slicing.write_case(case, out_dir, classes, limits, kinds.get(file))
         except ImageDecodeError as err:
             rejects.append((file.relative_to(top).as_posix(), err.reason))
     images = [
@@ -377,6 +395,15 @@ def copy_labelled(
         if not is_volume(file) and classes[None] is not None
     ]
     rejects += _copy(images, lambda source: source.relative_to(top).as_posix())
+    copied = {copy for _, copy in images if copy.is_file()}
+    add_kinds(
+        out_dir,
+        {
+            copy.relative_to(out_dir).as_posix(): kinds[file][None]
+            for file, copy in images
+            if copy in copied and files[file][None] == TUMOR and kinds.get(file, {}).get(None)
+        },
+    )
     found, problems = list_files(top)
     used = set(files) | {labels.resolve()}
     return (
@@ -396,8 +423,12 @@ def copy_labelled(
 def fetch_synthetic(
     data: SyntheticData, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits
 ) -> Rejects:
+    """The built-in 2D slices; every anomalous one shows a tumor (its kind)."""
     synthetic.generate(
         out_dir, data.n_healthy, data.n_tumor, seed, min_size=data.min_size, max_size=data.max_size
+    )
+    add_kinds(
+        out_dir, {f"{FOLDERS[TUMOR]}/{file.name}": TUMOR for file in (out_dir / FOLDERS[TUMOR]).iterdir()}
     )
     return []
 
@@ -407,9 +438,9 @@ def fetch_synthetic_volumes(
     data: SyntheticVolumes, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits
 ) -> Rejects:
     """Phantom scans written as NIfTI volumes with masks (or DICOM series with DICOM-SEGs), then sliced
-    like a user's scans."""
+    like a user's scans, each lesioned slice's kind recorded."""
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as volumes:
-        synthetic.generate_volumes(
+        kinds = synthetic.generate_volumes(
             Path(volumes),
             data.patients,
             data.slices,
@@ -418,7 +449,7 @@ def fetch_synthetic_volumes(
             seed,
             file_format=data.format,
         )
-        return _from_folder(Path(volumes), out_dir, limits)
+        return _from_folder(Path(volumes), out_dir, limits, kinds=kinds)
 
 
 @SOURCES.register("local")
@@ -437,17 +468,22 @@ def fetch_local(data: LocalData, out_dir: Path, seed: int, archive: ArchiveLimit
 
 
 def _from_folder(
-    root: Path, out_dir: Path, limits: Limits, data: LocalData | None = None, shown: Path | None = None
+    root: Path,
+    out_dir: Path,
+    limits: Limits,
+    data: LocalData | None = None,
+    shown: Path | None = None,
+    kinds: Mapping[PurePosixPath, slicing.Kinds] | None = None,
 ) -> Rejects:
-    """CT volumes are sliced; files listed in a labels CSV are copied by their class; otherwise the
-    class folders' images are copied. Messages name `root` as `shown` (the archive it was extracted
-    from)."""
+    """CT volumes are sliced (with `kinds`, the scans' lesion kinds, where known: `slicing.slice_scans`);
+    files listed in a labels CSV are copied by their class; otherwise the class folders' images are
+    copied. Messages name `root` as `shown` (the archive it was extracted from)."""
     folders = data.folders.model_dump() if data else FOLDERS
     shown = shown or root
     if data and data.labels:
         return copy_labelled(root, out_dir, data.labels, folders, limits)
     if slicing.has_scans(root):
-        rejects = slicing.slice_scans(root, out_dir, folders, limits)
+        rejects = slicing.slice_scans(root, out_dir, folders, limits, kinds)
         if not any(file.suffix == ".dcm" for file in list_files(out_dir)[0]):
             listed = "; ".join(f"{file}: {reason}" for file, reason in rejects)
             raise DataError(f"{shown}: none of its scans could be used ({listed})")

@@ -11,11 +11,18 @@ public Kaggle brain-CT dataset, so every later stage treats both sources alike:
 Healthy and tumor slices come from one anatomy generator with the same size, noise and format, so
 the tumor (mass, oedema, mass effect) is the only thing that tells the classes apart.
 
-`generate_volumes` writes the same anatomy as whole scans instead: one NIfTI volume (or DICOM series)
-per patient in Hounsfield units, from the skull base (little brain, much bone) to the skull top, with
-a lesion mask (or DICOM-SEG) for the patients that have one (a tumor, a haemorrhage-like crescent
-against the skull's inner edge, or a bright parenchymal blob, over a few middle slices), for the
-scan path of `data=local`.
+`generate_volumes` writes phantom head CT scans instead (`data=synthetic_volumes`): one NIfTI volume
+(or DICOM series) per patient in Hounsfield units, from the skull base to the vertex, each level drawn
+on its own from the patient's anatomy, with a lesion mask (or DICOM-SEG) for the patients that have
+one, and each lesioned slice's kind (`classes.KINDS`), which the source records for the manifest's
+`kind` column. They are meant to be as hard as real scans in the ways that matter to a detector that
+reconstructs healthy anatomy: the skull base is full of bone, air and beam-hardening streaks among
+plenty of soft tissue (so it is hard to reconstruct though its brain content, the soft-tissue share of
+the head, is not low), the inner table is irregular and fringed by bone's partial volume, and most
+bleeds are thin and bright against bone (epidural, subdural) or partial-volumed with CSF in the sulci
+(subarachnoid), where they look like healthy anatomy; blood in the dark ventricles stands out.
+Densities: air -1000, fat -90, CSF 2-12, white matter 24-29, grey matter 35-40, acute blood 58-78
+(its share of a pixel lower in the sulci), bone 1100-1600 at the tables (about half in the diploe).
 """
 
 from __future__ import annotations
@@ -23,13 +30,24 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from pipeline.data.classes import FOLDERS, HEALTHY, MASKS, TUMOR
+from pipeline.data.classes import (
+    EPIDURAL,
+    FOLDERS,
+    HEALTHY,
+    INTRAPARENCHYMAL,
+    INTRAVENTRICULAR,
+    KINDS,
+    MASKS,
+    SUBARACHNOID,
+    SUBDURAL,
+    TUMOR,
+)
 from pipeline.progress import progress as progress_bar
 
 _HEALTHY, _TUMOR = 0, 1
@@ -77,9 +95,25 @@ def generate(
             Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / MASKS / name, compress_level=1)
 
 
-LESIONS = ("tumor", "crescent", "blob")
-_BRAIN_WINDOW_HU = 80.0  # the 8-bit slices are a brain window: 0 -> 0 HU, 1 -> 80 HU
-_BONE = 0.85  # above this fraction of full scale the 8-bit slice shows bone (clipped by the window)
+_HU = {"air": -1000.0, "fat": -90.0}  # the rest is drawn per patient, in `_draw_patient`
+# The phantoms' seeds: (seed, 3, patient) for the anatomy and the lesions, (seed, 3, patient, 1 + slice)
+# for a slice's detail (2 was the former phantoms').
+_STREAM = 3
+_PIXEL_MM, _SLICE_MM = 0.8, 5.0  # in-plane pixels, thick axial slices
+
+# Where (level range of the lesion's middle slice) and over how many slices (out of 20; scaled with the
+# scan) each kind is drawn: bleeds at every level above the skull base, intraventricular blood only
+# where the lateral ventricles are.
+_PLACES = {
+    EPIDURAL: ((0.3, 0.7), (3, 6)),
+    SUBDURAL: ((0.35, 0.75), (4, 8)),
+    SUBARACHNOID: ((0.32, 0.72), (2, 5)),
+    INTRAVENTRICULAR: ((0.42, 0.56), (2, 4)),
+    INTRAPARENCHYMAL: ((0.32, 0.65), (1, 3)),
+    TUMOR: ((0.35, 0.65), (2, 4)),
+}
+_VENTRICLE_LEVELS = (0.36, 0.64)  # where the lateral ventricles' bodies are cut
+_LOWEST = 0.22  # no lesion below this level: the skull base's bone and air would cover it
 
 
 def generate_volumes(
@@ -91,43 +125,501 @@ def generate_volumes(
     seed: int,
     progress: bool = True,
     file_format: str = "nifti",
-) -> None:
+) -> dict[PurePosixPath, dict[int, str]]:
     """Write one scan per patient: `out_dir/patient<i>/head.nii.gz` and its `head_mask.nii.gz`, or with
     `file_format="dicom"` a DICOM series `out_dir/patient<i>/ct/` and its DICOM-SEG `lesion.seg.dcm` (both
-    masks empty for a clean scan).
+    masks empty for a clean scan). Returns each lesioned slice's kind (`classes.KINDS`), by scan (the
+    NIfTI file, or the series' folder, relative to `out_dir`) and slice index (0 = lowest): what
+    `slicing.slice_scans` records.
 
-    Every patient's anatomy is one seeded head, cut at `slices` levels: the head's cross-section grows
-    from the skull base and shrinks to the skull top, the lowest levels are mostly bone and soft
-    tissue and the highest mostly skull, as in a real scan. A share `lesion_share` of the patients
-    carries one lesion over 2-4 consecutive middle slices, its kind drawn from LESIONS.
+    Each patient is one seeded head (outline, skull, tissue densities, ventricles, atrophy) cut at
+    `slices` levels from the skull base (level 0) to the vertex (level 1), each level rendered on its own
+    in Hounsfield units (`_render_level`): at the skull base petrous ridges, mastoid air cells, sphenoid
+    and ethmoid sinuses, orbits, clivus, bone islands and beam-hardening streaks among cerebellum,
+    brainstem and temporal lobes; then basal cisterns, Sylvian fissures, ventricles and deep grey
+    matter; above them the convexity, its sulci and a skull cut ever more obliquely. The inner table is
+    irregular and fringed by bone's partial volume, its width varying around the head and growing
+    towards the vertex. A share `lesion_share` of the patients carries one or two lesions over a few
+    consecutive slices, the first's kind taken in turn (by patient) from `classes.KINDS`: thin
+    lentiform epidural and thin crescent subdural blood against the inner table, sulcal subarachnoid
+    blood partial-volumed with CSF, intraventricular blood layering in a ventricle, an intraparenchymal
+    haematoma (deep, or a small cortical contusion) with an oedema rim, a tumor (mass, oedema halo);
+    lesions lie between levels 0.22 and 1 (`_PLACES`), a second one over other slices. Masks mark the
+    painted lesion (more than half of a pixel; a fifth for subarachnoid blood), inside the skull; an
+    oedema rim or halo is left out, as a radiologist would. Patient `i`'s scan depends only on
+    (`seed`, `i`, `slices`, `size`, `lesion_share`): the same call rewrites the same voxels.
     """
+    kinds: dict[PurePosixPath, dict[int, str]] = {}
     for index in progress_bar(range(patients), desc="synthetic volumes", enabled=progress):
-        rng = np.random.default_rng((seed, 2, index))
-        lesion = LESIONS[int(rng.integers(len(LESIONS)))] if rng.random() < lesion_share else None
-        first = int(rng.integers(int(0.35 * slices), int(0.6 * slices)))
-        lesioned = range(first, first + int(rng.integers(2, 5))) if lesion else range(0)
-        with_tumor, tumor_mask = _render((seed, 2, index), size, size, tumor=lesion == "tumor")
-        clean_image = _render((seed, 2, index), size, size, tumor=False)[0] / np.float32(255)
-        tumor_image = with_tumor if lesion == "tumor" else None
-        found = _bright_lesion(clean_image, lesion, rng) if lesion in ("crescent", "blob") else None
+        rng = np.random.default_rng((seed, _STREAM, index))
+        patient = _draw_patient(rng, size)
+        lesions = _plan_lesions(rng, index, slices, lesion_share, size)
         hounsfield = np.empty((slices, size, size), dtype=np.float32)  # displayed slices, feet to head
         masks = np.zeros((slices, size, size), dtype=bool)
+        found: dict[int, str] = {}
         for k in range(slices):
             level = k / max(slices - 1, 1)
-            gray, lesion_mask = clean_image, None
-            if k in lesioned and tumor_image is not None:
-                gray, lesion_mask = tumor_image / np.float32(255), tumor_mask
-            elif k in lesioned and found is not None:
-                gray, lesion_mask = found
-            gray, lesion_mask = _at_level(gray, lesion_mask, level, rng)
-            hounsfield[k] = _hounsfield(gray)
-            if lesion_mask is not None:
-                masks[k] = lesion_mask
+            here = [(lesion, lesion.taper(k)) for lesion in lesions if k in lesion.slices]
+            hounsfield[k], mask = _render_level(
+                patient, level, np.random.default_rng((seed, _STREAM, index, 1 + k)), here
+            )
+            if mask is not None and mask.any():
+                masks[k] = mask
+                found[k] = here[0][0].kind
         folder = Path(out_dir) / f"patient{index:03d}"
         (_write_dicom if file_format == "dicom" else _write_nifti)(folder, hounsfield, masks)
+        if found:
+            kinds[PurePosixPath(folder.name, "ct" if file_format == "dicom" else "head.nii.gz")] = found
+    return kinds
 
 
-_PIXEL_MM, _SLICE_MM = 0.8, 5.0  # in-plane pixels, thick axial slices
+@dataclass(frozen=True)
+class _Patient:
+    """One head, the same at every level: geometry in pixels, densities in HU, angular tables."""
+
+    size: int
+    centre: tuple[float, float]  # (y, x)
+    axes: tuple[float, float]  # outer skull's semi-axes at the widest level: lateral, front-back
+    turn: float  # in-plane rotation
+    egg: float  # broader at the back
+    outline: np.ndarray  # angular table: the outer surface's bumps
+    thickness: np.ndarray  # angular table: relative skull thickness
+    bone_px: float
+    scalp_px: float
+    fringe_px: float  # the inner table's partial-volume fringe at mid levels
+    jag_px: float  # the inner table's irregularity at mid levels
+    white: float
+    grey: float
+    csf: float
+    bone: float
+    noise: float  # HU, before the reconstruction blur
+    blur: float  # pixels
+    atrophy: float  # 0..1: wider sulci, CSF rim and ventricles
+    ventricles: tuple[float, ...]  # front, back, waist, half, gap, spread (fractions of the brain)
+    sides: np.ndarray  # (2, 3): mild asymmetry of the ventricles
+
+
+def _draw_patient(rng: np.random.Generator, size: int) -> _Patient:
+    px = size / 128
+    a = rng.uniform(0.34, 0.38) * size
+    b = min(a * rng.uniform(1.1, 1.2), 0.44 * size)
+    atrophy = float(rng.uniform(0, 1) ** 1.5)
+    grow = 0.8 + 0.5 * atrophy + rng.uniform(-0.1, 0.1)
+    front, back = -rng.uniform(0.28, 0.38) * grow**0.5, rng.uniform(0.2, 0.38) * grow**0.5
+    half = rng.uniform(0.035, 0.055) * grow
+    return _Patient(
+        size=size,
+        centre=tuple(size / 2 + rng.uniform(-0.02, 0.02, 2) * size),
+        axes=(a, b),
+        turn=rng.uniform(-0.12, 0.12),
+        egg=rng.uniform(0.0, 0.08),
+        outline=_angular_table(rng, rng.uniform(0.005, 0.02), 2, 6),
+        thickness=_angular_table(rng, 0.25, 2, 8),
+        bone_px=rng.uniform(2.4, 3.4) * px,
+        scalp_px=rng.uniform(2.0, 3.0) * px,
+        fringe_px=rng.uniform(0.8, 1.6) * px,
+        jag_px=rng.uniform(0.5, 1.0) * px,
+        white=rng.uniform(24, 29),
+        grey=rng.uniform(35, 40),
+        csf=rng.uniform(2, 12),
+        bone=rng.uniform(1100, 1600),
+        noise=rng.uniform(7, 10),
+        blur=rng.uniform(0.5, 0.7) * px,
+        atrophy=atrophy,
+        ventricles=(
+            front,
+            back,
+            front + rng.uniform(0.4, 0.6) * (back - front),
+            half,
+            half * rng.uniform(1.3, 1.8),
+            rng.uniform(0.06, 0.14) * grow,
+        ),
+        sides=1 + rng.uniform(-0.12, 0.12, (2, 3)),
+    )
+
+
+@dataclass(frozen=True)
+class _Lesion:
+    kind: str
+    slices: range
+    angle: float  # where on the convexity (epidural, subdural, subarachnoid), radians
+    reach: float  # half its angular extent
+    thick: float  # pixels (epidural, subdural) or radius (haematoma, tumor)
+    where: tuple[float, float]  # centre as fractions of the brain's semi-axes (haematoma, tumor)
+    hu: float  # blood's density, or the tumor's contrast to the parenchyma
+    mix: float  # subarachnoid: blood's share of the sulcal fluid; intraventricular: how far it layers
+    shape: np.ndarray  # angular table: the outline's irregularity
+    seed: int
+
+    def taper(self, k: int) -> float:
+        """1 in the lesion's middle slice, less towards its ends."""
+        middle, half = (self.slices.start + self.slices.stop - 1) / 2, len(self.slices) / 2
+        return float(np.sqrt(max(1 - ((k - middle) / (half + 0.5)) ** 2, 0.15)))
+
+
+def _plan_lesions(
+    rng: np.random.Generator, index: int, slices: int, share: float, size: int
+) -> list[_Lesion]:
+    """The patient's lesions (none, one, or two over disjoint slices); the first one's kind by turn."""
+    lesioned = rng.random() < share
+    second = rng.random() < 0.3
+    if not lesioned:
+        return []
+    kinds = [KINDS[index % len(KINDS)]]
+    if second:
+        kinds.append(str(rng.choice([kind for kind in KINDS if kind not in (kinds[0], TUMOR)])))
+    lesions: list[_Lesion] = []
+    taken: set[int] = set()
+    for kind in kinds:
+        (low, high), (fewest, most) = _PLACES[kind]
+        span = max(1, round(int(rng.integers(fewest, most + 1)) * slices / 20))
+        levels = np.arange(slices) / max(slices - 1, 1)
+        middles = np.flatnonzero((levels >= low) & (levels <= high))
+        middle = int(rng.choice(middles)) if len(middles) else slices // 2
+        lowest = max(math.ceil(_LOWEST * (slices - 1)), 1)  # above the skull base's bone and air
+        start = min(max(middle - span // 2, lowest), max(slices - 1 - span, lowest))
+        chosen = range(start, min(start + span, slices - 1))
+        if kind == INTRAVENTRICULAR:
+            chosen = range(
+                max(chosen.start, math.ceil(_VENTRICLE_LEVELS[0] * (slices - 1)) + 1),
+                min(chosen.stop, math.floor(_VENTRICLE_LEVELS[1] * (slices - 1))),
+            )
+        if not len(chosen) or taken & set(chosen):
+            continue
+        taken |= set(chosen)
+        px = size / 128
+        # half the haematomas are small cortical contusions, blood mixed with bruised brain; the others
+        # deep (basal ganglia, lobar); tumors lie deep too, brighter or darker than the parenchyma
+        contusion = kind == INTRAPARENCHYMAL and rng.random() < 0.5
+        side = rng.choice([-1, 1])
+        if contusion:
+            where, hu = (side * rng.uniform(0.45, 0.6), rng.uniform(-0.6, 0.4)), rng.uniform(48, 62)
+        else:
+            where, hu = (side * rng.uniform(0.12, 0.5), rng.uniform(-0.45, 0.45)), rng.uniform(58, 78)
+        if kind == TUMOR:
+            hu = rng.uniform(10, 22) if rng.random() < 0.5 else -rng.uniform(8, 14)
+        lesions.append(
+            _Lesion(
+                kind=kind,
+                slices=chosen,
+                angle=rng.uniform(-np.pi, np.pi),
+                reach={EPIDURAL: rng.uniform(0.3, 0.55), SUBDURAL: rng.uniform(0.7, 1.4)}.get(
+                    kind, rng.uniform(0.5, 1.1)
+                ),
+                thick={
+                    EPIDURAL: rng.uniform(2.0, 4.0) * px,
+                    SUBDURAL: rng.uniform(2.5, 4.5) * px,
+                    INTRAPARENCHYMAL: (rng.uniform(1.5, 3.0) if contusion else rng.uniform(2.5, 5.0)) * px,
+                    TUMOR: rng.uniform(3.0, 8.0) * px,
+                }.get(kind, 0.0),
+                where=where,
+                hu=hu,
+                mix=rng.uniform(0.3, 0.7) if kind == SUBARACHNOID else rng.uniform(0.0, 0.7),
+                shape=_angular_table(rng, rng.uniform(0.05, 0.25), 2, 6),
+                seed=int(rng.integers(2**31)),
+            )
+        )
+    return lesions
+
+
+def _render_level(
+    p: _Patient, level: float, rng: np.random.Generator, lesions: list[tuple[_Lesion, float]]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One slice of patient `p` at `level` (0 skull base .. 1 vertex) in HU, with `lesions` (each with its
+    taper at this slice) painted in, and their mask (None without lesions). Rendering the same level
+    with the same `rng` without lesions gives the same slice without them."""
+    n, px = p.size, p.size / 128
+    base = 1 - _smoothstep(0.06, 0.32, level)  # skull-base structures
+    top = _smoothstep(0.7, 1.0, level)  # the skull cut obliquely
+    scale = math.sqrt(max(1 - ((level - 0.4) / 0.67) ** 2, 0.2))
+    a, b = p.axes[0] * scale, p.axes[1] * scale
+    # Only the head's box (room for the scalp and the blur) is drawn: air beyond.
+    reach = max(a * (1 + p.egg), b) * 1.03 + 3.5 * p.scalp_px + 4 * px
+    box = (_box(p.centre[0], reach, n), _box(p.centre[1], reach, n))
+    y = np.arange(box[0].start, box[0].stop, dtype=np.float32)[:, None] + 0.5 - p.centre[0]
+    x = np.arange(box[1].start, box[1].stop, dtype=np.float32)[None, :] + 0.5 - p.centre[1]
+    shape = (y.shape[0], x.shape[1])
+    cos, sin = math.cos(p.turn), math.sin(p.turn)
+    u, v = cos * x + sin * y, cos * y - sin * x  # lateral; front (-) to back (+)
+    vn = v / b
+    un = u / (a * (1 + p.egg * vn))
+    r = np.sqrt(un * un + vn * vn)
+    theta = np.arctan2(vn, un)  # 0 at the right of the image, -pi/2 in front
+    around = _angle_index(theta)
+    outline = 1 + p.outline.take(around, mode="clip")
+    rh = r / outline
+    ray = np.sqrt(u * u + v * v) / np.maximum(r, 1e-6) * outline  # pixels per unit of rh
+    outer = (1 - rh) * ray  # pixels inside the skull's outer surface
+    frontal = np.exp(-(((theta + np.pi / 2) / 0.35) ** 2)) * _bump(level, 0.2, 0.36)  # frontal sinus
+    thickness = (
+        p.bone_px
+        * (1 + p.thickness.take(around, mode="clip") + 0.3 * np.clip(vn, 0, None))
+        * (1 + 0.9 * top + 1.5 * frontal)
+    )
+    jag = _harmonics(rng, around, p.jag_px * (1 + 1.5 * base + 0.5 * top), 6, 48)
+    inside = outer - thickness - jag  # pixels inside the inner table: the brain where > 0
+    fringe = np.maximum(
+        p.fringe_px * (1 + _harmonics(rng, around, 0.7, 3, 24)) * (1 + 1.5 * top + 0.5 * base), 0.3 * px
+    )
+
+    # The brain: grey cortex over white matter, fine texture, then CSF where sulci, fissures, cisterns
+    # and the rim under the skull are (fluid: CSF's share of the pixel).
+    rim = (0.3 + 1.3 * p.atrophy) * px * (1 - 0.5 * base)
+    cortex = inside - rim  # pixels below the cortex' surface
+    tissue = (
+        p.white
+        + (p.grey - p.white) * (1 - _smoothstep(1.2 * px, 3.2 * px, cortex))
+        + 1.2 * _smooth_field(rng, shape, 5 * px)
+    )
+    if base > 0:  # cerebellar folia
+        tissue += 2.5 * base * np.clip(vn, 0, None) * _smooth_field(rng, shape, 1.6 * px)
+    folds = np.abs(
+        _harmonics(rng, _angle_index(theta + 0.05 * _smooth_field(rng, shape, 8 * px)), 1.0, 10, 30)
+    )
+    reach = (4 + 5 * p.atrophy) * px * (1 + 0.4 * _harmonics(rng, around, 1.0, 4, 12)) * (1 - 0.6 * base)
+    opening = 1 - _smoothstep(0, 1, cortex / np.maximum(reach, 0.5))
+    sulci = (
+        np.clip(1 - folds / ((0.12 + 0.16 * p.atrophy) * opening + 1e-3), 0, 1)
+        * (opening > 0)
+        * (cortex > -rim)
+    )
+    fluid = np.maximum(sulci, 1 - _smoothstep(0, rim, inside))
+    f, back_, waist, half, gap, spread = p.ventricles
+    sylvian = (
+        np.exp(-((((v / b) + 0.05) * b / ((0.8 + p.atrophy) * px)) ** 2))
+        * _smoothstep(0.45, 0.62, np.abs(un))
+        * _bump(level, 0.22, 0.4)
+        * 0.6
+    )
+    cistern = np.exp(-(((np.hypot(u / (0.16 * a), (v - 0.04 * b) / (0.13 * b)) - 1) / 0.28) ** 2)) * _bump(
+        level, 0.12, 0.28
+    )
+    fissure = (
+        np.exp(-((u / (0.6 * px)) ** 2))
+        * ((vn < f - 0.03) | (vn > back_ + 0.03))
+        * (0.4 + 0.4 * p.atrophy)
+        * _smoothstep(0.28, 0.4, level)
+    )
+    fluid = np.maximum.reduce([fluid, sylvian, cistern, fissure])
+    content = tissue + (p.csf - tissue) * fluid
+    deep = np.exp(-((np.hypot((np.abs(un) - 0.22) / 0.12, (vn + 0.02) / 0.2)) ** 4)) * _bump(
+        level, 0.33, 0.54
+    )
+    content += (p.grey - 2 - content) * deep * (1 - fluid) * 0.5
+
+    ventricles = _ventricle_map(p, level, un, vn, px, a)
+    content += (p.csf - content) * ventricles
+
+    masks = []
+    for lesion, taper in lesions:
+        for weight, value, marked in _paint(
+            lesion, taper, u, v, vn, theta, inside, cortex, np.maximum(sulci, sylvian), ventricles, a, b, p
+        ):
+            content += (value - content) * weight
+            if marked is not None:
+                masks.append((weight > marked) & (inside > 0))
+    based = _skull_base(content, p, level, rng, u, v, inside, a, b, px)
+    masks = [mask & (based == content) for mask in masks]  # lesions lie above the skull base: rarely hidden
+    content = based
+
+    # The inner table's partial volume, the skull (two tables round the diploe), the scalp, air.
+    share = np.clip(1 - np.maximum(inside, 0) / fringe, 0, 1) ** 2  # bone's share of a pixel
+    across = np.clip(outer / np.maximum(thickness + jag, 0.5), 0, 1)  # 0 outer table .. 1 inner table
+    skull = p.bone * (1 - 0.55 * np.exp(-(((across - 0.5) / 0.22) ** 2)))
+    if _bump(level, 0.2, 0.36) > 0:  # the frontal sinus: air cells in the frontal bone
+        cells = _smooth_field(rng, shape, 1.5 * px) > -0.3
+        skull = np.where((frontal > 0.2) & (across > 0.3) & (across < 0.75) & cells, _HU["air"], skull)
+    hu = np.where(inside > 0, content * (1 - share) + p.bone * share, skull)
+    # the temporalis muscles, and at the skull base the muscles of the face and neck round the skull
+    muscle = np.maximum(_bump(level, 0.2, 0.75) * _smoothstep(0.6, 0.85, np.abs(un)), min(2 * base, 1.0))
+    scalp = p.scalp_px * (1 + 2.5 * base)
+    soft = np.where(-outer > scalp - 1.2 * px, 35.0, _HU["fat"] * (1 - muscle) + 45 * muscle)
+    hu = soft + (hu - soft) * np.clip(outer + 0.5, 0, 1)
+    edge = np.clip(outer + scalp + 0.5, 0, 1)  # the skin's partial volume
+    hu = _HU["air"] + (hu - _HU["air"]) * edge
+    hu = ndimage.gaussian_filter(hu, p.blur)  # the reconstruction kernel
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 0.6 * px)
+    hu += noise * p.noise * (1 + 1.5 * base) * (edge > 0)  # noisier at the skull base
+    scan = np.full((n, n), _HU["air"], dtype=np.float32)
+    scan[box] = hu
+    if not masks:
+        return scan, None
+    mask = np.zeros((n, n), dtype=bool)
+    mask[box] = np.logical_or.reduce(masks)
+    return scan, mask
+
+
+def _bump(level: float, low: float, high: float) -> float:
+    """0 outside (low, high), rising smoothly to 1 in the middle: a structure seen over a range of levels."""
+    if not low < level < high:
+        return 0.0
+    return float(math.sin(math.pi * (level - low) / (high - low)) ** 0.5)
+
+
+def _ventricle_map(
+    p: _Patient, level: float, un: np.ndarray, vn: np.ndarray, px: float, a: float
+) -> np.ndarray:
+    """CSF's share of each pixel in the ventricles cut at `level`: the lateral ventricles' bodies (two
+    crescents, ')(' seen from above), the third ventricle, the temporal horns, the fourth ventricle."""
+    front, back, waist, half, gap, spread = p.ventricles
+    size = _bump(level, *_VENTRICLE_LEVELS) ** 0.7
+    found = np.zeros(un.shape, dtype=np.float32)
+    if size > 0:
+        t = np.clip((vn - waist) / np.where(vn < waist, waist - front, back - waist), -1, 1)
+        taper = np.clip(1 - t * t, 0, None) ** 0.35 * (
+            1 + 0.6 * np.clip(-t, 0, None) - 0.3 * np.clip(t, 0, None)
+        )
+        width = (vn > front * size) & (vn < back * size)
+        for side, (g, s, h) in zip((-1, 1), p.sides, strict=True):
+            distance = np.abs(side * un - gap * g - spread * s * t * t) - half * h * taper * size
+            found = np.maximum(found, np.clip(0.5 - distance * a / px, 0, 1) * width)
+    pix = px / a
+    third = (
+        _bump(level, 0.32, 0.44)
+        * np.clip(0.5 - (np.abs(un) - 0.6 * pix) / pix, 0, 1)
+        * (np.abs(vn - 0.02) < 0.12)
+    )
+    temporal = _bump(level, 0.2, 0.34) * np.clip(
+        1.5 - np.hypot((np.abs(un) - 0.55) / 0.06, vn / 0.1) * 1.5, 0, 1
+    )
+    fourth = _bump(level, 0.07, 0.22) * np.clip(1.5 - np.hypot(un / 0.06, (vn - 0.38) / 0.05) * 1.5, 0, 1)
+    return np.maximum.reduce([found, third, temporal, fourth])
+
+
+def _paint(
+    lesion: _Lesion,
+    taper: float,
+    u: np.ndarray,
+    v: np.ndarray,
+    vn: np.ndarray,
+    theta: np.ndarray,
+    inside: np.ndarray,
+    cortex: np.ndarray,
+    fluid: np.ndarray,
+    ventricles: np.ndarray,
+    a: float,
+    b: float,
+    p: _Patient,
+) -> list[tuple[np.ndarray, np.ndarray | float, float | None]]:
+    """A lesion at this slice as layers painted in turn: (share of each pixel 0..1, density in HU, the
+    share above which the mask marks the pixel, or None: an oedema halo is painted but not marked).
+    `fluid`: the sulci's and fissures' CSF share (subarachnoid blood lies there, partial-volumed with
+    CSF and brain: marked where it is a fifth of the pixel)."""
+    px = p.size / 128
+    grain = _smooth_field(np.random.default_rng(lesion.seed), u.shape, 2.0 * px)
+    blood = lesion.hu + 3 * grain
+    off = np.abs(np.angle(np.exp(1j * (theta - lesion.angle)))) / lesion.reach  # 0 .. 1 across its extent
+    if lesion.kind == EPIDURAL:  # lentiform: thickest in its middle, ends sharp against the bone
+        thick = lesion.thick * taper * np.sqrt(np.clip(1 - off * off, 0, 1))
+        return [(np.clip(thick - inside + 0.5, 0, 1) * (thick > 0.3), blood, 0.5)]
+    if lesion.kind == SUBDURAL:  # crescent: even thickness, tapering at its ends
+        thick = lesion.thick * (0.6 + 0.4 * taper) * np.clip(3 * (1 - off), 0, 1)
+        return [(np.clip(thick - inside + 0.5, 0, 1) * (thick > 0.3), blood, 0.5)]
+    if lesion.kind == SUBARACHNOID:  # in the sulci and the CSF under the skull, mixed with CSF
+        where = fluid * np.clip(3 * (1 - off), 0, 1) * (inside > px) * (cortex < 10 * px) * (ventricles < 0.5)
+        return [(where, p.csf + lesion.mix * (blood - p.csf), 0.2)]
+    if lesion.kind == INTRAVENTRICULAR:  # layering at the back of the ventricles (the patient lies supine)
+        waist, back = p.ventricles[2], p.ventricles[1]
+        layer = _smoothstep(-0.02, 0.02, vn - (waist + (lesion.mix - 0.35) * (back - waist)))
+        return [(ventricles * layer, blood, 0.5)]
+    # a haematoma or a tumor: an irregular blob in the parenchyma, with an oedema rim or halo
+    du, dv = u - lesion.where[0] * a, v - lesion.where[1] * b
+    radius = lesion.thick * taper * (1 + lesion.shape.take(_angle_index(np.arctan2(dv, du)), mode="clip"))
+    distance = np.sqrt(du * du + dv * dv)
+    core = np.clip(radius - distance + 0.5, 0, 1) * (inside > 2)
+    halo = (0.5 if lesion.kind == INTRAPARENCHYMAL else 0.6 + 0.6 * lesion.mix) * lesion.thick
+    oedema = np.exp(-((np.maximum(distance - radius, 0) / max(halo, 0.5)) ** 2)) * (inside > 1) * 0.8
+    if lesion.kind == TUMOR:
+        return [(oedema, p.white - 10, None), (core, p.white + 3 + lesion.hu + 2 * grain, 0.5)]
+    return [(oedema, p.white - 7, None), (core, blood, 0.5)]
+
+
+def _skull_base(
+    content: np.ndarray,
+    p: _Patient,
+    level: float,
+    rng: np.random.Generator,
+    u: np.ndarray,
+    v: np.ndarray,
+    inside: np.ndarray,
+    a: float,
+    b: float,
+    px: float,
+) -> np.ndarray:
+    """The skull base's bone and air over the brain: petrous ridges, mastoid air cells, sphenoid and
+    ethmoid sinuses, orbits, clivus, sphenoid wings, bone islands, beam-hardening streaks."""
+    if level >= 0.34:
+        return content
+    bone = p.bone
+    out = content
+    cells = _smooth_field(rng, u.shape, 1.3 * px)
+    # air cells (mastoid, ethmoid): air in the cells, thin bony septa round them, soft tissue between
+    air_cells = np.where(np.abs(cells) < 0.2, 0.5 * bone, np.where(cells > 0, _HU["air"], 40.0))
+
+    def segment(u0: float, v0: float, u1: float, v1: float) -> np.ndarray:
+        du, dv = u1 - u0, v1 - v0
+        t = np.clip(((u - u0) * du + (v - v0) * dv) / (du * du + dv * dv), 0, 1)
+        return np.hypot(u - u0 - t * du, v - v0 - t * dv)
+
+    def ellipse(cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
+        return np.hypot((u - cu) / max(ru, 1e-3), (v - cv) / max(rv, 1e-3))
+
+    streak = _bump(level, -0.15, 0.26)
+    if streak:  # beam hardening: dark (and some bright) bands between the petrous bones
+        for angle, depth in zip(rng.uniform(-0.7, 0.7, 8), rng.uniform(-40, 20, 8), strict=True):
+            distance = np.abs(np.cos(angle) * (v - rng.uniform(0, 0.3) * b) - np.sin(angle) * u)
+            out = out + depth * streak * np.exp(-((distance / (0.8 * px)) ** 2)) * (np.abs(u) < 0.75 * a)
+    maxillary = _bump(level, -0.3, 0.16)
+    if maxillary:  # the maxillary sinuses and the nasal cavity, air among thin bone
+        for side in (-1, 1):
+            m = ellipse(side * 0.3 * a, -0.55 * b, 0.12 * a * maxillary, 0.14 * b * maxillary)
+            out = np.where(m < 1, np.where(m > 0.88, 0.6 * bone, _HU["air"]), out)
+        nose = ellipse(0, -0.72 * b, 0.08 * a * maxillary, 0.14 * b)
+        out = np.where(nose < 1, np.where(cells > -0.2, _HU["air"], 40.0), out)
+    for side in (-1, 1):
+        petrous = _bump(level, -0.08, 0.27)
+        if petrous:
+            width = (0.7 + 1.0 * petrous) * px * (1 + 0.4 * cells)
+            d = segment(side * 0.8 * a, 0.28 * b, side * 0.14 * a, -0.06 * b)
+            out = np.where(
+                d < width,
+                bone * (0.9 + 0.1 * cells),
+                out + (bone - out) * np.clip(width + 0.7 - d, 0, 1) * 0.5,
+            )
+            mastoid = ellipse(side * 0.78 * a, 0.42 * b, 0.17 * a * petrous, 0.2 * b * petrous)
+            out = np.where(mastoid < 1, air_cells, out)
+        orbit = _bump(level, 0.08, 0.3)
+        if orbit:
+            o = ellipse(side * 0.4 * a, -0.7 * b, 0.16 * a, 0.14 * b)
+            globe = ellipse(side * 0.42 * a, -0.78 * b, 0.12 * a * orbit, 0.1 * b * orbit)
+            out = np.where(o < 1, np.where(globe < 1, 12.0, _HU["fat"]), np.where(o < 1.15, 0.7 * bone, out))
+            nerve = segment(side * 0.4 * a, -0.66 * b, side * 0.12 * a, -0.42 * b)
+            out = np.where((nerve < 0.9 * px) & (o < 1.4), 35.0, out)
+        wing = _bump(level, 0.18, 0.34)
+        if wing:
+            d = segment(side * 0.75 * a, -0.28 * b, side * 0.12 * a, -0.36 * b)
+            out = np.where(d < (0.5 + 0.8 * wing) * px, 0.8 * bone, out)
+    sinus = _bump(level, -0.05, 0.26)
+    if sinus:
+        s = ellipse(0, -0.24 * b, 0.16 * a * sinus, 0.12 * b * sinus)
+        out = np.where(s < 1, np.where((np.abs(u) < 0.6 * px) | (s > 0.85), 0.8 * bone, _HU["air"]), out)
+    ethmoid = _bump(level, 0.06, 0.3)
+    if ethmoid:
+        e = ellipse(0, -0.6 * b, 0.1 * a * ethmoid, 0.2 * b)
+        out = np.where(e < 1, air_cells, out)
+    clivus = _bump(level, -0.1, 0.2)
+    if clivus:
+        c = ellipse(0, 0.02 * b, 0.06 * a * clivus, 0.11 * b * clivus)
+        out = np.where(c < 1, np.where(c < 0.6, 0.35 * bone, bone), out)
+    islands = int(rng.integers(4, 13) * (1 - _smoothstep(0.2, 0.34, level)))
+    for cu, cv, radius in zip(
+        rng.uniform(-0.7, 0.7, islands),
+        rng.uniform(-0.6, 0.5, islands),
+        rng.uniform(0.5, 1.2, islands) * px,
+        strict=True,
+    ):
+        out = np.where(ellipse(cu * a, cv * b, radius, radius) < 1, bone * 0.9, out)
+    return np.where(inside > 0, out, content)
 
 
 def _write_nifti(folder: Path, hounsfield: np.ndarray, masks: np.ndarray) -> None:
@@ -165,57 +657,6 @@ def _write_dicom(folder: Path, hounsfield: np.ndarray, masks: np.ndarray) -> Non
 def _display_to_ras(image: np.ndarray) -> np.ndarray:
     """A displayed slice (anterior up, patient's right on the left) -> the RAS+ (x, y) plane."""
     return image.T[::-1, ::-1]
-
-
-def _hounsfield(gray: np.ndarray) -> np.ndarray:
-    """A brain-window slice (fractions of full scale) -> HU: air outside, bone where the window clips."""
-    hu = gray * _BRAIN_WINDOW_HU
-    hu = np.where(gray >= _BONE, 400 + (gray - _BONE) * 4000, hu)
-    return np.where(gray <= 0, -1000.0, hu).astype(np.float32)
-
-
-def _bright_lesion(gray: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A haemorrhage-like finding, bright in the brain window: a crescent along the skull's inner edge
-    (epidural or subdural) or a blob in the parenchyma; returns the slice with it and its mask."""
-    skull = gray >= _BONE
-    inside = ndimage.binary_fill_holes(skull) & ~skull
-    depth = ndimage.distance_transform_edt(inside)
-    y, x = np.nonzero(inside)
-    cy, cx = y.mean(), x.mean()
-    if kind == "crescent":
-        yy, xx = np.mgrid[: gray.shape[0], : gray.shape[1]]
-        angle = np.angle((xx - cx) + 1j * (yy - cy))
-        start = rng.uniform(-np.pi, np.pi)
-        sector = np.angle(np.exp(1j * (angle - start))) % (2 * np.pi) < rng.uniform(0.6, 1.2)
-        mask = inside & sector & (depth <= rng.uniform(2.0, 4.0) * gray.shape[0] / 96)
-    else:
-        deep = np.flatnonzero(depth.ravel() > depth.max() * 0.4)
-        centre = np.unravel_index(deep[int(rng.integers(len(deep)))], gray.shape)
-        radius = rng.uniform(0.04, 0.07) * gray.shape[0]
-        yy, xx = np.mgrid[: gray.shape[0], : gray.shape[1]]
-        mask = inside & (np.hypot(yy - centre[0], xx - centre[1]) <= radius)
-    bright = np.where(mask, rng.uniform(0.75, 0.82) + 0.02 * rng.standard_normal(gray.shape), gray)
-    return bright.astype(np.float32), mask
-
-
-def _at_level(
-    gray: np.ndarray, mask: np.ndarray | None, level: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The slice as it looks at `level` (0 skull base, 1 skull top): the head's cross-section scaled
-    about its centre; near the base the brain gives way to bone and soft tissue, near the top the
-    skull cap takes most of the slice."""
-    scale = 0.45 + 0.55 * math.sin(math.pi * (0.12 + 0.8 * level))
-    centre = (np.array(gray.shape) - 1) / 2
-    zoom = {"matrix": np.full(2, 1 / scale), "offset": centre - centre / scale}
-    scaled = ndimage.affine_transform(gray, order=1, **zoom)
-    mask = None if mask is None else ndimage.affine_transform(mask.astype(np.uint8), order=0, **zoom) > 0
-    head = scaled > 0.02
-    if level < 0.15:  # skull base: bone and soft tissue where the brain would be
-        base = 0.5 + 0.45 * ndimage.gaussian_filter(rng.random(gray.shape), 2.0)
-        scaled = np.where(head, np.maximum(scaled, base * (0.15 - level) / 0.15 + scaled * level / 0.15), 0)
-    elif level > 0.9:  # skull top: the cap's bone covers the slice
-        scaled = np.where(head, np.maximum(scaled, (level - 0.9) / 0.1), 0)
-    return scaled.astype(np.float32), mask
 
 
 def example_png(size: int = 256) -> bytes:
@@ -473,17 +914,19 @@ def _angle_index(angle: np.ndarray) -> np.ndarray:
 def _harmonics(
     rng: np.random.Generator, index: np.ndarray, amplitude: float, low: int, high: int
 ) -> np.ndarray:
-    """A smooth random periodic function of the angle (harmonics low..high), peaking at +-amplitude.
+    """A smooth random periodic function of the angle (harmonics low..high), peaking at +-amplitude,
+    looked up at `_angle_index(angle)` in a table drawn by `_angular_table`."""
+    return _angular_table(rng, amplitude, low, high).take(index, mode="clip")
 
-    Tabulated by one inverse FFT and looked up at `_angle_index(angle)`: far cheaper than a cosine
-    per harmonic per pixel.
-    """
+
+def _angular_table(rng: np.random.Generator, amplitude: float, low: int, high: int) -> np.ndarray:
+    """`_harmonics`' table: one inverse FFT, far cheaper than a cosine per harmonic per pixel; kept, it
+    gives the same function at every level of a phantom scan."""
     orders = np.arange(low, high + 1)
     spectrum = np.zeros(_TABLE // 2 + 1, dtype=complex)
     spectrum[orders] = rng.uniform(-1, 1, orders.size) / orders * np.exp(2j * np.pi * rng.random(orders.size))
     table = np.fft.irfft(spectrum, _TABLE)
-    table = np.tile(table * (amplitude / np.abs(table).max()), 2).astype(np.float32)  # covers [-2pi, 2pi)
-    return table.take(index, mode="clip")
+    return np.tile(table * (amplitude / np.abs(table).max()), 2).astype(np.float32)  # covers [-2pi, 2pi)
 
 
 def _smoothstep(low: float, high: float, x: np.ndarray) -> np.ndarray:
