@@ -9,13 +9,14 @@ from pathlib import Path
 
 import keras
 import mlflow
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from pipeline import scoring, serving
+from pipeline import predict, scoring, serving
 from pipeline.config import DicomWindow, PreprocessConfig
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import (
@@ -33,7 +34,7 @@ from pipeline.entrypoint import compose, load_settings
 from pipeline.errors import ConfigError, ImageDecodeError
 from pipeline.models import build_model
 from pipeline.training import fit, training_batches
-from tests.conftest import BRAIN_WINDOW, preprocess_config, score_config, train_config
+from tests.conftest import BRAIN_WINDOW, preprocess_config, score_config, train_config, write_scans
 from tests.volume_factory import head_volume
 
 SUBDURAL = DicomWindow(level=75, width=215)
@@ -257,3 +258,35 @@ def test_extra_windows_are_a_hydra_list_of_windows() -> None:
     assert settings.preprocess.extra_windows == (SUBDURAL, BONE) and settings.preprocess.channels == 3
     with pytest.raises(ConfigError, match="extra_windows"):
         load_settings(compose(["preprocess.extra_windows=[{level:75,width:0}]"]))
+
+
+def test_predict_scores_dicom_and_volumes_in_two_windows_and_reports_each_windowed_image(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keras.utils.set_random_seed(0)
+    config = _windows(preprocess_config(32, head=True), SUBDURAL)
+    model = build_model("cae", (32, 32, 2), {"width": 4, "depth": 2, "latent_dim": 8})
+    detector = Detector(model, 0.05, config, score_config(region="head"), {"run_id": "test-run"})
+    serving.save(detector, tmp_path / "detector", example_dicom(64))
+    scans = write_scans(tmp_path / "scans")
+    hu = np.round(head_volume(32, 4, seed=4)).astype(np.int16)
+    volume_file = tmp_path / "scans" / "head.nii.gz"
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), volume_file)
+    out = tmp_path / "scores.csv"
+    assert (
+        predict.main([str(tmp_path / "scans"), "--model", str(tmp_path / "detector"), "--out", str(out)]) == 0
+    )
+    by_path = pd.read_csv(out).set_index("path")
+    for kind in ("png", "jpeg"):
+        error = by_path.loc[scans[kind].as_posix(), "error"]
+        assert "image holds one window" in error and "2 Hounsfield windows" in error
+        assert pd.isna(by_path.loc[scans[kind].as_posix(), "score"])
+    assert f"warning: {scans['png'].as_posix()}" in capsys.readouterr().err
+    dicom = scans["dicom"].as_posix()
+    assert pd.isna(by_path.loc[dicom, "error"])
+    assert by_path.loc[dicom, "score"] == pytest.approx(
+        detector.score(load_channels(scans["dicom"], config)[None])[0], rel=1e-5
+    )
+    rows = by_path.loc[volume_file.as_posix()]
+    assert len(rows) == 4 and rows["score"].notna().sum() >= 2
+    assert rows.loc[rows["score"].notna(), "error"].isna().all()
