@@ -352,6 +352,16 @@ class Settings(Section):
         check_params(self.model.name, self.model.params, self.preprocess.image_size)
         return self
 
+    @model_validator(mode="after")
+    def _windows_need_hounsfield_units(self) -> Settings:
+        """The built-in slices are 8-bit PNG: one window, already applied, so no extra window to read."""
+        if self.preprocess.extra_windows and self.data.source == "synthetic":
+            raise ValueError(
+                "preprocess.extra_windows reads Hounsfield units, and the built-in slices (data=synthetic) "
+                "are 8-bit PNG, one window already applied: use data=synthetic_volumes, or DICOM or NIfTI"
+            )
+        return self
+
     def flat_params(self) -> dict[str, str]:
         """Every config value as `section.key` -> string, the shape MLflow params take."""
         return flatten(self.model_dump(mode="json"))

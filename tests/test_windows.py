@@ -253,11 +253,18 @@ def test_the_served_model_scores_a_dicom_in_two_windows_and_refuses_a_png(
 def test_extra_windows_are_a_hydra_list_of_windows() -> None:
     assert load_settings(compose([])).preprocess.extra_windows == ()
     settings = load_settings(
-        compose(["preprocess.extra_windows=[{level:75,width:215},{level:600,width:2800}]"])
+        compose(
+            [
+                "data=synthetic_volumes",
+                "preprocess.extra_windows=[{level:75,width:215},{level:600,width:2800}]",
+            ]
+        )
     )
     assert settings.preprocess.extra_windows == (SUBDURAL, BONE) and settings.preprocess.channels == 3
     with pytest.raises(ConfigError, match="extra_windows"):
-        load_settings(compose(["preprocess.extra_windows=[{level:75,width:0}]"]))
+        load_settings(compose(["data=synthetic_volumes", "preprocess.extra_windows=[{level:75,width:0}]"]))
+    with pytest.raises(ConfigError, match=r"the built-in slices \(data=synthetic\) are 8-bit PNG"):
+        load_settings(compose(["data=synthetic", "preprocess.extra_windows=[{level:75,width:215}]"]))
 
 
 def test_predict_scores_dicom_and_volumes_in_two_windows_and_reports_each_windowed_image(
