@@ -35,7 +35,7 @@ from pipeline.io import atomic_path
 from pipeline.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
-# Bump when `load_image` changes its output for the same config, so cached arrays are rebuilt.
+# Bump when `load_channels` changes its output for the same config, so cached arrays are rebuilt.
 PREPROCESS_VERSION = 3
 BLANK_HU = -1024.0  # air: what `blanked_copy` puts outside the head of a slice in Hounsfield units
 NORMALIZE_PERCENTILES = (1.0, 99.0)  # the head's intensities stretched to [0, 1] between these
