@@ -112,6 +112,11 @@ class PreprocessConfig(Section):
 
     image_size: ImageSize
     dicom_window: DicomWindow
+    # More Hounsfield windows, each one more input channel after the brain window's (channel 0): a
+    # subdural window shows blood along the skull's inner table that the brain window saturates with the
+    # bone. Only Hounsfield input (DICOM, NIfTI and DICOM series) has them: an already windowed image
+    # (PNG, JPEG) is refused, one file's error. Empty: one channel (detectors packaged before had none).
+    extra_windows: tuple[DicomWindow, ...] = ()
     head: HeadConfig
     normalize: bool  # stretch the head's 1st..99th intensity percentiles to 0..1
     # a file with more pixels is refused from its header, before they are decoded (detectors packaged
@@ -119,6 +124,11 @@ class PreprocessConfig(Section):
     max_pixels: int = Field(default=MAX_PIXELS, ge=1)
     # a volume (NIfTI, DICOM series) with more voxels is refused from its header(s), before they are read
     max_voxels: int = Field(default=MAX_VOXELS, ge=1)
+
+    @property
+    def channels(self) -> int:
+        """The model input's channels: the brain window (`dicom_window`), then each extra window."""
+        return 1 + len(self.extra_windows)
 
 
 class ArchiveLimits(Section):
@@ -340,6 +350,16 @@ class Settings(Section):
         from pipeline.models import check_params  # here: Keras loads only where a config is validated
 
         check_params(self.model.name, self.model.params, self.preprocess.image_size)
+        return self
+
+    @model_validator(mode="after")
+    def _windows_need_hounsfield_units(self) -> Settings:
+        """The built-in slices are 8-bit PNG: one window, already applied, so no extra window to read."""
+        if self.preprocess.extra_windows and self.data.source == "synthetic":
+            raise ValueError(
+                "preprocess.extra_windows reads Hounsfield units, and the built-in slices (data=synthetic) "
+                "are 8-bit PNG, one window already applied: use data=synthetic_volumes, or DICOM or NIfTI"
+            )
         return self
 
     def flat_params(self) -> dict[str, str]:

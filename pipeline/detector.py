@@ -26,7 +26,7 @@ from pipeline import scoring
 from pipeline.config import PreprocessConfig, ScoreConfig, Settings
 from pipeline.data.dicom import apply_window
 from pipeline.data.guards import check_content, check_finite
-from pipeline.data.images import DECODE_WORKERS, Geometry, Source, decode, preprocess_with_geometry
+from pipeline.data.images import DECODE_WORKERS, Geometry, Source, decode, model_input
 from pipeline.errors import ImageDecodeError, PipelineError, unexpected
 from pipeline.features import FeatureScore, PatchMemory
 from pipeline.io import read_json, write_json
@@ -43,7 +43,7 @@ PATCHES_FILE = "patches.npz"  # the feature-space score's memory, where the dete
 class DecodedBatch:
     """The sources that decoded, as one model-ready batch, and why the others did not."""
 
-    images: np.ndarray  # (n_ok, size, size, 1) float32
+    images: np.ndarray  # (n_ok, size, size, preprocess.channels) float32
     decoded: np.ndarray  # indices (into the sources) of the rows of `images`
     errors: dict[int, str]  # source index -> reason it could not be read
     geometries: tuple[Geometry, ...]  # per row: where its model grid lies on its slice (`images.to_slice`)
@@ -88,24 +88,30 @@ class Detector:
 
         def prepare(index: int) -> tuple[np.ndarray, Geometry]:
             decoded = decode(sources[index], self.preprocess, names[index])
-            image, _, geometry = preprocess_with_geometry(decoded.pixels, self.preprocess, mask=decoded.head)
-            return image, geometry
+            return model_input(
+                decoded.pixels,
+                decoded.head,
+                decoded.hounsfield,
+                self.preprocess,
+                names[index],
+                decoded.format,
+            )
 
         return self._prepare(len(sources), prepare)
 
     def prepare_hounsfield(self, slices: Sequence[np.ndarray] | np.ndarray) -> DecodedBatch:
         """Slices already decoded to Hounsfield units (e.g. a CT volume's axial slices) -> the model's
-        batch with each slice's geometry: seen through `preprocess.dicom_window` as a DICOM slice is,
-        then preprocessed, in parallel. A slice with non-finite voxels, or with nothing to score (above or
-        below the head), is an error, as a file would be."""
+        batch with each slice's geometry: seen through `preprocess.dicom_window` (and each of
+        `preprocess.extra_windows`) as a DICOM slice is, then preprocessed, in parallel. A slice with
+        non-finite voxels, or with nothing to score (above or below the head), is an error, as a file
+        would be."""
         window = self.preprocess.dicom_window
 
         def prepare(index: int) -> tuple[np.ndarray, Geometry]:
             check_finite(f"slice {index}", slices[index], "voxel")
             gray = apply_window(slices[index], window.level, window.width)
             head = check_content(f"slice {index}", gray, self.preprocess.head.threshold)
-            image, _, geometry = preprocess_with_geometry(gray, self.preprocess, mask=head)
-            return image, geometry
+            return model_input(gray, head, slices[index], self.preprocess, f"slice {index}")
 
         return self._prepare(len(slices), prepare)
 
@@ -113,13 +119,13 @@ class Detector:
         """Run `prepare` on every index, `DECODE_WORKERS` at a time; an ImageDecodeError is that index's
         error, and so is any other exception (logged: a reader's bug must cost one input, not the batch)."""
         size = self.preprocess.image_size
-        images = np.empty((count, size, size, 1), dtype=np.float32)
+        images = np.empty((count, size, size, self.preprocess.channels), dtype=np.float32)
         geometries: dict[int, Geometry] = {}
         errors: dict[int, str] = {}
 
         def run(index: int) -> None:
             try:
-                images[index, :, :, 0], geometries[index] = prepare(index)
+                images[index], geometries[index] = prepare(index)
             except ImageDecodeError as err:
                 errors[index] = err.reason
             except Exception as err:  # noqa: BLE001

@@ -26,7 +26,7 @@ from pipeline.audit import largest_mixed_source, levels, shortcut_audit, source_
 from pipeline.config import Settings
 from pipeline.data.classes import CLASSES
 from pipeline.data.datasets import Split, load_split
-from pipeline.data.images import DECODE_WORKERS, blanked_png
+from pipeline.data.images import DECODE_WORKERS, blanked_copy
 from pipeline.detector import Detector
 from pipeline.diagnostics import (
     WARNING_TAGS,
@@ -110,7 +110,7 @@ def _blanked_scores(detector: Detector, settings: Settings, split: Split) -> np.
     detector: if the detector scored text, overlays or background, these would differ."""
     files = [settings.paths.raw / path for path in split.frame["path"]]
     with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
-        copies = list(pool.map(lambda file: blanked_png(file, settings.preprocess), files))
+        copies = list(pool.map(lambda file: blanked_copy(file, settings.preprocess), files))
     batch = detector.decode(copies, [str(file) for file in files])
     return detector.score(batch.images, split.levels[batch.decoded])
 

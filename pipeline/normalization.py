@@ -32,8 +32,9 @@ LEVEL_WEIGHT = 10.0  # reference: a level difference counts this many times an a
 
 
 def brain_content(images: np.ndarray, regions: np.ndarray) -> np.ndarray:
-    """The share of each slice's scored region (n, h, w) that is soft tissue, from its (n, h, w, 1)
-    model input: low at the skull base and the skull top, high where the brain is."""
+    """The share of each slice's scored region (n, h, w) that is soft tissue, from its (n, h, w, channels)
+    model input's channel 0 (the brain window): low at the skull base and the skull top, high where the
+    brain is."""
     x = images[..., 0]
     tissue = (x > TISSUE[0]) & (x < TISSUE[1]) & regions
     return tissue.sum(axis=(1, 2)) / np.maximum(regions.sum(axis=(1, 2)), 1)
@@ -51,8 +52,8 @@ class SliceFacts:
     def of(
         cls, images: np.ndarray, regions: np.ndarray, heads: np.ndarray, levels: np.ndarray | None = None
     ) -> SliceFacts:
-        """The facts of a batch: its (n, h, w, 1) model input, scored regions and head masks (n, h, w),
-        and each slice's level where known."""
+        """The facts of a batch: its (n, h, w, channels) model input (channel 0 read), scored regions
+        and head masks (n, h, w), and each slice's level where known."""
         x = images[..., 0]
         area = np.maximum(heads.sum(axis=(1, 2)), 1)
         shares = [((x > low) & (x < high) & heads).sum(axis=(1, 2)) / area for low, high in _ANATOMY]

@@ -9,7 +9,7 @@ import logging
 
 from pipeline import serving, tracking
 from pipeline.config import Settings
-from pipeline.data.synthetic import example_png
+from pipeline.data.synthetic import example_dicom, example_png
 from pipeline.detector import Detector
 from pipeline.entrypoint import stage
 from pipeline.io import atomic_dir, write_json
@@ -21,7 +21,8 @@ def run(settings: Settings) -> None:
     detector = Detector.calibrated(
         settings, {"model": settings.model.name, "threshold_method": settings.threshold.method}
     )
-    example = example_png()
+    # an 8-bit image holds one window: a detector reading more takes a DICOM slice in Hounsfield units
+    example = example_dicom() if settings.preprocess.extra_windows else example_png()
     with tracking.model_run(settings, "package", detector.model) as run_id:
         detector.info["run_id"] = run_id
         with atomic_dir(settings.paths.detector) as saved:

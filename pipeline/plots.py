@@ -248,13 +248,14 @@ def confusion_figure(tn: int, fp: int, fn: int, tp: int) -> Figure:
 
 
 def _image_stack(array: np.ndarray, name: str) -> np.ndarray:
-    """Accept (n, H, W) or single-channel (n, H, W, 1) batches, as Keras produces them."""
+    """Accept (n, H, W) or (n, H, W, channels) batches, as Keras produces them: channel 0 is shown
+    (the brain window, where `preprocess.extra_windows` adds more)."""
     stack = np.asarray(array, dtype=np.float64)
-    if stack.ndim == 4 and stack.shape[-1] == 1:
+    if stack.ndim == 4 and stack.shape[-1] >= 1:
         stack = stack[..., 0]
     if stack.ndim != 3 or stack.shape[0] == 0:
         raise ValueError(
-            f"{name} must have shape (n, H, W) or (n, H, W, 1) with n >= 1, got {np.shape(array)}"
+            f"{name} must have shape (n, H, W) or (n, H, W, channels) with n >= 1, got {np.shape(array)}"
         )
     return stack
 

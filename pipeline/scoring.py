@@ -8,6 +8,10 @@ background outside it cannot make a slice look anomalous. The kinds:
   which a small lesion moves while it barely moves a mean over the whole head;
 - `symmetry`: the same percentile of the smoothed difference between the slice and its mirror image
   (no model needed): brain CT is nearly left-right symmetric and most tumors are one-sided.
+With several input channels (`preprocess.extra_windows`: the slice through more Hounsfield windows), the
+residual of a pixel is the largest of its channels' absolute residuals, so that an anomaly seen in any
+window counts: `mse`, `l1`, `residual_percentile` and the residual maps read that; `ssim` and `symmetry`
+read channel 0 (the brain window), as do the head masks and scored regions.
 Each kind is a function registered in `SCORES`; the config accepts exactly the registered names, so a
 new kind is one registered function. `score.kind: auto` lets calibrate choose (`choose_kind`): the kinds
 rank differently from one dataset to the next, so each dataset's own validation split decides.
@@ -30,7 +34,8 @@ from pipeline.models import infer
 from pipeline.normalization import Normalizer, SliceFacts
 from pipeline.registry import Registry
 
-# (x, r, masks, config) -> one score per slice; x, r are (n, h, w) float64 with r == x outside the masks.
+# (x, r, masks, config) -> one score per slice; x, r are (n, h, w, channels) float64 with r == x outside
+# the masks (n, h, w).
 ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray, ScoreConfig], np.ndarray]
 SCORES: Registry[ScoreFn] = Registry("score", "score.kind")
 AUTO = "auto"  # score.kind: the kind with the best validation ROC AUC
@@ -77,18 +82,23 @@ def _smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(maps, sigma=(0, sigma, sigma)) if sigma > 0 else maps
 
 
+def _residual(x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """(n, h, w): each pixel's absolute residual, the largest over the channels (..., channels)."""
+    return np.abs(x - r).max(axis=-1)
+
+
 def _smoothed_residual(x: np.ndarray, r: np.ndarray, masks: np.ndarray, sigma: float) -> np.ndarray:
-    """|x - r| inside the masks, smoothed, zero outside: nothing from outside the head reaches in."""
-    return np.where(masks, _smooth(np.where(masks, np.abs(x - r), 0.0), sigma), 0.0)
+    """`_residual` inside the masks, smoothed, zero outside: nothing from outside the head reaches in."""
+    return np.where(masks, _smooth(np.where(masks, _residual(x, r), 0.0), sigma), 0.0)
 
 
 def residual_maps(
     images: np.ndarray, reconstructions: np.ndarray, config: ScoreConfig, head_threshold: float
 ) -> np.ndarray:
-    """(n, h, w) smoothed absolute residuals, zero outside the scored region: the heat maps that show
-    where a slice is anomalous, and the localisation output."""
+    """(n, h, w) smoothed absolute residuals (a pixel's largest over the channels), zero outside the
+    scored region: the heat maps that show where a slice is anomalous, and the localisation output."""
     masks = regions(images, config, head_threshold)
-    maps = _smoothed_residual(images[..., 0], reconstructions[..., 0], masks, config.smoothing)
+    maps = _smoothed_residual(images, reconstructions, masks, config.smoothing)
     return maps.astype(np.float32)
 
 
@@ -102,18 +112,21 @@ def _region_percentile(values: np.ndarray, masks: np.ndarray, q: float) -> np.nd
 
 @SCORES.register("mse")
 def _mse(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config: ScoreConfig) -> np.ndarray:
-    return _region_mean(np.square(x - r), masks)
+    return _region_mean(np.square(_residual(x, r)), masks)
 
 
 @SCORES.register("l1")
 def _l1(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config: ScoreConfig) -> np.ndarray:
-    return _region_mean(np.abs(x - r), masks)
+    return _region_mean(_residual(x, r), masks)
 
 
 @SCORES.register("ssim")
 def _ssim(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config: ScoreConfig) -> np.ndarray:
     similarity = np.stack(
-        [structural_similarity(a, b, data_range=1.0, full=True)[1] for a, b in zip(x, r, strict=True)]
+        [
+            structural_similarity(a, b, data_range=1.0, full=True)[1]
+            for a, b in zip(x[..., 0], r[..., 0], strict=True)
+        ]
     )
     return 1.0 - _region_mean(similarity, masks)
 
@@ -125,6 +138,7 @@ def _residual_percentile(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config
 
 @SCORES.register("symmetry")
 def _symmetry(x: np.ndarray, r: np.ndarray, masks: np.ndarray, config: ScoreConfig) -> np.ndarray:
+    x = x[..., 0]  # the brain window
     both_sides = masks & masks[:, :, ::-1]
     both_sides[~both_sides.any(axis=(1, 2))] = True
     asymmetry = np.where(both_sides, np.abs(x - x[:, :, ::-1]), 0.0)
@@ -147,10 +161,10 @@ def score_all(
     if not len(images):
         return {kind: np.empty(0) for kind in functions}
     masks = regions(images, config, head_threshold) if masks is None else masks
-    x = images[..., 0].astype(np.float64)
+    x = images.astype(np.float64)
     # Outside the region the reconstruction counts as perfect, so that no smoothing or SSIM window
     # carries a residual from outside the head into it.
-    r = np.where(masks, reconstructions[..., 0], x)
+    r = np.where(masks[..., None], reconstructions, x)
     return {kind: function(x, r, masks, config) for kind, function in functions.items()}
 
 

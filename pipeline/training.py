@@ -52,10 +52,10 @@ def augmenter(config: AugmentConfig, seed: int) -> keras.Sequential:
 
 def coarse_noise(images: tf.Tensor, config: NoiseConfig, seed: keras.random.SeedGenerator) -> tf.Tensor:
     """`images` with smooth Gaussian noise (drawn on a coarse grid, upsampled) added where there is
-    anatomy (pixels above 0), clipped to [0, 1]."""
+    anatomy (pixels above 0), clipped to [0, 1]; each channel (Hounsfield window) draws its own."""
     shape = tf.shape(images)
     grid = keras.random.normal(
-        (shape[0], config.resolution, config.resolution, 1), stddev=config.std, seed=seed
+        (shape[0], config.resolution, config.resolution, shape[3]), stddev=config.std, seed=seed
     )
     noise = tf.image.resize(grid, shape[1:3], method="bilinear")
     return tf.clip_by_value(tf.where(images > 0, images + noise, images), 0.0, 1.0)

@@ -131,13 +131,21 @@ def test_reconstruction_grid_single_row() -> None:
     assert len([ax for ax in fig.axes if ax.images]) == 3
 
 
+def test_reconstruction_grid_shows_channel_zero_of_several() -> None:
+    """Inputs in several Hounsfield windows (`preprocess.extra_windows`) show their brain window."""
+    images = np.stack([np.full((1, 8, 8), 0.25), np.ones((1, 8, 8))], axis=-1)
+    fig = reconstruction_grid(images, images, np.zeros((1, 8, 8)), ["two windows"])
+    input_axis = next(ax for ax in fig.axes if ax.images)
+    np.testing.assert_array_equal(input_axis.images[0].get_array(), np.full((8, 8), 0.25))
+
+
 @pytest.mark.parametrize(
     ("images", "reconstructions", "maps", "labels", "message"),
     [
         (np.zeros((2, 8, 8)), np.zeros((2, 8, 9)), np.zeros((2, 8, 8)), ["a", "b"], "differ in shape"),
         (np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), np.zeros((2, 8, 7)), ["a", "b"], "differ in shape"),
         (np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), np.zeros((2, 8, 8)), ["a"], "labels"),
-        (np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8, 3)), np.zeros((2, 8, 8)), ["a", "b"], "shape"),
+        (np.zeros((2, 8, 8, 3, 1)), np.zeros((2, 8, 8, 3, 1)), np.zeros((2, 8, 8)), ["a", "b"], "shape"),
         (np.zeros((0, 8, 8)), np.zeros((0, 8, 8)), np.zeros((0, 8, 8)), [], "n >= 1"),
     ],
 )

@@ -199,7 +199,7 @@ def test_unknown_kind_is_a_config_error_listing_the_registered_ones(batch: int) 
 def brightest_score() -> Iterator[str]:
     """A score registered for one test only: the brightest reconstructed pixel inside the head."""
     name = "test_brightest_reconstruction"
-    SCORES.register(name)(lambda x, r, masks, config: np.where(masks, r, -np.inf).max(axis=(1, 2)))
+    SCORES.register(name)(lambda x, r, masks, config: np.where(masks, r[..., 0], -np.inf).max(axis=(1, 2)))
     yield name
     del SCORES._entries[name]
 

@@ -19,7 +19,7 @@ from pipeline.data.splitting import SPLITS
 class Split:
     name: str
     frame: pd.DataFrame  # manifest rows: path (relative to the raw folder), class, sha256, ...
-    images: np.ndarray  # (n, size, size, 1) float32 in [0, 1]
+    images: np.ndarray  # (n, size, size, preprocess.channels) float32 in [0, 1]
 
     @property
     def labels(self) -> np.ndarray:

@@ -560,7 +560,7 @@ def identity(path: Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
 
 
 def write_ct_slice(
-    path: Path,
+    path: Path | io.BytesIO,
     hu: np.ndarray,
     *,
     slope: float = 1.0,
@@ -572,7 +572,7 @@ def write_ct_slice(
     position: float = 0.0,
     spacing: float = 1.0,
     orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
-) -> Path:
+) -> Path | io.BytesIO:
     """Write `hu` (2-D) as one 16-bit CT slice with stored values round((hu - intercept) / slope): how
     a volume's slices enter the slice pipeline (HU kept, windowed when read), and the tests' scans.
 
@@ -581,7 +581,7 @@ def write_ct_slice(
     is the slice's place along the scan's axis (mm), `spacing` the pixel size (mm) and `orientation`
     the row and column directions (ImageOrientationPatient; axial by default). With `preamble=False`
     the file starts at its File Meta group, with no preamble and no "DICM" prefix, as some old
-    scanners write it.
+    scanners write it. `path` may be a BytesIO, which is returned, written.
     """
     hu = np.asarray(hu, dtype=np.float64)
     if hu.ndim != 2:
@@ -634,4 +634,4 @@ def write_ct_slice(
     # pydicom 3: enforce_file_format=True writes preamble + "DICM" + a validated File Meta group;
     # False writes the dataset as-is, i.e. without preamble since this Dataset has none.
     dataset.save_as(path, enforce_file_format=preamble)
-    return Path(path)
+    return path if isinstance(path, io.BytesIO) else Path(path)

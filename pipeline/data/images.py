@@ -1,6 +1,13 @@
 """Decode any image file (PNG, JPEG, TIFF, ... or a DICOM slice) to one grayscale channel and
-preprocess it: the single code path that training, calibration, evaluation, prediction and the served
-model share, plus a cache of decoded splits.
+preprocess it to the model's input: the single code path that training, calibration, evaluation,
+prediction and the served model share, plus a cache of decoded splits.
+
+The model's input has `preprocess.channels` channels: channel 0 is the slice as decoded (a DICOM slice
+through `preprocess.dicom_window`), on which the head is found, cropped to and intensity-stretched;
+each of `preprocess.extra_windows` adds the same slice's Hounsfield units through that window, blanked,
+cropped, padded and resized with channel 0's geometry but not stretched (a Hounsfield window means the
+same on every scanner). An already windowed image (PNG, JPEG) has no Hounsfield units left, so with
+extra windows it is refused, one file's error.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from pipeline.config import MAX_PIXELS, PreprocessConfig
-from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield
+from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield, write_ct_slice
 from pipeline.data.guards import HEAD_BYTES, check_content, check_pixels, not_an_image
 from pipeline.data.head import bounding_box, head_mask, normalize_intensity
 from pipeline.errors import ImageDecodeError
@@ -28,8 +35,9 @@ from pipeline.io import atomic_path
 from pipeline.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
-# Bump when `load_image` changes its output for the same config, so cached arrays are rebuilt.
+# Bump when `load_channels` changes its output for the same config, so cached arrays are rebuilt.
 PREPROCESS_VERSION = 3
+BLANK_HU = -1024.0  # air: what `blanked_copy` puts outside the head of a slice in Hounsfield units
 NORMALIZE_PERCENTILES = (1.0, 99.0)  # the head's intensities stretched to [0, 1] between these
 # Files decoded at once, whatever the cores: a slice at preprocess.max_pixels (4096 x 4096) takes about
 # 0.2 GB while it is decoded and preprocessed, so predict over a folder of them stays under 2 GB with
@@ -45,7 +53,7 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 @dataclass(frozen=True)
 class Decoded:
     """A slice as one grey channel in [0, 1], its head (found when it was checked), and what the
-    manifest records about the file."""
+    manifest records about the file; a DICOM slice's Hounsfield units too where `extra_windows` read them."""
 
     pixels: np.ndarray
     head: np.ndarray  # bool, the pixels' shape (`head.head_mask`)
@@ -53,6 +61,7 @@ class Decoded:
     height: int
     mode: str
     format: str
+    hounsfield: np.ndarray | None = None  # kept only where `preprocess.extra_windows` asks for them
 
 
 def read_image(source: Source, name: str | Path | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -114,17 +123,35 @@ def decode(source: Source, config: PreprocessConfig, name: str | Path | None = N
     `to_grayscale`; ImageDecodeError for a file above `config.max_pixels` (before it is decoded) or
     with nothing to score (`guards.check_content`). `name` is what errors call a source given as bytes."""
     name = name if name is not None else source if isinstance(source, Path) else "<bytes>"
+    hounsfield = None
     if is_dicom(source):
         hounsfield, meta = read_hounsfield(source, name, config.max_pixels)
         window = config.dicom_window
         gray = apply_window(hounsfield, window.level, window.width)
+        hounsfield = hounsfield if config.extra_windows else None
     else:
         image = read_image(source, name, config.max_pixels)
         gray = to_grayscale(image)
         suffix = Path(name).suffix.lstrip(".").upper()
         meta = {"width": image.width, "height": image.height, "mode": image.mode}
         meta["format"] = image.format or suffix
-    return Decoded(gray, check_content(name, gray, config.head.threshold), **meta)
+    return Decoded(gray, check_content(name, gray, config.head.threshold), **meta, hounsfield=hounsfield)
+
+
+def extra_channels(
+    hounsfield: np.ndarray | None, config: PreprocessConfig, name: str | Path, kind: str = "windowed"
+) -> list[np.ndarray]:
+    """The slice's Hounsfield units through each of `config.extra_windows` (none: an empty list);
+    ImageDecodeError naming `name` for a slice without Hounsfield units (`kind`: what it is, e.g. PNG)."""
+    if not config.extra_windows:
+        return []
+    if hounsfield is None:
+        raise ImageDecodeError(
+            name,
+            f"a {kind} image holds one window, already applied; this detector reads {config.channels} "
+            "Hounsfield windows (preprocess.extra_windows): give it DICOM or NIfTI",
+        )
+    return [apply_window(hounsfield, window.level, window.width) for window in config.extra_windows]
 
 
 def resize_square(gray: np.ndarray, image_size: int) -> np.ndarray:
@@ -227,29 +254,72 @@ def to_slice(image: np.ndarray, geometry: Geometry) -> np.ndarray:
 def blanked_png(source: Path, config: PreprocessConfig) -> bytes:
     """The file as an 8-bit grayscale PNG, its own size, with everything outside the head black: how
     a source without burned-in text, overlays or background would have delivered it."""
+    return _blanked(decode(source, config))
+
+
+def blanked_copy(source: Path, config: PreprocessConfig) -> bytes:
+    """`blanked_png`, except that a DICOM slice read through `config.extra_windows` stays a DICOM slice
+    in Hounsfield units, air (`BLANK_HU`) outside the head: a PNG would keep the brain window alone."""
     decoded = decode(source, config)
+    if decoded.hounsfield is None:
+        return _blanked(decoded)
+    hounsfield = np.where(decoded.head, decoded.hounsfield, np.float32(BLANK_HU))
+    return write_ct_slice(io.BytesIO(), np.clip(hounsfield, BLANK_HU, None)).getvalue()
+
+
+def _blanked(decoded: Decoded) -> bytes:
     blanked = np.where(decoded.head, decoded.pixels, 0.0)
     buffer = io.BytesIO()
     Image.fromarray(np.round(blanked * 255).astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def load_image(source: Source, config: PreprocessConfig, name: str | Path | None = None) -> np.ndarray:
-    """Decode and preprocess one file to a (image_size, image_size) float32 array in [0, 1]."""
+def model_input(
+    gray: np.ndarray,
+    head: np.ndarray,
+    hounsfield: np.ndarray | None,
+    config: PreprocessConfig,
+    name: str | Path,
+    kind: str = "windowed",
+) -> tuple[np.ndarray, Geometry]:
+    """A decoded slice (`gray`: channel 0, `head`: its head mask, `hounsfield`: its HU where it has
+    them) -> the model's (image_size, image_size, channels) float32 input in [0, 1] and its geometry.
+    Channel 0 is `preprocess_with_geometry`'s; each extra window's channel is blanked outside the head
+    (with `head.mask`), cropped, padded and resized as channel 0 is, and not stretched. Without extra
+    windows it is channel 0 alone; with them, a slice without HU is an ImageDecodeError naming `name`."""
+    extras = extra_channels(hounsfield, config, name, kind)
+    image, _, geometry = preprocess_with_geometry(gray, config, mask=head)
+    channels = [image]
+    for extra in extras:
+        if config.head.mask:
+            extra = np.where(head, extra, np.float32(0.0))
+        channels.append(resize_square(extra[geometry.crop], config.image_size))
+    return np.stack(channels, axis=-1), geometry
+
+
+def load_channels(source: Source, config: PreprocessConfig, name: str | Path | None = None) -> np.ndarray:
+    """Decode and preprocess one file to the model's (image_size, image_size, channels) float32 input."""
+    name = name if name is not None else source if isinstance(source, Path) else "<bytes>"
     decoded = decode(source, config, name)
-    return preprocess(decoded.pixels, config, mask=decoded.head)[0]
+    return model_input(decoded.pixels, decoded.head, decoded.hounsfield, config, name, decoded.format)[0]
+
+
+def load_image(source: Source, config: PreprocessConfig, name: str | Path | None = None) -> np.ndarray:
+    """Decode and preprocess one file to a (image_size, image_size) float32 array in [0, 1]: the model
+    input's channel 0 (`load_channels`)."""
+    return load_channels(source, config, name)[..., 0]
 
 
 def load_images(
     paths: Sequence[Path], config: PreprocessConfig, *, workers: int | None = None, progress: bool = True
 ) -> np.ndarray:
-    """Decode many files in parallel (`DECODE_WORKERS` at once) to a (n, image_size, image_size, 1)
-    float32 batch."""
+    """Decode many files in parallel (`DECODE_WORKERS` at once) to a (n, image_size, image_size,
+    channels) float32 batch."""
     workers = workers or DECODE_WORKERS
-    batch = np.empty((len(paths), config.image_size, config.image_size, 1), dtype=np.float32)
+    batch = np.empty((len(paths), config.image_size, config.image_size, config.channels), dtype=np.float32)
 
     def decode_one(index: int) -> None:
-        batch[index, :, :, 0] = load_image(paths[index], config)
+        batch[index] = load_channels(paths[index], config)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in progress_bar(
@@ -268,8 +338,8 @@ def load_cached(
     progress: bool = True,
 ) -> np.ndarray:
     """`load_images`, decoded once: the batch is kept in `cache_dir` under a key made of the files'
-    content hashes, the preprocessing config and version, so later epochs, stages and reruns read one
-    array instead of decoding again."""
+    content hashes, the preprocessing config (its windows too) and version, so later epochs, stages and
+    reruns read one array instead of decoding again."""
     key = hashlib.sha256(
         json.dumps(
             {

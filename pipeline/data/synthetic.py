@@ -668,6 +668,16 @@ def example_png(size: int = 256) -> bytes:
     return buffer.getvalue()
 
 
+def example_dicom(size: int = 256) -> bytes:
+    """`example_png`'s slice as a DICOM file in Hounsfield units: the input example of a detector that
+    reads several Hounsfield windows (`preprocess.extra_windows`), which an 8-bit image cannot give."""
+    from pipeline.data.dicom import HU_RANGE, write_ct_slice
+
+    image, _ = _render((0, _HEALTHY, 1), size, size, tumor=False)
+    hounsfield = np.clip(_hounsfield(image.astype(np.float32) / 255.0), *HU_RANGE)
+    return write_ct_slice(io.BytesIO(), hounsfield).getvalue()
+
+
 def _render(
     key: tuple[int, int, int], min_size: int, max_size: int, tumor: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -63,6 +63,16 @@ def _backbone(name: str, shape: tuple[int, int, int], weights: str | None) -> ke
         ) from err
 
 
+def _to_rgb(inputs: keras.KerasTensor, channels: int) -> keras.KerasTensor:
+    """The backbone's three channels: one grey channel three times, three Hounsfield windows as they are,
+    any other number (`preprocess.extra_windows`) mixed to three by a learned 1x1 convolution."""
+    if channels == 3:
+        return inputs
+    if channels == 1:
+        return layers.Concatenate()([inputs] * 3)
+    return layers.Conv2D(3, 1, name="to_rgb")(inputs)
+
+
 @register("pretrained_encoder", EncoderParams)
 def build(input_shape: tuple[int, int, int], p: EncoderParams) -> keras.Model:
     filters = level_filters(p.width, BACKBONE_STRIDE_LEVELS)
@@ -74,7 +84,7 @@ def build(input_shape: tuple[int, int, int], p: EncoderParams) -> keras.Model:
             if isinstance(layer, layers.BatchNormalization):
                 layer.momentum = SCRATCH_BN_MOMENTUM
     inputs = keras.Input(shape=input_shape, name="image")
-    rgb = layers.Concatenate()([inputs] * 3) if input_shape[-1] == 1 else inputs
+    rgb = _to_rgb(inputs, input_shape[-1])
     # Pretrained statistics stay as they are (Keras' fine-tuning advice); one from scratch learns its own.
     features = encoder(layers.Rescaling(255.0)(rgb), training=False if p.weights else None)
     z = layers.Dense(p.latent_dim, activation="relu", name="latent")(layers.Flatten()(features))
