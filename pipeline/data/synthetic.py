@@ -669,13 +669,14 @@ def example_png(size: int = 256) -> bytes:
 
 
 def example_dicom(size: int = 256) -> bytes:
-    """`example_png`'s slice as a DICOM file in Hounsfield units: the input example of a detector that
-    reads several Hounsfield windows (`preprocess.extra_windows`), which an 8-bit image cannot give."""
+    """A healthy phantom's mid-level slice as a DICOM file in Hounsfield units: the input example of a
+    detector that reads several Hounsfield windows (`preprocess.extra_windows`), which an 8-bit image
+    cannot give."""
     from pipeline.data.dicom import HU_RANGE, write_ct_slice
 
-    image, _ = _render((0, _HEALTHY, 1), size, size, tumor=False)
-    hounsfield = np.clip(_hounsfield(image.astype(np.float32) / 255.0), *HU_RANGE)
-    return write_ct_slice(io.BytesIO(), hounsfield).getvalue()
+    patient = _draw_patient(np.random.default_rng((0, _STREAM, 0)), size)
+    hounsfield, _ = _render_level(patient, 0.5, np.random.default_rng((0, _STREAM, 0, 1)), [])
+    return write_ct_slice(io.BytesIO(), np.clip(hounsfield, *HU_RANGE)).getvalue()
 
 
 def _render(
