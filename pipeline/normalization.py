@@ -27,7 +27,7 @@ from pipeline.registry import Registry
 TISSUE = (0.1, 0.9)  # of the model's input: darker is air, fat or CSF, brighter is bone (brain window)
 BINS = 5  # content quantile bins the healthy median and spread are read in
 MIN_PER_BIN = 5
-NEIGHBOURS = (10, 0.05, 50)  # reference: at least 10, a twentieth of the healthy slices, at most 50 (on validation)
+NEIGHBOURS = (10, 0.05, 50)  # reference: at least 10, a twentieth of the healthy slices, at most 50
 LEVEL_WEIGHT = 10.0  # reference: a level difference counts this many times an anatomy difference (in spreads)
 
 
