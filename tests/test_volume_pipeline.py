@@ -5,6 +5,7 @@ detector's maps written back on a scan's own voxel grid."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,12 @@ TINY = [
 
 
 def _run(*args: str) -> str:
-    done = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    """Run the pipeline with the tracking store its arguments name: `mlflow.set_tracking_uri` in an
+    earlier test leaves MLFLOW_TRACKING_URI in this process's environment, which would take precedence."""
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=False, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout + done.stderr
 
