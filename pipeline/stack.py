@@ -348,8 +348,13 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
+READY_KEY = ".stack-ready"  # written, read back and deleted by `up`: the store serves its data
+
+
 def _bucket_ready(stack: Stack) -> bool:
-    """Whether the S3 gateway answers and holds the bucket (created here when missing)."""
+    """Whether the S3 gateway answers, holds the bucket (created here when missing) and serves data: a
+    restarted SeaweedFS lists its buckets before its volume server has registered its volumes again,
+    and reading an object then fails."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     client = stack.s3_client()
@@ -357,9 +362,12 @@ def _bucket_ready(stack: Stack) -> bool:
         with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
             if BUCKET not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
                 client.create_bucket(Bucket=BUCKET)
+        client.put_object(Bucket=BUCKET, Key=READY_KEY, Body=b"ready")
+        served = client.get_object(Bucket=BUCKET, Key=READY_KEY)["Body"].read() == b"ready"
+        client.delete_object(Bucket=BUCKET, Key=READY_KEY)
     except (BotoCoreError, ClientError):  # not up yet: its filer and volume server come first
         return False
-    return True
+    return served
 
 
 def weed_program() -> str:
