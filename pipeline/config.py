@@ -117,6 +117,10 @@ class PreprocessConfig(Section):
     # bone. Only Hounsfield input (DICOM, NIfTI and DICOM series) has them: an already windowed image
     # (PNG, JPEG) is refused, one file's error. Empty: one channel (detectors packaged before had none).
     extra_windows: tuple[DicomWindow, ...] = ()
+    # 2.5D: the brain-window channel of the n slices below and above in the same scan, as 2n more input
+    # channels after the slice's own (`pipeline.data.neighbours`): a lesion spans slices, an anatomical
+    # oddity of one slice less so. 0: the slice alone (detectors packaged before had none).
+    neighbours: int = Field(default=0, ge=0, le=8)
     head: HeadConfig
     normalize: bool  # stretch the head's 1st..99th intensity percentiles to 0..1
     # a file with more pixels is refused from its header, before they are decoded (detectors packaged
@@ -126,9 +130,15 @@ class PreprocessConfig(Section):
     max_voxels: int = Field(default=MAX_VOXELS, ge=1)
 
     @property
-    def channels(self) -> int:
-        """The model input's channels: the brain window (`dicom_window`), then each extra window."""
+    def scored_channels(self) -> int:
+        """The slice's own channels: the brain window (`dicom_window`), then each extra window. Scores and
+        residual maps read these alone, so that a lesion on a neighbouring slice is not this slice's."""
         return 1 + len(self.extra_windows)
+
+    @property
+    def channels(self) -> int:
+        """The model input's channels: the slice's own (`scored_channels`), then its 2 * `neighbours`."""
+        return self.scored_channels + 2 * self.neighbours
 
 
 class ArchiveLimits(Section):

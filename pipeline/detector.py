@@ -27,6 +27,7 @@ from pipeline.config import PreprocessConfig, ScoreConfig, Settings
 from pipeline.data.dicom import apply_window
 from pipeline.data.guards import check_content, check_finite
 from pipeline.data.images import DECODE_WORKERS, Geometry, Source, decode, model_input
+from pipeline.data.neighbours import ScanKey, stack_neighbours
 from pipeline.errors import ImageDecodeError, PipelineError, unexpected
 from pipeline.features import FeatureScore, PatchMemory
 from pipeline.io import read_json, write_json
@@ -47,6 +48,14 @@ class DecodedBatch:
     decoded: np.ndarray  # indices (into the sources) of the rows of `images`
     errors: dict[int, str]  # source index -> reason it could not be read
     geometries: tuple[Geometry, ...]  # per row: where its model grid lies on its slice (`images.to_slice`)
+
+    def within(self, start: int, stop: int) -> DecodedBatch:
+        """The sources [start, stop) alone, numbered from `start`: a slab read with neighbouring slices
+        on either side (to stack them) keeps the rows it scores."""
+        keep = (self.decoded >= start) & (self.decoded < stop)
+        errors = {index - start: reason for index, reason in self.errors.items() if start <= index < stop}
+        geometries = tuple(g for g, kept in zip(self.geometries, keep, strict=True) if kept)
+        return DecodedBatch(self.images[keep], self.decoded[keep] - start, errors, geometries)
 
 
 @dataclass
@@ -82,9 +91,16 @@ class Detector:
             _features(calibration.get("feature_normalizer"), settings.paths.patches),
         )
 
-    def decode(self, sources: Sequence[Source], names: Sequence[str]) -> DecodedBatch:
+    def decode(
+        self,
+        sources: Sequence[Source],
+        names: Sequence[str],
+        scans: Sequence[ScanKey] | None = None,
+        slices: Sequence[int | None] | None = None,
+    ) -> DecodedBatch:
         """Decode and preprocess files (or their bytes) in parallel; unreadable ones are reported. Each
-        decoded slice's geometry comes along, for maps to be put back on its pixels."""
+        decoded slice's geometry comes along, for maps to be put back on its pixels. `scans`, `slices`:
+        each source's scan and place in it, for `preprocess.neighbours` (None: lone images)."""
 
         def prepare(index: int) -> tuple[np.ndarray, Geometry]:
             decoded = decode(sources[index], self.preprocess, names[index])
@@ -97,14 +113,14 @@ class Detector:
                 decoded.format,
             )
 
-        return self._prepare(len(sources), prepare)
+        return self._prepare(len(sources), prepare, scans, slices)
 
     def prepare_hounsfield(self, slices: Sequence[np.ndarray] | np.ndarray) -> DecodedBatch:
         """Slices already decoded to Hounsfield units (e.g. a CT volume's axial slices) -> the model's
         batch with each slice's geometry: seen through `preprocess.dicom_window` (and each of
         `preprocess.extra_windows`) as a DICOM slice is, then preprocessed, in parallel. A slice with
         non-finite voxels, or with nothing to score (above or below the head), is an error, as a file
-        would be."""
+        would be. The slices are consecutive slices of one scan: each gets its neighbours among them."""
         window = self.preprocess.dicom_window
 
         def prepare(index: int) -> tuple[np.ndarray, Geometry]:
@@ -113,13 +129,20 @@ class Detector:
             head = check_content(f"slice {index}", gray, self.preprocess.head.threshold)
             return model_input(gray, head, slices[index], self.preprocess, f"slice {index}")
 
-        return self._prepare(len(slices), prepare)
+        return self._prepare(len(slices), prepare, [0] * len(slices), range(len(slices)))
 
-    def _prepare(self, count: int, prepare: Callable[[int], tuple[np.ndarray, Geometry]]) -> DecodedBatch:
+    def _prepare(
+        self,
+        count: int,
+        prepare: Callable[[int], tuple[np.ndarray, Geometry]],
+        scans: Sequence[ScanKey] | None = None,
+        slices: Sequence[int | None] | None = None,
+    ) -> DecodedBatch:
         """Run `prepare` on every index, `DECODE_WORKERS` at a time; an ImageDecodeError is that index's
-        error, and so is any other exception (logged: a reader's bug must cost one input, not the batch)."""
+        error, and so is any other exception (logged: a reader's bug must cost one input, not the batch).
+        The decoded rows then get their neighbours (`scans`, `slices`; None: lone images)."""
         size = self.preprocess.image_size
-        images = np.empty((count, size, size, self.preprocess.channels), dtype=np.float32)
+        images = np.empty((count, size, size, self.preprocess.scored_channels), dtype=np.float32)
         geometries: dict[int, Geometry] = {}
         errors: dict[int, str] = {}
 
@@ -135,8 +158,16 @@ class Detector:
         with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
             list(pool.map(run, range(count)))
         decoded = np.array([i for i in range(count) if i not in errors], dtype=np.int64)
+        scans = [None] * count if scans is None else scans
+        slices = [None] * count if slices is None else slices
+        stacked = stack_neighbours(
+            images[decoded],
+            [scans[i] for i in decoded],
+            [slices[i] for i in decoded],
+            self.preprocess.neighbours,
+        )
         return DecodedBatch(
-            images[decoded], decoded, dict(sorted(errors.items())), tuple(geometries[i] for i in decoded)
+            stacked, decoded, dict(sorted(errors.items())), tuple(geometries[i] for i in decoded)
         )
 
     def reconstruct_and_score(
@@ -152,6 +183,7 @@ class Detector:
             self.normalizer,
             self.features,
             levels,
+            self.preprocess.scored_channels,
         )
 
     def regions(self, images: np.ndarray) -> np.ndarray:
@@ -170,14 +202,20 @@ class Detector:
     def all_scores(self, images: np.ndarray, reconstructions: np.ndarray) -> dict[str, np.ndarray]:
         """Every registered kind of score, read in this detector's region: how calibration compares
         the kinds on validation slices (its own kind is `self.scoring.kind`)."""
-        return scoring.score_all(images, reconstructions, self.scoring, self.preprocess.head.threshold)
+        own = self.preprocess.scored_channels
+        return scoring.score_all(
+            images, reconstructions, self.scoring, self.preprocess.head.threshold, channels=own
+        )
 
     def score(self, images: np.ndarray, levels: np.ndarray | None = None) -> np.ndarray:
         return self.reconstruct_and_score(images, levels)[1]
 
     def residual_maps(self, images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
         """Where each slice is anomalous: smoothed absolute residuals inside the scored region."""
-        return scoring.residual_maps(images, reconstructions, self.scoring, self.preprocess.head.threshold)
+        own = self.preprocess.scored_channels
+        return scoring.residual_maps(
+            images, reconstructions, self.scoring, self.preprocess.head.threshold, own
+        )
 
     def anomaly_mask(self, maps: np.ndarray) -> np.ndarray:
         """Where each slice is anomalous: residual-map pixels above the calibrated pixel threshold."""

@@ -27,6 +27,7 @@ from pipeline.config import Settings
 from pipeline.data.classes import CLASSES
 from pipeline.data.datasets import Split, load_split
 from pipeline.data.images import DECODE_WORKERS, blanked_copy
+from pipeline.data.neighbours import frame_keys
 from pipeline.detector import Detector
 from pipeline.diagnostics import (
     WARNING_TAGS,
@@ -107,11 +108,12 @@ def _with_intervals(
 
 def _blanked_scores(detector: Detector, settings: Settings, split: Split) -> np.ndarray:
     """Scores of a copy of the slices with everything outside the head blanked before they reach the
-    detector: if the detector scored text, overlays or background, these would differ."""
+    detector: if the detector scored text, overlays or background, these would differ. Each slice's
+    neighbours (`preprocess.neighbours`) are the blanked copies of its scan's slices, as in `load_split`."""
     files = [settings.paths.raw / path for path in split.frame["path"]]
     with ThreadPoolExecutor(max_workers=DECODE_WORKERS) as pool:
         copies = list(pool.map(lambda file: blanked_copy(file, settings.preprocess), files))
-    batch = detector.decode(copies, [str(file) for file in files])
+    batch = detector.decode(copies, [str(file) for file in files], *frame_keys(split.frame))
     return detector.score(batch.images, split.levels[batch.decoded])
 
 

@@ -31,7 +31,7 @@ from pipeline.config import ArchiveLimits, RuntimeConfig
 from pipeline.data.guards import Limits
 from pipeline.data.images import to_slice
 from pipeline.data.series import write_segmentation
-from pipeline.data.volumes import is_volume, open_volume, save_nifti
+from pipeline.data.volumes import Volume, is_volume, open_volume, save_nifti
 from pipeline.detector import DecodedBatch, Detector
 from pipeline.errors import ImageDecodeError, PipelineError, unexpected
 from pipeline.inputs import InputFile, Scan, collect, find_scans
@@ -100,12 +100,22 @@ def _score_files(
     heatmaps: Path | None,
     on_map: OnMap | None,
     levels: np.ndarray | None = None,
+    around: tuple[list[int], list[int]] | None = None,
 ) -> list[dict]:
     """Score the 2-D files at `orders` (their places in `files`) as one batch (`levels`: their places in
     their scan, where they are slices of one); `on_map` gets each decoded file's anomaly map on its own
-    pixel grid as soon as it is made (so that no more than one is held)."""
+    pixel grid as soon as it is made (so that no more than one is held). `around`: where the files are
+    consecutive slices of one scan, the orders of the slices just below and above them, read too for
+    their brain window as neighbour channels (`preprocess.neighbours`) and not scored."""
     chunk = [files[order] for order in orders]
-    batch = detector.decode([item.file for item in chunk], [item.path for item in chunk])
+    if around is None:
+        batch = detector.decode([item.file for item in chunk], [item.path for item in chunk])
+    else:
+        below, above = around
+        read = [files[order] for order in (*below, *orders, *above)]
+        batch = detector.decode(
+            [item.file for item in read], [item.path for item in read], [0] * len(read), range(len(read))
+        ).within(len(below), len(below) + len(orders))
     reconstructions, scores = detector.reconstruct_and_score(
         batch.images, None if levels is None else levels[batch.decoded]
     )
@@ -180,12 +190,13 @@ def _score_series(
         stack[place[order]] = anomaly_map
 
     rows = []
+    n = detector.preprocess.neighbours
     for start in range(0, count, CHUNK):
         orders = scan.orders[start : start + CHUNK]
         levels = np.array([place[order] for order in orders], dtype=float) / max(count - 1, 1)
-        rows.extend(
-            _score_files(detector, files, orders, heatmaps, put if stack is not None else None, levels)
-        )
+        around = (scan.orders[max(start - n, 0) : start], scan.orders[start + CHUNK : start + CHUNK + n])
+        on_map = put if stack is not None else None
+        rows.extend(_score_files(detector, files, orders, heatmaps, on_map, levels, around if n else None))
     for row in rows:
         row.update(scan=scan.name, slice=place[row["order"]])
     _log_scan_score(scan.name, rows)
@@ -214,8 +225,10 @@ def _score_volume(
 ) -> list[dict]:
     """Score every axial slice of a NIfTI volume, a slab at a time, one row each; the volume's score is the
     highest. Under --maps its map is placed slab by slab on the file's own grid (NaN where a slice was not
-    scored). A volume whose header is refused is one error row; one that breaks while it is read keeps the
-    rows of its slices already scored, and the others get the error."""
+    scored). With `preprocess.neighbours` = n, a slab is read with n more slices on either side, whose
+    brain window its edge slices see as neighbours. A volume whose header is refused is one error row;
+    one that breaks while it is read keeps the rows of its slices already scored, and the others get the
+    error."""
     base = {"order": order, "path": item.path, "scan": item.path}
     try:
         volume = open_volume(item.file, Limits.of(detector.preprocess))
@@ -226,9 +239,12 @@ def _score_volume(
     with volume:
         grid = np.full(volume.shape, np.nan, dtype=np.float32) if stems is not None else None
         slabs = list(volume.slabs(CHUNK))
+        n = detector.preprocess.neighbours
+        kept: dict[int, np.ndarray] = {}
         for number, (start, stop) in enumerate(slabs):
+            below = max(start - n, 0)
             try:
-                slices = volume.read(start, stop)
+                slices, kept = _read_with_margin(volume, start, stop, n, kept)
             except ImageDecodeError as err:
                 rows += [
                     {**base, "slice": index, "error": err.reason}
@@ -237,6 +253,8 @@ def _score_volume(
                 ]
                 break
             batch = detector.prepare_hounsfield(slices)
+            if n:
+                batch = batch.within(start - below, stop - below)
             del slices
             levels = (start + batch.decoded) / max(volume.count - 1, 1)
             reconstructions, scores = detector.reconstruct_and_score(batch.images, levels)
@@ -263,6 +281,25 @@ def _score_volume(
         if grid is not None:
             _save_scan_maps(detector, grid, volume.affine, stems[order])
     return rows
+
+
+def _read_with_margin(
+    volume: Volume, start: int, stop: int, n: int, kept: dict[int, np.ndarray]
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """A volume's displayed slices [start - n, stop + n) (clipped to the volume) in HU, and them by index
+    for the next slab: the margin the previous slab read already comes from `kept`, so that a `.nii.gz`
+    is read forward once, never sought back (which would decompress it again from its start). Without
+    neighbours, the slab alone."""
+    if not n:
+        return volume.read(start, stop), {}
+    wanted = range(max(start - n, 0), min(stop + n, volume.count))
+    missing = [index for index in wanted if index not in kept]
+    if missing:
+        read = volume.read(missing[0], missing[-1] + 1)
+        kept = kept | dict(zip(range(missing[0], missing[-1] + 1), read, strict=True))
+    slices = np.stack([kept[index] for index in wanted])
+    edge = [place for place, index in enumerate(wanted) if not start + n <= index < stop - n]
+    return slices, {wanted[place]: slices[place].copy() for place in edge}
 
 
 def _guarded(job: Callable[[], list[dict]], files: list[InputFile], orders: list[int]) -> list[dict]:

@@ -11,7 +11,9 @@ background outside it cannot make a slice look anomalous. The kinds:
 With several input channels (`preprocess.extra_windows`: the slice through more Hounsfield windows), the
 residual of a pixel is the largest of its channels' absolute residuals, so that an anomaly seen in any
 window counts: `mse`, `l1`, `residual_percentile` and the residual maps read that; `ssim` and `symmetry`
-read channel 0 (the brain window), as do the head masks and scored regions.
+read channel 0 (the brain window), as do the head masks and scored regions. Neighbouring slices'
+channels (`preprocess.neighbours`) are model input only: `channels` (the slice's own, `scored_channels`)
+keeps them out of every score and map, so that a lesion one slice away is not this slice's.
 Each kind is a function registered in `SCORES`; the config accepts exactly the registered names, so a
 new kind is one registered function. `score.kind: auto` lets calibrate choose (`choose_kind`): the kinds
 rank differently from one dataset to the next, so each dataset's own validation split decides.
@@ -93,12 +95,18 @@ def _smoothed_residual(x: np.ndarray, r: np.ndarray, masks: np.ndarray, sigma: f
 
 
 def residual_maps(
-    images: np.ndarray, reconstructions: np.ndarray, config: ScoreConfig, head_threshold: float
+    images: np.ndarray,
+    reconstructions: np.ndarray,
+    config: ScoreConfig,
+    head_threshold: float,
+    channels: int | None = None,
 ) -> np.ndarray:
-    """(n, h, w) smoothed absolute residuals (a pixel's largest over the channels), zero outside the
-    scored region: the heat maps that show where a slice is anomalous, and the localisation output."""
+    """(n, h, w) smoothed absolute residuals (a pixel's largest over the first `channels` channels, all
+    if None), zero outside the scored region: the heat maps that show where a slice is anomalous, and the
+    localisation output."""
     masks = regions(images, config, head_threshold)
-    maps = _smoothed_residual(images, reconstructions, masks, config.smoothing)
+    own = slice(None, channels)
+    maps = _smoothed_residual(images[..., own], reconstructions[..., own], masks, config.smoothing)
     return maps.astype(np.float32)
 
 
@@ -152,19 +160,20 @@ def score_all(
     head_threshold: float,
     kinds: Sequence[str] | None = None,
     masks: np.ndarray | None = None,
+    channels: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The requested kinds of score (None: every registered kind) for a batch, sharing the head masks
     (`regions`, computed here unless given): calibration compares them on the validation slices, so a
-    kind is chosen on validation, never on test. An unknown kind is a ConfigError that lists the
-    registered ones."""
+    kind is chosen on validation, never on test. Only the first `channels` channels are read (all if
+    None). An unknown kind is a ConfigError that lists the registered ones."""
     functions = {kind: SCORES.get(kind) for kind in (SCORES.names() if kinds is None else kinds)}
     if not len(images):
         return {kind: np.empty(0) for kind in functions}
     masks = regions(images, config, head_threshold) if masks is None else masks
-    x = images.astype(np.float64)
+    x = images[..., :channels].astype(np.float64)
     # Outside the region the reconstruction counts as perfect, so that no smoothing or SSIM window
     # carries a residual from outside the head into it.
-    r = np.where(masks[..., None], reconstructions, x)
+    r = np.where(masks[..., None], reconstructions[..., :channels], x)
     return {kind: function(x, r, masks, config) for kind, function in functions.items()}
 
 
@@ -190,17 +199,19 @@ def reconstruct_and_score(
     normalizer: Normalizer | None = None,
     features: FeatureScore | None = None,
     levels: np.ndarray | None = None,
+    channels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reconstructions and the configured anomaly score of a preprocessed batch (an empty batch gives
     empty arrays); with a `normalizer`, relative to healthy slices like it (`levels`: each slice's place
     in its scan, where it has one), and with `features` (which needs the normalizer), plus the
-    feature-space score on the same scale."""
+    feature-space score on the same scale. Scores read the first `channels` channels (all if None)."""
     if not len(images):
         return images, np.empty(0, dtype=np.float64)
     reconstructions = reconstruct(model, images, config.tta)
     head_masks = heads(images, head_threshold)
     masks = regions(images, config, head_threshold, head_masks)
-    scores = score_all(images, reconstructions, config, head_threshold, (config.kind,), masks)[config.kind]
+    kinds = (config.kind,)
+    scores = score_all(images, reconstructions, config, head_threshold, kinds, masks, channels)[config.kind]
     if normalizer is not None:
         facts = SliceFacts.of(images, masks, head_masks, levels)
         scores = normalizer.apply(scores, facts)

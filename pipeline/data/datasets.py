@@ -12,6 +12,7 @@ from pipeline.config import Settings
 from pipeline.data.classes import TUMOR
 from pipeline.data.images import load_cached
 from pipeline.data.manifest import read_manifest
+from pipeline.data.neighbours import frame_keys, stack_neighbours
 from pipeline.data.splitting import SPLITS
 
 
@@ -59,9 +60,12 @@ def read_splits(settings: Settings) -> pd.DataFrame:
 
 
 def load_split(settings: Settings, name: str, only_class: str | None = None) -> Split:
-    """Read a split's manifest and its images, decoded once and then served from the cache."""
+    """Read a split's manifest and its images, decoded once and then served from the cache. With
+    `preprocess.neighbours`, each slice's neighbours are stacked from the whole split before `only_class`
+    keeps some rows: a healthy slice next to a lesion sees that slice, as it would in a scan."""
     frame = read_manifest(split_file(settings, name))
-    if only_class is not None:
+    neighbours = settings.preprocess.neighbours
+    if only_class is not None and not neighbours:
         frame = frame[frame["class"] == only_class].reset_index(drop=True)
     images = load_cached(
         [settings.paths.raw / p for p in frame["path"]],
@@ -70,4 +74,9 @@ def load_split(settings: Settings, name: str, only_class: str | None = None) -> 
         settings.paths.cache,
         progress=settings.train.progress,
     )
+    if neighbours:
+        images = stack_neighbours(images, *frame_keys(frame), neighbours)
+        if only_class is not None:
+            keep = (frame["class"] == only_class).to_numpy()
+            frame, images = frame[keep].reset_index(drop=True), images[keep]
     return Split(name, frame, images)

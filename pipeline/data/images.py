@@ -7,7 +7,8 @@ through `preprocess.dicom_window`), on which the head is found, cropped to and i
 each of `preprocess.extra_windows` adds the same slice's Hounsfield units through that window, blanked,
 cropped, padded and resized with channel 0's geometry but not stretched (a Hounsfield window means the
 same on every scanner). An already windowed image (PNG, JPEG) has no Hounsfield units left, so with
-extra windows it is refused, one file's error.
+extra windows it is refused, one file's error. With `preprocess.neighbours`, the neighbouring slices'
+channel 0 follow (`pipeline.data.neighbours`, stacked from a scan's slices once each is decoded here).
 """
 
 from __future__ import annotations
@@ -148,7 +149,8 @@ def extra_channels(
     if hounsfield is None:
         raise ImageDecodeError(
             name,
-            f"a {kind} image holds one window, already applied; this detector reads {config.channels} "
+            f"a {kind} image holds one window, already applied; this detector reads "
+            f"{config.scored_channels} "
             "Hounsfield windows (preprocess.extra_windows): give it DICOM or NIfTI",
         )
     return [apply_window(hounsfield, window.level, window.width) for window in config.extra_windows]
@@ -283,7 +285,7 @@ def model_input(
     kind: str = "windowed",
 ) -> tuple[np.ndarray, Geometry]:
     """A decoded slice (`gray`: channel 0, `head`: its head mask, `hounsfield`: its HU where it has
-    them) -> the model's (image_size, image_size, channels) float32 input in [0, 1] and its geometry.
+    them) -> its own (image_size, image_size, scored_channels) float32 channels in [0, 1] and its geometry.
     Channel 0 is `preprocess_with_geometry`'s; each extra window's channel is blanked outside the head
     (with `head.mask`), cropped, padded and resized as channel 0 is, and not stretched. Without extra
     windows it is channel 0 alone; with them, a slice without HU is an ImageDecodeError naming `name`."""
@@ -298,7 +300,8 @@ def model_input(
 
 
 def load_channels(source: Source, config: PreprocessConfig, name: str | Path | None = None) -> np.ndarray:
-    """Decode and preprocess one file to the model's (image_size, image_size, channels) float32 input."""
+    """Decode and preprocess one file to its own (image_size, image_size, scored_channels) float32
+    channels: the model's input less any neighbouring slices' (`pipeline.data.neighbours`)."""
     name = name if name is not None else source if isinstance(source, Path) else "<bytes>"
     decoded = decode(source, config, name)
     return model_input(decoded.pixels, decoded.head, decoded.hounsfield, config, name, decoded.format)[0]
@@ -314,9 +317,11 @@ def load_images(
     paths: Sequence[Path], config: PreprocessConfig, *, workers: int | None = None, progress: bool = True
 ) -> np.ndarray:
     """Decode many files in parallel (`DECODE_WORKERS` at once) to a (n, image_size, image_size,
-    channels) float32 batch."""
+    scored_channels) float32 batch: each file's own channels (neighbours are stacked from a split's
+    rows afterwards, `pipeline.data.neighbours`)."""
     workers = workers or DECODE_WORKERS
-    batch = np.empty((len(paths), config.image_size, config.image_size, config.channels), dtype=np.float32)
+    size = config.image_size
+    batch = np.empty((len(paths), size, size, config.scored_channels), dtype=np.float32)
 
     def decode_one(index: int) -> None:
         batch[index] = load_channels(paths[index], config)
@@ -339,12 +344,13 @@ def load_cached(
 ) -> np.ndarray:
     """`load_images`, decoded once: the batch is kept in `cache_dir` under a key made of the files'
     content hashes, the preprocessing config (its windows too) and version, so later epochs, stages and
-    reruns read one array instead of decoding again."""
+    reruns read one array instead of decoding again. `neighbours` is not in the key: it changes no
+    file's own channels, so the 2.5D detector reads the arrays the 2D one decoded."""
     key = hashlib.sha256(
         json.dumps(
             {
                 "version": PREPROCESS_VERSION,
-                "preprocess": config.model_dump(mode="json"),
+                "preprocess": config.model_dump(mode="json", exclude={"neighbours"}),
                 "files": list(content_hashes),
             }
         ).encode()

@@ -64,8 +64,9 @@ def _backbone(name: str, shape: tuple[int, int, int], weights: str | None) -> ke
 
 
 def _to_rgb(inputs: keras.KerasTensor, channels: int) -> keras.KerasTensor:
-    """The backbone's three channels: one grey channel three times, three Hounsfield windows as they are,
-    any other number (`preprocess.extra_windows`) mixed to three by a learned 1x1 convolution."""
+    """The backbone's three channels: one grey channel three times, three channels as they are (three
+    Hounsfield windows, or a slice between its two neighbours), any other number (`preprocess.extra_windows`,
+    `preprocess.neighbours`) mixed to three by a learned 1x1 convolution."""
     if channels == 3:
         return inputs
     if channels == 1:
