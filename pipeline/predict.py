@@ -17,7 +17,8 @@ import argparse
 import logging
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
@@ -28,8 +29,10 @@ import pandas as pd
 from pipeline import hardware
 from pipeline import maps as maps_io
 from pipeline.config import ArchiveLimits, RuntimeConfig
+from pipeline.data.dicom import scan_position
 from pipeline.data.guards import Limits
 from pipeline.data.images import to_slice
+from pipeline.data.manifest import slice_numbers
 from pipeline.data.series import write_segmentation
 from pipeline.data.volumes import Volume, is_volume, open_volume, save_nifti
 from pipeline.detector import DecodedBatch, Detector
@@ -93,6 +96,24 @@ def _batch_rows(
     return rows + [{**row(index), "error": reason} for index, reason in batch.errors.items()]
 
 
+@dataclass(frozen=True)
+class Around:
+    """Slices of a scan read beside a batch of its slices for their brain window only (neighbours)."""
+
+    below: list[int]  # orders of the slices just below the batch's, feet to head
+    above: list[int]  # ... and just above
+    numbers: Mapping[int, int]  # each slice's number in its scan (by order): who neighbours whom
+
+
+def _slice_numbers(scan: Scan) -> dict[int, int]:
+    """A series' slices numbered by position as the manifest numbers them (`manifest.slice_numbers`): a
+    missing slice leaves a gap, so the slices either side of it are not each other's neighbours."""
+    series = scan.series
+    where = zip(series.headers, series.files, strict=True)
+    positions = np.array([scan_position(header, file) for header, file in where], dtype=float)
+    return dict(zip(scan.orders, slice_numbers(positions).tolist(), strict=True))
+
+
 def _score_files(
     detector: Detector,
     files: list[InputFile],
@@ -100,22 +121,24 @@ def _score_files(
     heatmaps: Path | None,
     on_map: OnMap | None,
     levels: np.ndarray | None = None,
-    around: tuple[list[int], list[int]] | None = None,
+    around: Around | None = None,
 ) -> list[dict]:
     """Score the 2-D files at `orders` (their places in `files`) as one batch (`levels`: their places in
     their scan, where they are slices of one); `on_map` gets each decoded file's anomaly map on its own
     pixel grid as soon as it is made (so that no more than one is held). `around`: where the files are
-    consecutive slices of one scan, the orders of the slices just below and above them, read too for
-    their brain window as neighbour channels (`preprocess.neighbours`) and not scored."""
+    slices of one scan, the slices just below and above them, read too for their brain window as
+    neighbour channels (`preprocess.neighbours`) and not scored."""
     chunk = [files[order] for order in orders]
     if around is None:
         batch = detector.decode([item.file for item in chunk], [item.path for item in chunk])
     else:
-        below, above = around
-        read = [files[order] for order in (*below, *orders, *above)]
+        read = [*around.below, *orders, *around.above]
         batch = detector.decode(
-            [item.file for item in read], [item.path for item in read], [0] * len(read), range(len(read))
-        ).within(len(below), len(below) + len(orders))
+            [files[order].file for order in read],
+            [files[order].path for order in read],
+            [0] * len(read),
+            [around.numbers[order] for order in read],
+        ).within(len(around.below), len(around.below) + len(orders))
     reconstructions, scores = detector.reconstruct_and_score(
         batch.images, None if levels is None else levels[batch.decoded]
     )
@@ -191,12 +214,14 @@ def _score_series(
 
     rows = []
     n = detector.preprocess.neighbours
+    numbers = _slice_numbers(scan) if n else {}
     for start in range(0, count, CHUNK):
         orders = scan.orders[start : start + CHUNK]
         levels = np.array([place[order] for order in orders], dtype=float) / max(count - 1, 1)
-        around = (scan.orders[max(start - n, 0) : start], scan.orders[start + CHUNK : start + CHUNK + n])
+        below, above = scan.orders[max(start - n, 0) : start], scan.orders[start + CHUNK : start + CHUNK + n]
+        around = Around(below, above, numbers) if n else None
         on_map = put if stack is not None else None
-        rows.extend(_score_files(detector, files, orders, heatmaps, on_map, levels, around if n else None))
+        rows.extend(_score_files(detector, files, orders, heatmaps, on_map, levels, around))
     for row in rows:
         row.update(scan=scan.name, slice=place[row["order"]])
     _log_scan_score(scan.name, rows)

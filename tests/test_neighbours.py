@@ -146,7 +146,9 @@ def test_a_lone_image_gets_its_own_brain_window_as_neighbours(tmp_path: Path) ->
 # --- every path gives a slice the same channels ---------------------------------------------------------
 
 
-def _write_split(settings: Settings, name: str, files: list[Path], classes: list[str]) -> None:
+def _write_split(
+    settings: Settings, name: str, files: list[Path], classes: list[str], slices: list[int] | None = None
+) -> None:
     raw = settings.paths.raw
     settings.paths.splits.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(
@@ -156,8 +158,8 @@ def _write_split(settings: Settings, name: str, files: list[Path], classes: list
             "sha256": [hashlib.sha256(file.read_bytes()).hexdigest() for file in files],
             "patient": "p1",
             "series": "ct",
-            "slice": range(len(files)),
-            "slices": len(files),
+            "slice": range(len(files)) if slices is None else slices,
+            "slices": len(files) if slices is None else max(slices) + 1,
         }
     ).to_csv(settings.paths.splits / f"{name}.csv", index=False)
 
@@ -173,6 +175,29 @@ def test_a_split_stacks_neighbours_before_keeping_one_class(make_settings: Calla
     np.testing.assert_array_equal(healthy.images, whole.images[[0, 2, 3]])
     np.testing.assert_array_equal(healthy.images[1, ..., 1], whole.images[1, ..., 0])  # the tumor slice
     assert len(list(settings.paths.cache.glob("*.npy"))) == 1  # one cached array: each file's own channels
+
+
+def _predicted_inputs(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> list[np.ndarray]:
+    """The model inputs of each batch `predict.main` scores under tmp_path/in, `chunk` slices at a time,
+    with an untrained detector of `settings.preprocess` (its scores go to tmp_path/scores.csv)."""
+    size, channels = settings.preprocess.image_size, settings.preprocess.channels
+    model = build_model("cae", (size, size, channels), {"width": 4, "depth": 2, "latent_dim": 8})
+    detector = Detector(model, 0.05, settings.preprocess, score_config(region="head"), {"run_id": "t"})
+    serving.save(detector, tmp_path / "detector", example_dicom(64))
+    seen: list[np.ndarray] = []
+    scored = Detector.reconstruct_and_score
+
+    def record(self: Detector, images: np.ndarray, levels: np.ndarray | None = None) -> tuple:
+        seen.append(images)
+        return scored(self, images, levels)
+
+    monkeypatch.setattr(Detector, "reconstruct_and_score", record)
+    monkeypatch.setattr(predict, "CHUNK", chunk)
+    out = str(tmp_path / "scores.csv")
+    assert predict.main([str(tmp_path / "in"), "--model", str(tmp_path / "detector"), "--out", out]) == 0
+    return seen
 
 
 def test_predict_gives_volume_and_series_slices_the_channels_of_the_prepared_split(
@@ -191,26 +216,12 @@ def test_predict_gives_volume_and_series_slices_the_channels_of_the_prepared_spl
     prepared = load_split(settings, "test").images
     assert prepared.shape == (7, 32, 32, 4)
 
-    model = build_model("cae", (32, 32, 4), {"width": 4, "depth": 2, "latent_dim": 8})
-    detector = Detector(model, 0.05, settings.preprocess, score_config(region="head"), {"run_id": "t"})
-    serving.save(detector, tmp_path / "detector", example_dicom(64))
-    seen: list[np.ndarray] = []
-    scored = Detector.reconstruct_and_score
-
-    def record(self: Detector, images: np.ndarray, levels: np.ndarray | None = None) -> tuple:
-        seen.append(images)
-        return scored(self, images, levels)
-
-    monkeypatch.setattr(Detector, "reconstruct_and_score", record)
-    monkeypatch.setattr(predict, "CHUNK", 3)
-    out = tmp_path / "scores.csv"
-    argv = [str(tmp_path / "in"), "--model", str(tmp_path / "detector"), "--out", str(out)]
-    assert predict.main(argv) == 0
+    seen = _predicted_inputs(settings, tmp_path, monkeypatch, chunk=3)
     assert [len(images) for images in seen] == [3, 3, 1, 3, 3, 1]  # the volume's slabs, the series' chunks
     from_volume, from_series = np.concatenate(seen[:3]), np.concatenate(seen[3:])
     np.testing.assert_allclose(from_volume, prepared, atol=1e-6)
     np.testing.assert_allclose(from_series, prepared, atol=1e-6)
-    rows = pd.read_csv(out)
+    rows = pd.read_csv(tmp_path / "scores.csv")
     assert rows["score"].notna().sum() == 14 and rows["error"].isna().all()
 
 
@@ -236,3 +247,24 @@ def test_the_blanked_copy_gets_its_neighbours_from_the_frame(
     np.testing.assert_array_equal(blanked[..., 2], blanked[[0, 0, 1, 2], ..., 0])  # k-1
     np.testing.assert_array_equal(blanked[..., 3], blanked[[1, 2, 3, 3], ..., 0])  # k+1
     np.testing.assert_allclose(blanked, split.images, atol=0.02)  # a DICOM copy: the same HU inside the head
+
+
+def test_a_series_with_a_missing_slice_has_no_neighbours_across_the_gap(
+    make_settings: Callable[..., Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Predict numbers a series' slices by position, as the manifest does: the slices either side of a
+    missing one see themselves there, in predict as in the prepared split."""
+    settings = make_settings("data=synthetic_volumes", "preprocess.neighbours=1")
+    hu = np.round(head_volume(40, 5, seed=7)).transpose(2, 0, 1)
+    files = write_series(settings.paths.raw / "Healthy" / "p1", hu)
+    folder = tmp_path / "in" / "series"
+    write_series(folder, hu)
+    files.pop(3).unlink()
+    (folder / "IM0003.dcm").unlink()
+    _write_split(settings, "test", files, ["Healthy"] * 4, slices=[0, 1, 2, 4])
+    prepared = load_split(settings, "test").images
+    np.testing.assert_array_equal(prepared[2, ..., 2], prepared[2, ..., 0])  # slice 2: no slice 3 above
+    np.testing.assert_array_equal(prepared[3, ..., 1], prepared[3, ..., 0])  # slice 4: none below
+
+    seen = _predicted_inputs(settings, tmp_path, monkeypatch, chunk=2)
+    np.testing.assert_allclose(np.concatenate(seen), prepared, atol=1e-6)

@@ -546,17 +546,20 @@ def identity(path: Path, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     ImageDecodeError for a file `read_dataset` refuses or a malformed geometry (`placement`)."""
     with _reasons(path):
         dataset = read_dataset(path, path, header_bytes(limits), pixels=False)
-        where = placement(dataset, path)
-        position = np.nan
-        if where.position is not None and where.normal is not None:
-            position = float(np.dot(where.normal, where.position))
-        elif dataset.get("InstanceNumber") is not None:
-            position = float(dataset.InstanceNumber)
         return {
             "patient": str(dataset.get("PatientID", "")),
             "series": str(dataset.get("SeriesInstanceUID", "")),
-            "position": position,
+            "position": scan_position(dataset, path),
         }
+
+
+def scan_position(dataset: Dataset, name: str | Path) -> float:
+    """A slice's position along its scan's axis (mm), the instance number where the position is missing,
+    NaN without either; ImageDecodeError for a malformed geometry (`placement`)."""
+    where = placement(dataset, name)
+    if where.position is not None and where.normal is not None:
+        return float(np.dot(where.normal, where.position))
+    return float(dataset.InstanceNumber) if dataset.get("InstanceNumber") is not None else np.nan
 
 
 def write_ct_slice(

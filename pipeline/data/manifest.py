@@ -65,12 +65,7 @@ def _place_in_scan(entries: pd.DataFrame) -> pd.DataFrame:
     it; `slices` spans the whole scan. Scans with gaps are logged."""
     entries["slice"] = entries["slices"] = pd.NA
     for series, scan in entries[entries["series"] != ""].groupby("series"):
-        position = scan["position"].to_numpy(dtype=float)
-        steps = np.diff(np.sort(position))
-        spacing = float(np.median(steps)) if len(steps) and np.median(steps) > 0 else 1.0
-        index = np.rint((position - position.min()) / spacing).astype(int)
-        if np.isnan(position).any() or len(np.unique(index)) < len(index):  # no usable positions
-            index = np.argsort(np.argsort(np.nan_to_num(position, nan=np.inf), kind="stable"), kind="stable")
+        index = slice_numbers(scan["position"].to_numpy(dtype=float))
         entries.loc[scan.index, "slice"], entries.loc[scan.index, "slices"] = index, index.max() + 1
         if index.max() + 1 > len(scan):
             log.warning(
@@ -82,6 +77,19 @@ def _place_in_scan(entries: pd.DataFrame) -> pd.DataFrame:
             )
     entries[["slice", "slices"]] = entries[["slice", "slices"]].astype("Int64")
     return entries.drop(columns="position")
+
+
+def slice_numbers(position: np.ndarray) -> np.ndarray:
+    """A scan's slices numbered by `position` from the feet up, in steps of its usual slice spacing (a
+    missing slice leaves a gap); by rank where positions are missing or two share a number. Predict
+    numbers a DICOM series' slices so too, so a slice has the same neighbours there as in a split."""
+    rank = np.argsort(np.argsort(np.nan_to_num(position, nan=np.inf), kind="stable"), kind="stable")
+    if np.isnan(position).any():  # no usable positions
+        return rank
+    steps = np.diff(np.sort(position))
+    spacing = float(np.median(steps)) if len(steps) and np.median(steps) > 0 else 1.0
+    index = np.rint((position - position.min()) / spacing).astype(int)
+    return rank if len(np.unique(index)) < len(index) else index
 
 
 def portable_names(raw_dir: Path) -> None:
