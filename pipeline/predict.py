@@ -30,6 +30,7 @@ from pipeline import maps as maps_io
 from pipeline.config import ArchiveLimits, RuntimeConfig
 from pipeline.data.guards import Limits
 from pipeline.data.images import to_slice
+from pipeline.data.manifest import scan_levels
 from pipeline.data.series import write_segmentation
 from pipeline.data.volumes import is_volume, open_volume, save_nifti
 from pipeline.detector import DecodedBatch, Detector
@@ -182,7 +183,7 @@ def _score_series(
     rows = []
     for start in range(0, count, CHUNK):
         orders = scan.orders[start : start + CHUNK]
-        levels = np.array([place[order] for order in orders], dtype=float) / max(count - 1, 1)
+        levels = scan_levels([place[order] for order in orders], count)
         rows.extend(
             _score_files(detector, files, orders, heatmaps, put if stack is not None else None, levels)
         )
@@ -238,7 +239,7 @@ def _score_volume(
                 break
             batch = detector.prepare_hounsfield(slices)
             del slices
-            levels = (start + batch.decoded) / max(volume.count - 1, 1)
+            levels = scan_levels(start + batch.decoded, volume.count)
             reconstructions, scores = detector.reconstruct_and_score(batch.images, levels)
             rows += _batch_rows(
                 detector, batch, scores, lambda index, first=start: {**base, "slice": first + index}

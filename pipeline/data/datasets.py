@@ -11,7 +11,7 @@ import pandas as pd
 from pipeline.config import Settings
 from pipeline.data.classes import TUMOR
 from pipeline.data.images import load_cached
-from pipeline.data.manifest import read_manifest
+from pipeline.data.manifest import frame_levels, read_manifest
 from pipeline.data.splitting import SPLITS
 
 
@@ -29,11 +29,7 @@ class Split:
     @property
     def levels(self) -> np.ndarray:
         """Each slice's place in its scan, 0 lowest .. 1 highest; NaN for a lone image."""
-        if not {"slice", "slices"} <= set(self.frame.columns):
-            return np.full(len(self.frame), np.nan)
-        index = pd.to_numeric(self.frame["slice"], errors="coerce").to_numpy(dtype=float)
-        count = pd.to_numeric(self.frame["slices"], errors="coerce").to_numpy(dtype=float)
-        return np.where(count > 1, index / np.maximum(count - 1, 1), np.nan)
+        return frame_levels(self.frame)
 
     @property
     def patients(self) -> np.ndarray:
