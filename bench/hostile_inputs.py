@@ -391,7 +391,8 @@ def main() -> None:
         "--only", nargs="*", default=(), help="run the cases whose input or run contains one of these"
     )
     args = parser.parse_args()
-    preprocess = params_section("preprocess", PreprocessConfig)
+    # the one-channel detector: most cases are 8-bit images, which one reading Hounsfield windows refuses
+    preprocess = params_section("preprocess", PreprocessConfig).model_copy(update={"extra_windows": ()})
     model_config = params_section("model", ModelConfig)
     size = preprocess.image_size
     model = build_model(model_config.name, (size, size, 1), model_config.params)

@@ -30,7 +30,7 @@ import pandas as pd
 from bench.workspace import REAL_DATA, copy_project, run
 from pipeline import hardware
 from pipeline.config import Settings
-from pipeline.data.datasets import Split, load_split
+from pipeline.data.datasets import Split, for_data, load_split
 from pipeline.entrypoint import compose, load_settings
 from pipeline.io import read_json
 from pipeline.models import build_model, load_model, with_precision
@@ -44,11 +44,12 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 
 @contextlib.contextmanager
 def in_project(project: Path, overrides: list[str]) -> Iterator[Settings]:
-    """The copy's settings, with its relative paths (its decoded-image cache, not a fresh decode)."""
+    """The copy's settings as its stages ran them (`for_data`), with its relative paths (its
+    decoded-image cache, not a fresh decode)."""
     cwd = Path.cwd()
     os.chdir(project)
     try:
-        yield load_settings(compose(overrides))
+        yield for_data(load_settings(compose(overrides)))
     finally:
         os.chdir(cwd)
 

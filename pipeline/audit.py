@@ -26,6 +26,7 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 
 from pipeline.config import PreprocessConfig
 from pipeline.data.images import DECODE_WORKERS, decode
+from pipeline.data.manifest import frame_levels
 from pipeline.metrics import size_groups
 
 FOREGROUND = 0.05  # a pixel brighter than this (of full scale) is not background
@@ -89,14 +90,9 @@ def largest_mixed_source(frame: pd.DataFrame, labels: np.ndarray) -> str | None:
 
 
 def levels(frame: pd.DataFrame) -> np.ndarray | None:
-    """Each slice's level in its scan (0 lowest, 1 highest), or None unless every slice has one."""
-    if not {"slice", "slices"} <= set(frame.columns):
-        return None
-    slices = pd.to_numeric(frame["slices"], errors="coerce").to_numpy(dtype=float)
-    index = pd.to_numeric(frame["slice"], errors="coerce").to_numpy(dtype=float)
-    if np.isnan(index).any() or np.isnan(slices).any() or (slices < 2).any():
-        return None
-    return index / (slices - 1)
+    """Each slice's level in its scan (`manifest.frame_levels`), or None unless every slice has one."""
+    values = frame_levels(frame)
+    return values if np.isfinite(values).all() else None
 
 
 def _roc_auc_where(inside: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:

@@ -15,7 +15,7 @@ import pandas as pd
 from pipeline import tracking
 from pipeline.config import Settings
 from pipeline.data.classes import HEALTHY
-from pipeline.data.datasets import Split, load_split
+from pipeline.data.datasets import Split, for_data, load_split
 from pipeline.detector import Detector
 from pipeline.entrypoint import stage
 from pipeline.errors import PipelineError
@@ -123,6 +123,7 @@ def choose_normalization(
 
 
 def run(settings: Settings) -> None:
+    settings = for_data(settings)
     detector = Detector.uncalibrated(
         load_model(settings.paths.model_file), settings.preprocess, settings.score
     )

@@ -114,8 +114,10 @@ class PreprocessConfig(Section):
     dicom_window: DicomWindow
     # More Hounsfield windows, each one more input channel after the brain window's (channel 0): a
     # subdural window shows blood along the skull's inner table that the brain window saturates with the
-    # bone. Only Hounsfield input (DICOM, NIfTI and DICOM series) has them: an already windowed image
-    # (PNG, JPEG) is refused, one file's error. Empty: one channel (detectors packaged before had none).
+    # bone. Only Hounsfield input (DICOM, NIfTI and DICOM series) has them: the stages drop them for
+    # training data that is not all in HU (`datasets.for_data`), and a detector that reads them refuses an
+    # already windowed image (PNG, JPEG), one file's error. Empty: one channel (detectors packaged before
+    # had none).
     extra_windows: tuple[DicomWindow, ...] = ()
     # 2.5D: the brain-window channel of the n slices below and above in the same scan, as 2n more input
     # channels after the slice's own (`pipeline.data.neighbours`): a lesion spans slices, an anatomical
@@ -360,16 +362,6 @@ class Settings(Section):
         from pipeline.models import check_params  # here: Keras loads only where a config is validated
 
         check_params(self.model.name, self.model.params, self.preprocess.image_size)
-        return self
-
-    @model_validator(mode="after")
-    def _windows_need_hounsfield_units(self) -> Settings:
-        """The built-in slices are 8-bit PNG: one window, already applied, so no extra window to read."""
-        if self.preprocess.extra_windows and self.data.source == "synthetic":
-            raise ValueError(
-                "preprocess.extra_windows reads Hounsfield units, and the built-in slices (data=synthetic) "
-                "are 8-bit PNG, one window already applied: use data=synthetic_volumes, or DICOM or NIfTI"
-            )
         return self
 
     def flat_params(self) -> dict[str, str]:

@@ -78,7 +78,8 @@ class Detector:
     def calibrated(cls, settings: Settings, info: dict[str, Any] | None = None) -> Detector:
         """The detector the pipeline's stages made: train's model and what calibrate's report
         (`threshold.json`) describes: its thresholds, the score kind it applied (what `score.kind: auto`
-        chose) and, where it added the feature-space score, the memory it fitted."""
+        chose) and, where it added the feature-space score, the memory it fitted. `settings` as the
+        stages run them (`datasets.for_data`: the windows the data allows)."""
         calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
         return cls(
             load_model(settings.paths.model_file),

@@ -25,7 +25,7 @@ from pipeline import tracking
 from pipeline.audit import largest_mixed_source, levels, shortcut_audit, source_groups
 from pipeline.config import Settings
 from pipeline.data.classes import CLASSES
-from pipeline.data.datasets import Split, load_split
+from pipeline.data.datasets import Split, for_data, load_split
 from pipeline.data.images import DECODE_WORKERS, blanked_copy
 from pipeline.data.neighbours import frame_keys
 from pipeline.detector import Detector
@@ -331,6 +331,7 @@ def _set_warning_tags(warnings: dict[str, str]) -> None:
 
 
 def run(settings: Settings) -> None:
+    settings = for_data(settings)
     calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
     detector = Detector.calibrated(settings)
     scored = score_test_sets(detector, settings)

@@ -29,6 +29,7 @@ BINS = 5  # content quantile bins the healthy median and spread are read in
 MIN_PER_BIN = 5
 NEIGHBOURS = (10, 0.05, 50)  # reference: at least 10, a twentieth of the healthy slices, at most 50
 LEVEL_WEIGHT = 10.0  # reference: a level difference counts this many times an anatomy difference (in spreads)
+JUDGED_AT_ONCE = 256  # reference: slices judged per block, so (block, healthy slices, 4) gaps stay small
 
 
 def brain_content(images: np.ndarray, regions: np.ndarray) -> np.ndarray:
@@ -185,11 +186,20 @@ class ReferenceNormalizer:
 
     def apply(self, scores: np.ndarray, facts: SliceFacts, groups: np.ndarray | None = None) -> np.ndarray:
         scores = np.asarray(scores, dtype=float)
-        if not len(scores):
-            return scores
+        groups = None if groups is None or self.groups is None else np.asarray(groups)
+        judged = [
+            self._judge(scores[rows], facts[rows], None if groups is None else groups[rows])
+            for rows in (
+                slice(start, start + JUDGED_AT_ONCE) for start in range(0, len(scores), JUDGED_AT_ONCE)
+            )
+        ]
+        return np.concatenate(judged) if judged else scores
+
+    def _judge(self, scores: np.ndarray, facts: SliceFacts, groups: np.ndarray | None) -> np.ndarray:
+        """`apply` for a block of slices: each one's score against its nearest reference slices."""
         distances = self._distances(facts)
-        if groups is not None and self.groups is not None:  # the reference's own patients: judged by others
-            distances[np.asarray(groups)[:, None] == self.groups[None, :]] = np.inf
+        if groups is not None:  # the reference's own patients: judged by others
+            distances[groups[:, None] == self.groups[None, :]] = np.inf
         nearest = np.argsort(distances, axis=1, kind="stable")[:, : self.neighbours]
         neighbour_scores = self.scores[nearest]
         usable = np.isfinite(np.take_along_axis(distances, nearest, axis=1))

@@ -9,6 +9,7 @@ import logging
 
 from pipeline import serving, tracking
 from pipeline.config import Settings
+from pipeline.data.datasets import for_data
 from pipeline.data.synthetic import example_dicom, example_png
 from pipeline.detector import Detector
 from pipeline.entrypoint import stage
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run(settings: Settings) -> None:
+    settings = for_data(settings)
     detector = Detector.calibrated(
         settings, {"model": settings.model.name, "threshold_method": settings.threshold.method}
     )

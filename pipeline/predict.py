@@ -32,7 +32,7 @@ from pipeline.config import ArchiveLimits, RuntimeConfig
 from pipeline.data.dicom import scan_position
 from pipeline.data.guards import Limits
 from pipeline.data.images import to_slice
-from pipeline.data.manifest import slice_numbers
+from pipeline.data.manifest import scan_levels, slice_numbers
 from pipeline.data.series import write_segmentation
 from pipeline.data.volumes import Volume, is_volume, open_volume, save_nifti
 from pipeline.detector import DecodedBatch, Detector
@@ -217,7 +217,7 @@ def _score_series(
     numbers = _slice_numbers(scan) if n else {}
     for start in range(0, count, CHUNK):
         orders = scan.orders[start : start + CHUNK]
-        levels = np.array([place[order] for order in orders], dtype=float) / max(count - 1, 1)
+        levels = scan_levels([place[order] for order in orders], count)
         below, above = scan.orders[max(start - n, 0) : start], scan.orders[start + CHUNK : start + CHUNK + n]
         around = Around(below, above, numbers) if n else None
         on_map = put if stack is not None else None
@@ -281,7 +281,7 @@ def _score_volume(
             if n:
                 batch = batch.within(start - below, stop - below)
             del slices
-            levels = (start + batch.decoded) / max(volume.count - 1, 1)
+            levels = scan_levels(start + batch.decoded, volume.count)
             reconstructions, scores = detector.reconstruct_and_score(batch.images, levels)
             rows += _batch_rows(
                 detector, batch, scores, lambda index, first=start: {**base, "slice": first + index}

@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 from pipeline import hardware, tracking
 from pipeline.config import Settings
 from pipeline.data.classes import HEALTHY
-from pipeline.data.datasets import load_split, read_splits
+from pipeline.data.datasets import for_data, load_split, read_splits
 from pipeline.data.manifest import content_hash, read_manifest
 from pipeline.data.splitting import split_counts
 from pipeline.entrypoint import stage
@@ -34,6 +34,7 @@ def _log_input(dataset: Dataset, context: str) -> None:
 
 
 def run(settings: Settings) -> None:
+    settings = for_data(settings)  # preprocess.extra_windows as the data allows: what runs and is logged
     data_hash = content_hash(read_manifest(settings.paths.manifests / "raw.csv"))
     with tracking.new_model_run(settings, data_hash, settings.paths.run_file("train")):
         train = load_split(settings, "train")

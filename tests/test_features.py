@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from pipeline.config import Settings
-from pipeline.data.datasets import load_split
+from pipeline.data.datasets import for_data, load_split
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import BANK, SCALE, PatchMemory, feature_layer
 from pipeline.io import read_json
@@ -121,7 +121,7 @@ def test_features_always_go_from_calibrate_through_evaluate_and_the_packaged_det
         detector.features.memory.bank, PatchMemory.load(settings.paths.patches).bank
     )
     scores = pd.read_csv(settings.paths.stage_reports("evaluate") / "scores.csv")
-    test = load_split(settings, "test")
+    test = load_split(for_data(settings), "test")
     np.testing.assert_allclose(
         scores.loc[scores["split"] == "test", "score"], detector.score(test.images), rtol=1e-5
     )

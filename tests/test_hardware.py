@@ -141,7 +141,8 @@ def test_the_train_stage_logs_the_precision_it_resolved(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, machine: Hardware, precision: str
 ) -> None:
     """On a machine without native bfloat16 `auto` falls back to float32; either way the model on disk
-    computes in float32 and the run says what training used and where."""
+    computes in float32 and the run says what training used and where. The built-in PNG slices hold one
+    window: the model reads one channel, and the run logs no extra Hounsfield windows."""
     monkeypatch.setattr(hardware, "detect", lambda: machine)
     settings = make_settings()
     download.run(settings)
@@ -153,3 +154,5 @@ def test_the_train_stage_logs_the_precision_it_resolved(
     assert run.data.tags["hardware"].startswith(machine.cpu)
     saved = load_model(settings.paths.model_file)
     assert {layer.compute_dtype for layer in saved.layers if layer.weights} == {"float32"}
+    assert settings.preprocess.channels == 3 and saved.input_shape[-1] == 1
+    assert run.data.params["preprocess.extra_windows"] == "[]"

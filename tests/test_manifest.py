@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -17,7 +18,9 @@ from pipeline.data.manifest import (
     SCAN_COLUMNS,
     build_manifest,
     content_hash,
+    frame_levels,
     read_manifest,
+    scan_levels,
 )
 from tests.conftest import preprocess_config
 
@@ -116,3 +119,17 @@ def test_recorded_kinds_reach_the_manifest_and_healthy_slices_have_none(raw: Pat
 def test_an_unknown_kind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown kind 'bleed'"):
         add_kinds(tmp_path, {"Tumor/x.png": "bleed"})
+
+
+def test_a_slices_level_is_its_place_in_its_scan_and_nan_for_a_lone_image() -> None:
+    """One definition of the level serves the splits, the audit, evaluate's bands and predict."""
+    frame = pd.DataFrame(
+        {
+            "path": ["a.dcm", "b.dcm", "c.dcm", "one.dcm", "lone.png"],
+            "slice": [0, 1, 2, 0, pd.NA],
+            "slices": [3, 3, 3, 1, pd.NA],
+        }
+    )
+    np.testing.assert_array_equal(frame_levels(frame), [0.0, 0.5, 1.0, np.nan, np.nan])
+    assert np.isnan(frame_levels(frame.drop(columns=["slice", "slices"]))).all()
+    np.testing.assert_array_equal(scan_levels(np.arange(5), 5), [0.0, 0.25, 0.5, 0.75, 1.0])

@@ -95,7 +95,7 @@ def test_frame_keys_read_patient_series_and_slice() -> None:
 
 def test_neighbours_is_a_config_key_with_its_channels() -> None:
     default = load_settings(compose([])).preprocess
-    assert default.neighbours == 0 and default.channels == default.scored_channels == 1
+    assert default.neighbours == 0 and default.channels == default.scored_channels
     settings = load_settings(
         compose(
             [
@@ -165,7 +165,9 @@ def _write_split(
 
 
 def test_a_split_stacks_neighbours_before_keeping_one_class(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings("data=synthetic_volumes", "preprocess.neighbours=1")
+    settings = make_settings(
+        "data=synthetic_volumes", "preprocess.extra_windows=[]", "preprocess.neighbours=1"
+    )
     hu = np.round(head_volume(32, 4, seed=3)).transpose(2, 0, 1)
     files = write_series(settings.paths.raw / "Healthy" / "p1", hu)
     _write_split(settings, "val", files, ["Healthy", "Tumor", "Healthy", "Healthy"])
@@ -254,7 +256,9 @@ def test_a_series_with_a_missing_slice_has_no_neighbours_across_the_gap(
 ) -> None:
     """Predict numbers a series' slices by position, as the manifest does: the slices either side of a
     missing one see themselves there, in predict as in the prepared split."""
-    settings = make_settings("data=synthetic_volumes", "preprocess.neighbours=1")
+    settings = make_settings(
+        "data=synthetic_volumes", "preprocess.extra_windows=[]", "preprocess.neighbours=1"
+    )
     hu = np.round(head_volume(40, 5, seed=7)).transpose(2, 0, 1)
     files = write_series(settings.paths.raw / "Healthy" / "p1", hu)
     folder = tmp_path / "in" / "series"

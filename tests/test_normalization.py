@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from pipeline import normalization
 from pipeline.normalization import (
     ContentNormalizer,
     ReferenceNormalizer,
@@ -126,6 +127,16 @@ def test_the_reference_judges_its_own_slices_by_other_patients_and_survives_its_
     lone = SliceFacts(facts.content[:3], facts.anatomy[:3], np.full(3, np.nan))  # lone slices: anatomy only
     np.testing.assert_allclose(loaded.apply(scores[:3], lone), reference.apply(scores[:3], lone))
     np.testing.assert_allclose(loaded.apply(scores, facts), reference.apply(scores, facts))
+
+
+def test_the_reference_judges_in_blocks_as_it_would_all_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large test set is judged a block at a time (memory stays flat); the scores do not change."""
+    facts, scores, patients = _scans(4, 10, seed=3)
+    reference = ReferenceNormalizer.fit(facts, scores, patients)
+    at_once = reference.apply(scores, facts, patients)
+    monkeypatch.setattr(normalization, "JUDGED_AT_ONCE", 7)  # 40 slices: blocks of 7 and a remainder
+    np.testing.assert_array_equal(reference.apply(scores, facts, patients), at_once)
+    assert reference.apply(scores[:0], facts[np.arange(0)]).shape == (0,)
 
 
 def test_calibrate_keeps_the_normaliser_validation_prefers_and_reports_both(make_settings) -> None:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from pipeline import download, split, tracking
 from pipeline.config import Settings
-from pipeline.data.datasets import load_split
+from pipeline.data.datasets import for_data, load_split
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.manifest import read_manifest
 from pipeline.data.synthetic import generate
@@ -143,7 +143,8 @@ def test_a_folder_of_dicom_slices_is_a_training_source(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     """DICOM in HU, windowed by the config, gives exactly the inputs its 8-bit export gives: here each
-    PNG grey value g is written as HU g * 80/255, which the brain window (40/80) maps back to g/255."""
+    PNG grey value g is written as HU g * 80/255, which the brain window (40/80) maps back to g/255. The
+    DICOM slices are read in the extra Hounsfield windows too; the PNG export, in one window, is not."""
     generate(tmp_path / "png", 12, 6, seed=0, min_size=64, max_size=80, progress=False)
     for png in (tmp_path / "png").glob("[HT]*/*.png"):
         grey = np.asarray(Image.open(png), dtype=np.float64)
@@ -164,12 +165,13 @@ def test_a_folder_of_dicom_slices_is_a_training_source(
         )
         download.run(settings)
         split.run(settings)
-        loaded[source] = load_split(settings, "train")
+        loaded[source] = load_split(for_data(settings), "train")
     assert set(read_manifest(settings.paths.manifests / "raw.csv")["format"]) == {"DICOM"}
     assert [Path(p).stem for p in loaded["dicom"].frame["path"]] == [
         Path(p).stem for p in loaded["png"].frame["path"]
     ]
-    np.testing.assert_allclose(loaded["dicom"].images, loaded["png"].images, atol=1e-5)
+    assert loaded["png"].images.shape[-1] == 1 and loaded["dicom"].images.shape[-1] == 3
+    np.testing.assert_allclose(loaded["dicom"].images[..., :1], loaded["png"].images, atol=1e-5)
 
 
 def test_score_kind_auto_and_content_normalisation_go_from_calibrate_through_evaluate_and_package(
@@ -195,7 +197,7 @@ def test_score_kind_auto_and_content_normalisation_go_from_calibrate_through_eva
     assert detector.scoring.kind == calibration["score"]
     assert detector.normalizer is not None and detector.normalizer.as_dict() == calibration["normalizer"]
     scores = pd.read_csv(settings.paths.stage_reports("evaluate") / "scores.csv")
-    test = load_split(settings, "test")
+    test = load_split(for_data(settings), "test")
     np.testing.assert_allclose(
         scores.loc[scores["split"] == "test", "score"], detector.score(test.images), rtol=1e-5
     )

@@ -19,6 +19,7 @@ import pytest
 from pipeline.data.synthetic import generate_volumes
 from pipeline.diagnostics import LEVEL_BANDS, LEVEL_SHORTCUT_TAG, WARNING_TAGS
 from pipeline.params import ROOT
+from pipeline.serving import load_detector
 
 pytestmark = pytest.mark.slow
 TINY = [
@@ -98,6 +99,15 @@ def test_where_the_detector_fails_per_level_band_and_its_warnings(run: Path) -> 
     run_id = json.loads((run / "job/reports/evaluate/run.json").read_text())["run_id"]
     tags = mlflow.get_run(run_id).data.tags
     assert {tag for tag, flag in flags.items() if flag} == set(WARNING_TAGS) & set(tags)
+
+
+def test_scans_in_hounsfield_units_are_read_in_the_default_windows(run: Path) -> None:
+    """The brain window plus the default subdural and bone windows: three channels, logged as such."""
+    detector = load_detector(str(run / "job/models/detector"))
+    assert detector.preprocess.channels == 3 and detector.model.input_shape[-1] == 3
+    mlflow.set_tracking_uri(f"sqlite:///{run / 'mlflow.db'}")
+    run_id = json.loads((run / "job/reports/package/run.json").read_text())["run_id"]
+    assert mlflow.get_run(run_id).data.params["preprocess.extra_windows"].count("level") == 2
 
 
 def test_predict_maps_land_on_the_scans_voxel_grid(run: Path) -> None:

@@ -1,10 +1,13 @@
-"""Several Hounsfield windows (`preprocess.extra_windows`): a slice in HU becomes one input channel per
-window, channel 0 the brain window as before; an already windowed image is refused, one file's error;
-training, scoring, maps, the decode cache and the served model handle the channels; without extra
-windows the model input is what it always was."""
+"""Several Hounsfield windows (`preprocess.extra_windows`, subdural and bone by default): a slice in HU
+becomes one input channel per window, channel 0 the brain window as before; an already windowed image is
+refused, one file's error; training, scoring, maps, the decode cache and the served model handle the
+channels; without extra windows (what the stages run with on PNG or JPEG training data) the model input
+is what it always was."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -17,7 +20,8 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from pipeline import predict, scoring, serving
-from pipeline.config import DicomWindow, PreprocessConfig
+from pipeline.config import DicomWindow, PreprocessConfig, Settings
+from pipeline.data.datasets import for_data
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import (
     blanked_copy,
@@ -28,6 +32,7 @@ from pipeline.data.images import (
     load_images,
     preprocess,
 )
+from pipeline.data.manifest import MANIFEST_COLUMNS
 from pipeline.data.synthetic import example_dicom
 from pipeline.detector import Detector
 from pipeline.entrypoint import compose, load_settings
@@ -250,21 +255,66 @@ def test_the_served_model_scores_a_dicom_in_two_windows_and_refuses_a_png(
 # --- the config --------------------------------------------------------------------------------------
 
 
-def test_extra_windows_are_a_hydra_list_of_windows() -> None:
-    assert load_settings(compose([])).preprocess.extra_windows == ()
-    settings = load_settings(
-        compose(
-            [
-                "data=synthetic_volumes",
-                "preprocess.extra_windows=[{level:75,width:215},{level:600,width:2800}]",
-            ]
-        )
-    )
-    assert settings.preprocess.extra_windows == (SUBDURAL, BONE) and settings.preprocess.channels == 3
+def test_the_default_windows_are_subdural_and_bone_for_any_data() -> None:
+    """The built-in PNG slices compose with them too: the stages drop them there (`for_data`)."""
+    for data in ("synthetic_volumes", "synthetic"):
+        preprocess = load_settings(compose([f"data={data}"])).preprocess
+        assert preprocess.extra_windows == (SUBDURAL, BONE) and preprocess.channels == 3
+    settings = load_settings(compose(["preprocess.extra_windows=[{level:75,width:215}]"]))
+    assert settings.preprocess.extra_windows == (SUBDURAL,) and settings.preprocess.channels == 2
+    assert load_settings(compose(["preprocess.extra_windows=[]"])).preprocess.channels == 1
     with pytest.raises(ConfigError, match="extra_windows"):
         load_settings(compose(["data=synthetic_volumes", "preprocess.extra_windows=[{level:75,width:0}]"]))
-    with pytest.raises(ConfigError, match=r"the built-in slices \(data=synthetic\) are 8-bit PNG"):
-        load_settings(compose(["data=synthetic", "preprocess.extra_windows=[{level:75,width:215}]"]))
+
+
+def _manifest(settings: Settings, *formats: str) -> None:
+    rows = [
+        {
+            "path": f"Healthy/{k}",
+            "class": "healthy",
+            "sha256": f"{k}",
+            "phash": "0",
+            "width": 48,
+            "height": 48,
+            "mode": "L",
+            "format": fmt,
+        }
+        for k, fmt in enumerate(formats)
+    ]
+    settings.paths.manifests.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=MANIFEST_COLUMNS).to_csv(settings.paths.manifests / "raw.csv", index=False)
+
+
+def test_the_windows_stay_for_data_that_is_all_in_hounsfield_units(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    _manifest(settings, "DICOM", "DICOM", "DICOM")
+    assert for_data(settings) == settings and for_data(settings).preprocess.channels == 3
+
+
+def test_the_windows_go_for_data_with_any_windowed_image_and_a_log_line_says_so_once(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings()
+    _manifest(settings, "DICOM", "PNG", "PNG", "JPEG")
+    with caplog.at_level(logging.INFO, logger="pipeline.data.datasets"):
+        resolved = [for_data(settings) for _ in range(3)]
+    assert all(r.preprocess.extra_windows == () and r.preprocess.channels == 1 for r in resolved)
+    assert resolved[0].preprocess == settings.preprocess.model_copy(update={"extra_windows": ()})
+    assert resolved[0].flat_params()["preprocess.extra_windows"] == "[]"  # what MLflow logs
+    assert resolved[0].model_dump(exclude={"preprocess"}) == settings.model_dump(exclude={"preprocess"})
+    assert [r.getMessage() for r in caplog.records] == [
+        "the prepared data holds 2 PNG and 1 JPEG slices (of 4), windowed already: the detector reads one "
+        "channel; preprocess.extra_windows apply to Hounsfield inputs (DICOM, NIfTI)"
+    ]
+    _manifest(settings, "DICOM", "DICOM")  # downloaded again, now all in HU: read again
+    assert for_data(settings).preprocess.channels == 3
+
+
+def test_without_windows_the_data_is_not_read(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings("preprocess.extra_windows=[]")
+    assert not (settings.paths.manifests / "raw.csv").exists() and for_data(settings) is settings
 
 
 def test_predict_scores_dicom_and_volumes_in_two_windows_and_reports_each_windowed_image(

@@ -1,7 +1,10 @@
-"""A split as the stages use it: its manifest rows, labels, and decoded (cached) image batch."""
+"""A split as the stages use it: its manifest rows, labels, and decoded (cached) image batch; and the
+settings as the prepared data allows them (`for_data`)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,9 +14,13 @@ import pandas as pd
 from pipeline.config import Settings
 from pipeline.data.classes import TUMOR
 from pipeline.data.images import load_cached
-from pipeline.data.manifest import read_manifest
+from pipeline.data.manifest import frame_levels, read_manifest
 from pipeline.data.neighbours import frame_keys, stack_neighbours
 from pipeline.data.splitting import SPLITS
+
+log = logging.getLogger(__name__)
+# The one format in Hounsfield units after download: NIfTI volumes and DICOM series become DICOM slices.
+HOUNSFIELD_FORMAT = "DICOM"
 
 
 @dataclass(frozen=True)
@@ -30,11 +37,7 @@ class Split:
     @property
     def levels(self) -> np.ndarray:
         """Each slice's place in its scan, 0 lowest .. 1 highest; NaN for a lone image."""
-        if not {"slice", "slices"} <= set(self.frame.columns):
-            return np.full(len(self.frame), np.nan)
-        index = pd.to_numeric(self.frame["slice"], errors="coerce").to_numpy(dtype=float)
-        count = pd.to_numeric(self.frame["slices"], errors="coerce").to_numpy(dtype=float)
-        return np.where(count > 1, index / np.maximum(count - 1, 1), np.nan)
+        return frame_levels(self.frame)
 
     @property
     def patients(self) -> np.ndarray:
@@ -80,3 +83,37 @@ def load_split(settings: Settings, name: str, only_class: str | None = None) -> 
             keep = (frame["class"] == only_class).to_numpy()
             frame, images = frame[keep].reset_index(drop=True), images[keep]
     return Split(name, frame, images)
+
+
+def for_data(settings: Settings) -> Settings:
+    """`settings` as the prepared data allows: `preprocess.extra_windows` read Hounsfield units, which only
+    DICOM slices carry (`HOUNSFIELD_FORMAT`); where the manifest holds any other file (a PNG or JPEG, one
+    window already applied) they are dropped and the detector reads one channel, the brain window. What
+    every stage that builds or reads the detector's input runs with (and logs to MLflow), so one config
+    serves scans and 2D images alike."""
+    if not settings.preprocess.extra_windows or _in_hounsfield_units(settings.paths.manifests / "raw.csv"):
+        return settings
+    return settings.model_copy(
+        update={"preprocess": settings.preprocess.model_copy(update={"extra_windows": ()})}
+    )
+
+
+def _in_hounsfield_units(manifest: Path) -> bool:
+    stat = manifest.stat()  # a manifest written again (a new download) is read again
+    return _every_file_in_hounsfield_units(manifest, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _every_file_in_hounsfield_units(manifest: Path, mtime_ns: int, size: int) -> bool:
+    """Whether every file of `manifest` is in Hounsfield units; read, and the log line written, once."""
+    formats = read_manifest(manifest)["format"]
+    others = formats[formats != HOUNSFIELD_FORMAT].value_counts()
+    if others.empty:
+        return True
+    log.info(
+        "the prepared data holds %s slices%s, windowed already: the detector reads one channel; "
+        "preprocess.extra_windows apply to Hounsfield inputs (DICOM, NIfTI)",
+        " and ".join(f"{count} {name}" for name, count in others.items()),
+        f" (of {len(formats)})" if len(formats) > others.sum() else "",
+    )
+    return False

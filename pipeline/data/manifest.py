@@ -35,6 +35,23 @@ KIND_COLUMN = "kind"
 REJECT_COLUMNS = ["path", "class", "reason"]
 
 
+def scan_levels(index: np.ndarray | pd.Series, count: np.ndarray | pd.Series | int) -> np.ndarray:
+    """Each slice's level, slice / (slices - 1): 0 lowest .. 1 highest in its scan; NaN for a lone image
+    or a scan of one slice. What the level-aware reference and the level diagnostics read."""
+    index = np.asarray(index, dtype=float)
+    count = np.asarray(count, dtype=float)
+    return np.where(count > 1, index / np.maximum(count - 1, 1), np.nan)
+
+
+def frame_levels(frame: pd.DataFrame) -> np.ndarray:
+    """`scan_levels` of a manifest's rows (NaN where a row has no place in a scan)."""
+    if not {"slice", "slices"} <= set(frame.columns):
+        return np.full(len(frame), np.nan)
+    return scan_levels(
+        pd.to_numeric(frame["slice"], errors="coerce"), pd.to_numeric(frame["slices"], errors="coerce")
+    )
+
+
 def inspect(raw_dir: Path, path: Path, class_name: str, config: PreprocessConfig) -> dict[str, str | int]:
     """One manifest row (path relative to raw_dir, POSIX separators); raises ImageDecodeError for
     anything that is not a usable image (`images.decode`). The perceptual hash is of the slice as the
