@@ -6,6 +6,7 @@ localisation. Tuning never looks at the test set."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import mlflow
@@ -21,6 +22,7 @@ from pipeline.entrypoint import stage
 from pipeline.errors import PipelineError
 from pipeline.features import SCALE, FeatureScore, PatchMemory
 from pipeline.io import write_csv, write_json
+from pipeline.localization import PixelThreshold, choose_pixel_threshold, tumor_outlines
 from pipeline.metrics import bootstrap_intervals, ranking_metrics
 from pipeline.models import load_model
 from pipeline.normalization import NORMALIZERS, ContentNormalizer, Normalizer, SliceFacts
@@ -29,7 +31,6 @@ from pipeline.scoring import AUTO, choose_kind
 from pipeline.thresholds import calibrate_thresholds, label_free
 
 log = logging.getLogger(__name__)
-PIXEL_PERCENTILE = 99.5  # of healthy validation residuals inside the head: a pixel above it is anomalous
 
 
 def choose_features(
@@ -66,6 +67,24 @@ def choose_features(
     )
     report = {"val_roc_auc_with_features": with_features}
     return (feature_score, combined, report) if add else (None, scores, report)
+
+
+def calibrate_pixel_threshold(
+    detector: Detector, settings: Settings, val: Split, reconstructions: np.ndarray
+) -> PixelThreshold:
+    """The pixel threshold (`threshold.pixel`), from the healthy validation slices' residual maps and,
+    where every anomalous validation slice has a lesion outline, how well each candidate outlines them."""
+    is_tumor = val.labels == 1
+    healthy_maps = detector.residual_maps(val.images[~is_tumor], reconstructions[~is_tumor])
+    outlines = (
+        tumor_outlines(settings.paths.raw, val.frame[is_tumor], settings.preprocess)
+        if settings.threshold.pixel == "auto" and is_tumor.any()
+        else None
+    )
+    if outlines is None:
+        return choose_pixel_threshold(healthy_maps, settings.threshold)
+    lesion_maps = detector.residual_maps(val.images[is_tumor], reconstructions[is_tumor])
+    return choose_pixel_threshold(healthy_maps, settings.threshold, lesion_maps, outlines)
 
 
 @dataclass(frozen=True)
@@ -149,7 +168,7 @@ def run(settings: Settings) -> None:
             f"threshold={method} needs tumor slices in the validation split, and it has none: "
             f"use a label-free rule ({' or '.join(f'threshold={m}' for m in label_free())})"
         )
-    healthy_maps = detector.residual_maps(val.images[~is_tumor], reconstructions[~is_tumor])
+    pixel = calibrate_pixel_threshold(detector, settings, val, reconstructions)
     summary = {
         "threshold": thresholds[method],
         "method": method,
@@ -161,7 +180,10 @@ def run(settings: Settings) -> None:
         "features": features is not None,
         "feature_normalizer": features.normalizer.as_dict() if features is not None else None,
         "thresholds": thresholds,
-        "pixel_threshold": float(np.percentile(healthy_maps[healthy_maps > 0], PIXEL_PERCENTILE)),
+        "pixel_threshold": pixel.value,
+        "pixel_rule": pixel.rule,
+        "pixel_percentile": pixel.percentile,
+        **({"val_dice": pixel.val_dice} if math.isfinite(pixel.val_dice) else {}),
         "val_score_mean": float(np.mean(healthy)),
         "val_score_std": float(np.std(healthy)),
         "val_images": int(np.sum(~is_tumor)),
@@ -196,6 +218,7 @@ def run(settings: Settings) -> None:
     with tracking.model_run(settings, "calibrate", detector.model):
         mlflow.set_tag("score_applied", kind)  # what score.kind=auto chose, beside the configured kind
         mlflow.set_tag("normalize_applied", summary["normalize"])  # what score.normalize=auto chose
+        mlflow.set_tag("pixel_rule", pixel.rule)  # what threshold.pixel=auto chose
         mlflow.log_metrics(
             {k: v for k, v in summary.items() if isinstance(v, int | float)}
             | {f"threshold_{k}": v for k, v in thresholds.items()}

@@ -274,6 +274,11 @@ class ThresholdConfig(Section):
     method: str  # a name registered in pipeline.thresholds.THRESHOLD_RULES
     k: float = Field(ge=0, le=10)  # mean_std: mean + k * std of healthy validation scores
     percentile: float = Field(gt=0, le=100)  # percentile: of healthy validation scores
+    # a residual-map pixel above this percentile of the healthy validation pixels is anomalous; `auto`:
+    # where the validation lesions have outlines, the percentile whose Dice with them is highest
+    # (`pipeline.localization.choose_pixel_threshold`)
+    pixel: Literal["auto", "percentile"]
+    pixel_percentile: float = Field(gt=0, lt=100)
 
     @field_validator("method")
     @classmethod

@@ -31,6 +31,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pipeline.arrays import finite_number, labels_and_scores
+from pipeline.localization import dice
 
 # A slice's level in its scan (0 lowest, 1 highest; `pipeline.audit.levels`) falls in one band:
 # [0, 0.2) skull base, [0.2, 0.3), [0.3, 0.5), [0.5, 0.7), [0.7, 0.9), [0.9, 1] skull top.
@@ -140,13 +141,6 @@ def slice_kinds(frame: pd.DataFrame, labels: np.ndarray) -> np.ndarray | None:
     return np.where(anomalous, np.where(named != "", named, UNKNOWN_KIND), "")
 
 
-def _dice(maps: np.ndarray, outlines: np.ndarray, pixel_threshold: float) -> float:
-    """The Dice overlap of the pixels above `pixel_threshold` with the outlines, over all the slices
-    together: `pipeline.localization.pixel_metrics`' `dice`."""
-    flagged = maps > pixel_threshold
-    return float(2 * np.sum(flagged & outlines) / max(int(flagged.sum() + outlines.sum()), 1))
-
-
 def by_kind(
     kinds: np.ndarray | None,
     labels: np.ndarray,
@@ -180,7 +174,7 @@ def by_kind(
                 "median_score": _median(scores[chosen]),
                 "roc_auc": _roc_auc(labels[pooled], scores[pooled]),
                 "recall": _share(scores[chosen] > threshold),
-                "dice": _dice(
+                "dice": dice(
                     maps[anomalous_kinds == kind], outlines[anomalous_kinds == kind], pixel_threshold
                 )
                 if localised

@@ -9,13 +9,15 @@ region only.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.config import PreprocessConfig
+from pipeline.config import PreprocessConfig, ThresholdConfig
 from pipeline.data.classes import mask_path
 from pipeline.data.images import decode, preprocess, read_image, to_grayscale
 
@@ -35,6 +37,8 @@ def tumor_outlines(raw_dir: Path, frame: pd.DataFrame, config: PreprocessConfig)
     return np.stack(outlines)
 
 
+# The healthy validation pixels' percentiles `threshold.pixel: auto` chooses among (with the configured one)
+PIXEL_PERCENTILES = (90.0, 95.0, 97.0, 98.0, 99.0, 99.5, 99.8, 99.9)
 AUC_BINS = 512  # residual histogram bins behind the bootstrapped pixel ROC AUC
 
 
@@ -44,15 +48,52 @@ def pixel_metrics(maps: np.ndarray, outlines: np.ndarray, pixel_threshold: float
     outlines over all slices; and the mean over slices of each slice's best Dice at any threshold."""
     scored = maps > 0
     truth, values = outlines[scored], maps[scored]
-    flagged = maps > pixel_threshold
-    overlap = 2 * np.sum(flagged & outlines)
     both = 0 < truth.sum() < truth.size
     return {
         "pixel_roc_auc": float(roc_auc_score(truth, values)) if both else np.nan,
         "pixel_pr_auc": float(average_precision_score(truth, values)) if both else np.nan,
-        "dice": float(overlap / max(int(flagged.sum() + outlines.sum()), 1)),
+        "dice": dice(maps, outlines, pixel_threshold),
         "slice_best_dice": float(np.mean([_best_dice(m, o) for m, o in zip(maps, outlines, strict=True)])),
     }
+
+
+def dice(maps: np.ndarray, outlines: np.ndarray, pixel_threshold: float) -> float:
+    """The Dice overlap of the pixels above `pixel_threshold` with the outlines, over all slices together."""
+    flagged = maps > pixel_threshold
+    return float(2 * np.sum(flagged & outlines) / max(int(flagged.sum() + outlines.sum()), 1))
+
+
+@dataclass(frozen=True)
+class PixelThreshold:
+    """Where a residual-map pixel becomes anomalous: a percentile of the healthy validation slices'
+    scored pixels, the configured one (`threshold.pixel_percentile`) or, under `threshold.pixel: auto`
+    where every anomalous validation slice has a lesion outline, the candidate whose Dice with them is
+    highest (`val_dice`; NaN without outlines)."""
+
+    value: float
+    percentile: float
+    rule: str  # "percentile" or "dice_optimal"
+    val_dice: float = math.nan
+
+
+def choose_pixel_threshold(
+    healthy_maps: np.ndarray,
+    config: ThresholdConfig,
+    lesion_maps: np.ndarray | None = None,
+    outlines: np.ndarray | None = None,
+) -> PixelThreshold:
+    """The pixel threshold calibrate applies (`PixelThreshold`); candidates are healthy percentiles, so
+    the threshold keeps its meaning (the share of healthy pixels flagged) whichever rule chose it."""
+    scored = healthy_maps[healthy_maps > 0]
+    configured = config.pixel_percentile
+    at = {p: float(np.percentile(scored, p)) for p in sorted({*PIXEL_PERCENTILES, configured})}
+    if config.pixel == "percentile" or lesion_maps is None or outlines is None or not outlines.any():
+        outlined = lesion_maps is not None and outlines is not None
+        val_dice = dice(lesion_maps, outlines, at[configured]) if outlined else math.nan
+        return PixelThreshold(at[configured], configured, "percentile", val_dice)
+    by_percentile = {p: dice(lesion_maps, outlines, value) for p, value in at.items()}
+    best = max(by_percentile, key=lambda p: (by_percentile[p], p == configured, p))  # ties: fewer pixels
+    return PixelThreshold(at[best], best, "dice_optimal", by_percentile[best])
 
 
 def _best_dice(residual: np.ndarray, outline: np.ndarray) -> float:

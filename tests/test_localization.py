@@ -9,9 +9,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline.config import ThresholdConfig
 from pipeline.data import synthetic
 from pipeline.data.images import load_image, resize_square
-from pipeline.localization import pixel_intervals, pixel_metrics, tumor_outlines
+from pipeline.localization import (
+    PIXEL_PERCENTILES,
+    choose_pixel_threshold,
+    dice,
+    pixel_intervals,
+    pixel_metrics,
+    tumor_outlines,
+)
 from pipeline.scoring import regions
 from tests.conftest import preprocess_config, score_config
 
@@ -161,3 +169,51 @@ def test_pixel_intervals_resample_slices_and_hold_the_estimate() -> None:
         assert intervals[f"{name}_ci_low"] <= point[name] <= intervals[f"{name}_ci_high"]
         assert intervals[f"{name}_ci_high"] - intervals[f"{name}_ci_low"] < 0.2
     assert intervals == pixel_intervals(maps, outlines, 0.6, n_resamples=500, seed=0)
+
+
+def _pixel_config(rule: str, percentile: float = 99.5) -> ThresholdConfig:
+    return ThresholdConfig(method="mean_std", k=1.0, percentile=95, pixel=rule, pixel_percentile=percentile)
+
+
+def _faint_lesions(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Healthy maps of uniform noise in [0, 1); lesion slices whose outlined pixels sit at 0.96-0.99:
+    above most healthy pixels, below the healthy 99.5th percentile."""
+    rng = np.random.default_rng(seed)
+    healthy = rng.uniform(1e-3, 1.0, (20, 32, 32))
+    lesions = rng.uniform(1e-3, 0.9, (10, 32, 32))
+    outlines = np.zeros(lesions.shape, dtype=bool)
+    outlines[:, 10:16, 10:16] = True
+    lesions[outlines] = rng.uniform(0.96, 0.99, outlines.sum())
+    return healthy, lesions, outlines
+
+
+def test_the_pixel_threshold_is_the_configured_healthy_percentile_without_outlines() -> None:
+    healthy, lesions, outlines = _faint_lesions()
+    expected = float(np.percentile(healthy, 99.5))
+    for chosen in (
+        choose_pixel_threshold(healthy, _pixel_config("auto")),  # no validation outlines
+        choose_pixel_threshold(healthy, _pixel_config("percentile"), lesions, outlines),
+    ):
+        assert chosen.value == pytest.approx(expected) and chosen.percentile == 99.5
+        assert chosen.rule == "percentile"
+    assert np.isnan(choose_pixel_threshold(healthy, _pixel_config("auto")).val_dice)
+
+
+def test_auto_takes_the_healthy_percentile_that_outlines_the_validation_lesions_best() -> None:
+    healthy, lesions, outlines = _faint_lesions()
+    chosen = choose_pixel_threshold(healthy, _pixel_config("auto"), lesions, outlines)
+    assert chosen.rule == "dice_optimal" and chosen.percentile in PIXEL_PERCENTILES
+    assert chosen.percentile < 99.5  # the faint lesions lie under the configured percentile
+    assert chosen.value == pytest.approx(float(np.percentile(healthy, chosen.percentile)))
+    assert chosen.val_dice == pytest.approx(dice(lesions, outlines, chosen.value))
+    configured = dice(lesions, outlines, float(np.percentile(healthy, 99.5)))
+    assert chosen.val_dice > configured + 0.3
+    every = [dice(lesions, outlines, float(np.percentile(healthy, p))) for p in PIXEL_PERCENTILES]
+    assert chosen.val_dice == pytest.approx(max(every))
+
+
+def test_auto_keeps_the_configured_percentile_where_nothing_outlines_better() -> None:
+    healthy, lesions, outlines = _faint_lesions()
+    empty = np.zeros_like(outlines)  # outlines given, none marked: every candidate's Dice is 0
+    chosen = choose_pixel_threshold(healthy, _pixel_config("auto", 97.5), lesions, empty)
+    assert chosen.percentile == 97.5 and chosen.rule == "percentile"

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from bench.workspace import STAGES, copy_project, run
 from pipeline import hardware
+from pipeline.localization import PIXEL_PERCENTILES
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow
@@ -54,6 +55,9 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
     )
     validation = json.loads((project / "reports/calibrate/threshold.json").read_text())
     assert validation["val_roc_auc_ci_low"] <= validation["val_roc_auc"] <= validation["val_roc_auc_ci_high"]
+    # the built-in tumors have masks: the pixel threshold is the healthy percentile that outlines them best
+    assert validation["pixel_rule"] == "dice_optimal" and validation["pixel_percentile"] in PIXEL_PERCENTILES
+    assert 0 < validation["val_dice"] <= 1
     by_source = pd.read_csv(project / "reports/evaluate/by_source.csv")
     assert set(by_source["by"]) == {"source", "format", "mode", "size"}
     assert {"metadata_roc_auc", "metadata_score_roc_auc"} <= set(metrics)  # the shortcut audit

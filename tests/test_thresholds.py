@@ -18,7 +18,7 @@ from pipeline.thresholds import (
 
 
 def _config(k: float = 1.0, percentile: float = 95.0) -> ThresholdConfig:
-    return ThresholdConfig(method="mean_std", k=k, percentile=percentile)
+    return ThresholdConfig(method="mean_std", k=k, percentile=percentile, pixel="auto", pixel_percentile=99.5)
 
 
 def test_known_numbers_use_population_std() -> None:
