@@ -5,6 +5,7 @@ comes from a prepared split, a NIfTI volume or a DICOM series through predict.""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from pipeline import predict, serving
 from pipeline.config import DicomWindow, Settings
-from pipeline.data.datasets import load_split
+from pipeline.data.datasets import for_data, load_split
 from pipeline.data.guards import Limits
 from pipeline.data.neighbours import frame_keys, stack_neighbours
 from pipeline.data.synthetic import example_dicom
@@ -272,3 +273,24 @@ def test_a_series_with_a_missing_slice_has_no_neighbours_across_the_gap(
 
     seen = _predicted_inputs(settings, tmp_path, monkeypatch, chunk=2)
     np.testing.assert_allclose(np.concatenate(seen), prepared, atol=1e-6)
+
+
+def test_neighbours_go_for_data_without_scans_and_stay_for_scans(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """2D images have no slices above and below: the stages drop `neighbours` there, as they drop the
+    Hounsfield windows for PNG, and say so once."""
+    settings = make_settings("preprocess.neighbours=1", "preprocess.extra_windows=[]")
+    settings.paths.manifests.mkdir(parents=True, exist_ok=True)
+    lone = pd.DataFrame({"path": ["a.png", "b.png"], "format": "PNG", "slice": pd.NA, "slices": pd.NA})
+    lone.to_csv(settings.paths.manifests / "raw.csv", index=False)
+    with caplog.at_level(logging.INFO, logger="pipeline.data.datasets"):
+        resolved = [for_data(settings) for _ in range(2)]
+    assert all(r.preprocess.neighbours == 0 and r.preprocess.channels == 1 for r in resolved)
+    assert [r.getMessage() for r in caplog.records] == [
+        "the prepared data holds no slice of a scan: preprocess.neighbours, the slices above and below, "
+        "apply to scans (NIfTI volumes, DICOM series); the detector reads each slice alone"
+    ]
+    scans = lone.assign(path=["a.dcm", "b.dcm"], format="DICOM", slice=[0, 1], slices=2)
+    scans.to_csv(settings.paths.manifests / "raw.csv", index=False)  # downloaded again: a scan
+    assert for_data(settings) == settings and for_data(settings).preprocess.channels == 3

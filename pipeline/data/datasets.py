@@ -86,34 +86,56 @@ def load_split(settings: Settings, name: str, only_class: str | None = None) -> 
 
 
 def for_data(settings: Settings) -> Settings:
-    """`settings` as the prepared data allows: `preprocess.extra_windows` read Hounsfield units, which only
-    DICOM slices carry (`HOUNSFIELD_FORMAT`); where the manifest holds any other file (a PNG or JPEG, one
-    window already applied) they are dropped and the detector reads one channel, the brain window. What
-    every stage that builds or reads the detector's input runs with (and logs to MLflow), so one config
-    serves scans and 2D images alike."""
-    if not settings.preprocess.extra_windows or _in_hounsfield_units(settings.paths.manifests / "raw.csv"):
+    """`settings` as the prepared data allows, so that one config serves scans and 2D images alike:
+    `preprocess.extra_windows` read Hounsfield units, which only DICOM slices carry
+    (`HOUNSFIELD_FORMAT`), so where the manifest holds any other file (a PNG or JPEG, one window already
+    applied) they are dropped and the detector reads one channel, the brain window; and
+    `preprocess.neighbours` read the slices above and below, so without any slice of a scan they are
+    dropped too. What every stage that builds or reads the detector's input runs with (and logs to MLflow)."""
+    preprocess = settings.preprocess
+    if not preprocess.extra_windows and not preprocess.neighbours:
         return settings
-    return settings.model_copy(
-        update={"preprocess": settings.preprocess.model_copy(update={"extra_windows": ()})}
-    )
-
-
-def _in_hounsfield_units(manifest: Path) -> bool:
+    manifest = settings.paths.manifests / "raw.csv"
     stat = manifest.stat()  # a manifest written again (a new download) is read again
-    return _every_file_in_hounsfield_units(manifest, stat.st_mtime_ns, stat.st_size)
+    facts = _data_facts(
+        manifest, stat.st_mtime_ns, stat.st_size, bool(preprocess.extra_windows), bool(preprocess.neighbours)
+    )
+    update: dict[str, object] = {}
+    if preprocess.extra_windows and not facts.hounsfield:
+        update["extra_windows"] = ()
+    if preprocess.neighbours and not facts.scans:
+        update["neighbours"] = 0
+    if not update:
+        return settings
+    return settings.model_copy(update={"preprocess": preprocess.model_copy(update=update)})
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the prepared data holds that decides the detector's input channels (`for_data`)."""
+
+    hounsfield: bool  # every file is in Hounsfield units
+    scans: bool  # some slice has a place in a scan of several slices
 
 
 @functools.cache
-def _every_file_in_hounsfield_units(manifest: Path, mtime_ns: int, size: int) -> bool:
-    """Whether every file of `manifest` is in Hounsfield units; read, and the log line written, once."""
-    formats = read_manifest(manifest)["format"]
+def _data_facts(manifest: Path, mtime_ns: int, size: int, windows: bool, neighbours: bool) -> DataFacts:
+    """`manifest`'s `DataFacts`; read, and a log line written for each configured input (`windows`,
+    `neighbours`) the data drops, once per version of the file."""
+    frame = read_manifest(manifest)
+    formats = frame["format"]
     others = formats[formats != HOUNSFIELD_FORMAT].value_counts()
-    if others.empty:
-        return True
-    log.info(
-        "the prepared data holds %s slices%s, windowed already: the detector reads one channel; "
-        "preprocess.extra_windows apply to Hounsfield inputs (DICOM, NIfTI)",
-        " and ".join(f"{count} {name}" for name, count in others.items()),
-        f" (of {len(formats)})" if len(formats) > others.sum() else "",
-    )
-    return False
+    scans = bool(np.isfinite(frame_levels(frame)).any())
+    if windows and not others.empty:
+        log.info(
+            "the prepared data holds %s slices%s, windowed already: the detector reads one channel; "
+            "preprocess.extra_windows apply to Hounsfield inputs (DICOM, NIfTI)",
+            " and ".join(f"{count} {name}" for name, count in others.items()),
+            f" (of {len(formats)})" if len(formats) > others.sum() else "",
+        )
+    if neighbours and not scans:
+        log.info(
+            "the prepared data holds no slice of a scan: preprocess.neighbours, the slices above and "
+            "below, apply to scans (NIfTI volumes, DICOM series); the detector reads each slice alone"
+        )
+    return DataFacts(hounsfield=others.empty, scans=scans)
