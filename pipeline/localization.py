@@ -86,9 +86,10 @@ def choose_pixel_threshold(
     the threshold keeps its meaning (the share of healthy pixels flagged) whichever rule chose it."""
     scored = healthy_maps[healthy_maps > 0]
     configured = config.pixel_percentile
-    at = {p: float(np.percentile(scored, p)) for p in sorted({*PIXEL_PERCENTILES, configured})}
-    if config.pixel == "percentile" or lesion_maps is None or outlines is None or not outlines.any():
-        outlined = lesion_maps is not None and outlines is not None
+    candidates = sorted({*PIXEL_PERCENTILES, configured})
+    at = dict(zip(candidates, np.percentile(scored, candidates).tolist(), strict=True))  # one sort
+    outlined = lesion_maps is not None and outlines is not None
+    if config.pixel == "percentile" or not outlined or not outlines.any():
         val_dice = dice(lesion_maps, outlines, at[configured]) if outlined else math.nan
         return PixelThreshold(at[configured], configured, "percentile", val_dice)
     by_percentile = {p: dice(lesion_maps, outlines, value) for p, value in at.items()}

@@ -13,14 +13,13 @@ import pandas as pd
 
 from pipeline.config import Settings
 from pipeline.data.classes import TUMOR
+from pipeline.data.dicom import DICOM_FORMAT
 from pipeline.data.images import load_cached
 from pipeline.data.manifest import frame_levels, read_manifest
 from pipeline.data.neighbours import frame_keys, stack_neighbours
 from pipeline.data.splitting import SPLITS
 
 log = logging.getLogger(__name__)
-# The one format in Hounsfield units after download: NIfTI volumes and DICOM series become DICOM slices.
-HOUNSFIELD_FORMAT = "DICOM"
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def load_split(settings: Settings, name: str, only_class: str | None = None) -> 
 def for_data(settings: Settings) -> Settings:
     """`settings` as the prepared data allows, so that one config serves scans and 2D images alike:
     `preprocess.extra_windows` read Hounsfield units, which only DICOM slices carry
-    (`HOUNSFIELD_FORMAT`), so where the manifest holds any other file (a PNG or JPEG, one window already
+    (`DICOM_FORMAT`), so where the manifest holds any other file (a PNG or JPEG, one window already
     applied) they are dropped and the detector reads one channel, the brain window; and
     `preprocess.neighbours` read the slices above and below, so without any slice of a scan they are
     dropped too. What every stage that builds or reads the detector's input runs with (and logs to MLflow)."""
@@ -124,7 +123,7 @@ def _data_facts(manifest: Path, mtime_ns: int, size: int, windows: bool, neighbo
     `neighbours`) the data drops, once per version of the file."""
     frame = read_manifest(manifest)
     formats = frame["format"]
-    others = formats[formats != HOUNSFIELD_FORMAT].value_counts()
+    others = formats[formats != DICOM_FORMAT].value_counts()
     scans = bool(np.isfinite(frame_levels(frame)).any())
     if windows and not others.empty:
         log.info(

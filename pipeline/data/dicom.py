@@ -44,6 +44,9 @@ from pipeline.config import MAX_PIXELS
 from pipeline.data.guards import DEFAULT_LIMITS, Limits, check_pixels, file_type
 from pipeline.errors import ImageDecodeError, describe
 
+# a DICOM slice's `format` in the manifest: the one format in Hounsfield units after download (NIfTI
+# volumes and DICOM series become DICOM slices)
+DICOM_FORMAT = "DICOM"
 HU_RANGE = (-1024.0, 3071.0)  # what a 12-bit CT stores; a volume's HU beyond are clipped
 PLANES = ("sagittal", "coronal", "axial")  # by the patient axis (x, y, z) a slice's normal runs along
 # PS3.10 section 7.1: a 128-byte preamble, then the 4-byte prefix "DICM".
@@ -521,7 +524,7 @@ def _read_hounsfield(
         "width": int(dataset.Columns),
         "height": int(dataset.Rows),
         "mode": str(dataset.get("PhotometricInterpretation", "")),
-        "format": "DICOM",
+        "format": DICOM_FORMAT,
     }
     return _rescaled(stored, dataset), metadata
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from pipeline.config import PreprocessConfig
 from pipeline.data.classes import FOLDERS, TUMOR, read_kinds
-from pipeline.data.dicom import identity
+from pipeline.data.dicom import DICOM_FORMAT, identity
 from pipeline.data.guards import Limits, list_files, walk
 from pipeline.data.images import DECODE_WORKERS, decode
 from pipeline.errors import ImageDecodeError
@@ -60,7 +60,7 @@ def inspect(raw_dir: Path, path: Path, class_name: str, config: PreprocessConfig
     perceptual = imagehash.phash(Image.fromarray(np.round(decoded.pixels * 255).astype(np.uint8)))
     scan = (
         identity(path, Limits.of(config))
-        if decoded.format == "DICOM"
+        if decoded.format == DICOM_FORMAT
         else {"patient": "", "series": "", "position": np.nan}
     )
     return {
