@@ -37,14 +37,13 @@ from pipeline.entrypoint import CONF_DIR, load_settings
 from pipeline.errors import PipelineError
 from pipeline.io import locked, read_json, write_json
 from pipeline.params import ROOT
-from pipeline.stages import DATA_STAGES, MODEL_STAGES, runner
+from pipeline.stages import DATA_KEYS, DATA_STAGES, MODEL_STAGES, params_of, runner
 
 log = logging.getLogger("pipeline")
 
 # Where a job's outputs go: data once per sweep (or run) and data settings, the model and reports per job.
 SHARED_PATHS = {"raw": "raw", "manifests": "manifests", "splits": "splits"}
 JOB_PATHS = {"model": "models", "reports": "reports"}
-DATA_KEYS = ("seed", "split", "data", "preprocess.dicom_window")  # what download and split depend on
 PREPARED = "prepared.json"  # beside the data: the settings its download and split were made with
 
 
@@ -89,13 +88,7 @@ def prepare_data(settings: Settings) -> None:
     """Download and split, unless a job of the sweep (in this process or another) did it for the same
     data settings; jobs that reach here at once wait for the first one."""
     data_key = json.dumps(
-        [
-            settings.seed,
-            settings.split.model_dump(mode="json"),
-            settings.data.model_dump(mode="json"),
-            settings.preprocess.dicom_window.model_dump(),
-            str(settings.paths.raw),
-        ]
+        {**params_of(settings, DATA_KEYS), "paths.raw": str(settings.paths.raw)}, sort_keys=True
     )
     marker = settings.paths.raw.parent / PREPARED
     with locked(settings.paths.raw.parent / f".{PREPARED}.lock"):

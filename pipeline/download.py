@@ -20,6 +20,7 @@ from pipeline.data.manifest import build_manifest, content_hash, portable_names
 from pipeline.entrypoint import stage
 from pipeline.errors import DataError
 from pipeline.io import atomic_dir, for_spreadsheets, write_csv, write_json
+from pipeline.stages import DATA_INPUTS, params_of
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ def _check_classes(summary: dict[str, str | int], rejects: pd.DataFrame, setting
 
 def run(settings: Settings) -> None:
     paths = settings.paths
-    params = {k: v for k, v in settings.flat_params().items() if k.startswith(("data.", "preprocess.dicom"))}
-    with tracking.data_run(settings, "download", params):
+    with tracking.data_run(settings, "download", params_of(settings, DATA_INPUTS["download"])):
         with atomic_dir(paths.raw) as raw:
             limits = Limits.of(settings.preprocess)
             unusable = sources.fetch(settings.data, raw, settings.seed, settings.archive, limits)

@@ -13,6 +13,7 @@ from pipeline.data.manifest import content_hash, read_manifest
 from pipeline.data.splitting import SPLITS, patient_counts, split, split_counts
 from pipeline.entrypoint import stage
 from pipeline.io import atomic_dir, write_csv, write_json
+from pipeline.stages import DATA_INPUTS, params_of
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +21,7 @@ log = logging.getLogger(__name__)
 def run(settings: Settings) -> None:
     """The splits replace the previous ones only once they are made and logged; a failure is recorded
     in the stage's MLflow run."""
-    params = {k: v for k, v in settings.flat_params().items() if k.startswith("split.") or k == "seed"}
-    with tracking.data_run(settings, "split", params):
+    with tracking.data_run(settings, "split", params_of(settings, DATA_INPUTS["split"])):
         manifest = read_manifest(settings.paths.manifests / "raw.csv")
         tracking.name_data_run("split", content_hash(manifest))
         result = split(manifest, settings.split, settings.seed)

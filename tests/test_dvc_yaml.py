@@ -1,6 +1,7 @@
 """dvc.yaml against the code it runs: the stages in `pipeline.stages` order, each running its own
 module and depending on exactly the files of `pipeline/` its entry point imports (derived from the
-source by `pipeline.codebase`), so that a code change reruns every stage it can affect and no other."""
+source by `pipeline.codebase`), so that a code change reruns every stage it can affect and no other; the
+data stages on exactly the config they read (`pipeline.stages.DATA_INPUTS`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import yaml
 from pipeline import codebase, serving
 from pipeline.config import flatten
 from pipeline.params import PARAMS_FILE, ROOT
-from pipeline.stages import STAGES
+from pipeline.stages import DATA_INPUTS, DATA_STAGES, STAGES
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 # The config's validators import the registries to check names: they can fail a stage, never change
@@ -52,6 +53,12 @@ def test_each_stage_depends_on_exactly_the_code_it_imports(stage: str) -> None:
     assert not listed - needed, (
         f"dvc.yaml stage {stage} lists deps it does not import: {sorted(listed - needed)}"
     )
+
+
+@pytest.mark.parametrize("stage", DATA_STAGES)
+def test_each_data_stage_depends_on_exactly_its_inputs(stage: str) -> None:
+    """dvc.yaml's `params` of a data stage are `stages.DATA_INPUTS`, which sweeps share data by."""
+    assert sorted(DVC_YAML[stage]["params"]) == sorted(DATA_INPUTS[stage])
 
 
 def test_lazy_imports_and_discovered_models_count() -> None:
