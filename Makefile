@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: pipeline test test-fast lint bench params mlflow-ui team stack-up stack-down stack-status
+.PHONY: pipeline test test-fast lint docs bench params mlflow-ui team stack-up stack-down stack-status
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,6 +13,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.team: $(VENV)/.installed
 	$(PYTHON) -m pip install -e ".[dev,team]"
+	touch $@
+
+$(VENV)/.docs: $(VENV)/.installed
+	$(PYTHON) -m pip install -e ".[dev,docs]"
 	touch $@
 
 pipeline: $(VENV)/.installed  ## every stage of dvc.yaml (download ... publish) on the built-in data
@@ -28,6 +32,9 @@ lint: $(VENV)/.installed  ## ruff: the lint rules and the formatting of pyprojec
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+docs: $(VENV)/.docs  ## the documentation site (mkdocs.yml, docs/) into site/; strict: a broken link or anchor fails it
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 bench: $(VENV)/.installed  ## stage timings, training throughput per precision, a whole real-data run (docs/performance.md)
 	$(PYTHON) -m bench.run
 
@@ -37,7 +44,7 @@ params: $(VENV)/.installed  ## recompose params.yaml after editing conf/
 mlflow-ui: $(VENV)/.installed  ## the tracking UI on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
 
-team: $(VENV)/.team  ## the `team` extra: PostgreSQL's driver, SeaweedFS, S3 and DVC's S3 remote (README, Working as a team)
+team: $(VENV)/.team  ## the `team` extra: PostgreSQL's driver, SeaweedFS, S3 and DVC's S3 remote (docs/team.md)
 
 stack-up: $(VENV)/.team  ## PostgreSQL, SeaweedFS's S3 and `mlflow server` on 127.0.0.1, data in .stack/; prints the exports
 	@$(PYTHON) -m pipeline.stack up
