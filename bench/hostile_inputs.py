@@ -37,7 +37,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
-from pipeline import serving
+from pipeline import packaging, serving
 from pipeline.config import ModelConfig, PreprocessConfig, ScoreConfig
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import DECODE_WORKERS
@@ -406,9 +406,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="hostile-") as tmp:
         served = Path(tmp) / "served"
-        example = Path(tmp) / "example.png"
-        head_slice(256).save(example)
-        serving.save(detector, served, example.read_bytes())
+        packaging.save(detector, served)
         folder = served / "artifacts" / serving.ARTIFACT
         for number, case in enumerate(cases):
             work = Path(tmp) / f"case{number}"

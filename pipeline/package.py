@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import logging
 
-from pipeline import serving, tracking
+from pipeline import packaging, tracking
 from pipeline.config import Settings
 from pipeline.data.datasets import for_data
-from pipeline.data.synthetic import example_dicom, example_png
 from pipeline.detector import Detector
 from pipeline.entrypoint import stage
 from pipeline.io import atomic_dir, write_json
@@ -23,13 +22,11 @@ def run(settings: Settings) -> None:
     detector = Detector.calibrated(
         settings, {"model": settings.model.name, "threshold_method": settings.threshold.method}
     )
-    # an 8-bit image holds one window: a detector reading more takes a DICOM slice in Hounsfield units
-    example = example_dicom() if settings.preprocess.extra_windows else example_png()
     with tracking.model_run(settings, "package", detector.model) as run_id:
         detector.info["run_id"] = run_id
         with atomic_dir(settings.paths.detector) as saved:
-            serving.save(detector, saved, example)
-            version = serving.log_and_register(saved, example, settings.mlflow)
+            packaging.save(detector, saved)
+            version = packaging.log_and_register(saved, settings.mlflow)
     write_json(
         settings.paths.registration,
         {

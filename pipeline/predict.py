@@ -39,10 +39,10 @@ from pipeline.detector import DecodedBatch, Detector
 from pipeline.errors import ImageDecodeError, PipelineError, unexpected
 from pipeline.inputs import InputFile, Scan, collect, find_scans
 from pipeline.io import check_output_file, check_output_folder, display_name, remove_tree, write_csv
+from pipeline.packaging import default_model, load_detector
 from pipeline.params import params_section
 from pipeline.plots import reconstruction_grid, save_figure
 from pipeline.progress import progress
-from pipeline.serving import default_model, load_detector
 
 log = logging.getLogger(__name__)
 COLUMNS = ["path", "scan", "slice", "score", "is_anomaly", "threshold", "model", "run_id", "error"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline import serving, tracking
+from pipeline import packaging, tracking
 from pipeline.config import Settings
 from pipeline.entrypoint import stage
 from pipeline.io import read_json
@@ -23,7 +23,7 @@ def run(settings: Settings) -> None:
         log.info("mlflow.register_detector is off: the registry alias is left where it is")
         return
     tracking.setup(settings.mlflow)
-    version = serving.point_alias(settings.mlflow, registered["version"], registered["run_id"])
+    version = packaging.point_alias(settings.mlflow, registered["version"], registered["run_id"])
     log.info(
         "models:/%s@%s -> version %d (run %s)",
         settings.mlflow.registered_model,

@@ -107,22 +107,16 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 def packaged_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny autoencoder packaged as `evaluate` packages a detector (an MLflow model folder)."""
     import keras
-    from PIL import Image
 
-    from pipeline import serving
+    from pipeline import packaging
     from pipeline.detector import Detector
     from pipeline.models import build_model
 
     keras.utils.set_random_seed(0)
     model = build_model("cae", (32, 32, 1), {"width": 8, "depth": 2, "latent_dim": 16})
-    example = tmp_path_factory.mktemp("example") / "example.png"
-    Image.new("L", (40, 30), 90).save(example)
     folder = tmp_path_factory.mktemp("models") / "detector"
-    serving.save(
-        Detector(model, 0.05, preprocess_config(32), score_config(), {"run_id": "test-run"}),
-        folder,
-        example.read_bytes(),
-    )
+    detector = Detector(model, 0.05, preprocess_config(32), score_config(), {"run_id": "test-run"})
+    packaging.save(detector, folder)
     return folder
 
 

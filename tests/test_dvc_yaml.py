@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline import codebase, serving
+from pipeline import codebase, packaging
 from pipeline.config import flatten
 from pipeline.params import PARAMS_FILE, ROOT
 from pipeline.stages import DATA_INPUTS, DATA_STAGES, STAGES
@@ -22,7 +22,7 @@ VALIDATION_ONLY = frozenset({"pipeline.config"})
 def imported_files(stage: str) -> set[str]:
     modules, _ = codebase.closure(f"pipeline.{stage}", module_level_only=VALIDATION_ONLY)
     if stage == "package":  # the packaged detector ships the inference modules: its bytes depend on them
-        modules |= codebase.closure(serving.ENTRY_MODULE)[0]
+        modules |= codebase.closure(packaging.ENTRY_MODULE)[0]
     return {file.relative_to(ROOT).as_posix() for file in codebase.files(modules)}
 
 

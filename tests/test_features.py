@@ -17,7 +17,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import BANK, SCALE, PatchMemory, feature_layer
 from pipeline.io import read_json
 from pipeline.models import build_model
-from pipeline.serving import load_detector
+from pipeline.packaging import load_detector
 from pipeline.stages import runner
 
 

@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import predict, serving
+from pipeline import packaging, predict
 from pipeline.config import DicomWindow, Settings
 from pipeline.data.datasets import for_data, load_split
 from pipeline.data.guards import Limits
 from pipeline.data.neighbours import frame_keys, stack_neighbours
-from pipeline.data.synthetic import example_dicom
 from pipeline.data.volumes import open_volume
 from pipeline.detector import Detector
 from pipeline.entrypoint import compose, load_settings
@@ -188,7 +187,7 @@ def _predicted_inputs(
     size, channels = settings.preprocess.image_size, settings.preprocess.channels
     model = build_model("cae", (size, size, channels), {"width": 4, "depth": 2, "latent_dim": 8})
     detector = Detector(model, 0.05, settings.preprocess, score_config(region="head"), {"run_id": "t"})
-    serving.save(detector, tmp_path / "detector", example_dicom(64))
+    packaging.save(detector, tmp_path / "detector")
     seen: list[np.ndarray] = []
     scored = Detector.reconstruct_and_score
 

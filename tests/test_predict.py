@@ -16,14 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import serving
+from pipeline import packaging
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import load_image
 from pipeline.data.volumes import open_volume
 from pipeline.errors import PipelineError
 from pipeline.normalization import ReferenceNormalizer, SliceFacts
+from pipeline.packaging import load_detector
 from pipeline.predict import COLUMNS, main
-from pipeline.serving import ARTIFACT, load_detector
+from pipeline.serving import ARTIFACT
 from tests.conftest import write_scans
 from tests.volume_factory import head_volume
 
@@ -279,7 +280,7 @@ def test_a_volumes_slices_are_judged_against_healthy_slices_of_their_level(
     levels = np.linspace(0, 1, 40)
     reference = SliceFacts(np.full(40, 0.5), np.full((40, 4), 0.5), levels)
     detector.normalizer = ReferenceNormalizer.fit(reference, 3.0 - 2.0 * levels)
-    serving.save(detector, tmp_path / "detector", write_scans(tmp_path / "example")["png"].read_bytes())
+    packaging.save(detector, tmp_path / "detector")
     hu = head_volume(24, 7)[:, :, 1:6].astype(np.int16)
     (tmp_path / "scans").mkdir()
     nib.save(nib.Nifti1Image(hu, np.diag([0.8, 0.8, 3.0, 1.0])), tmp_path / "scans" / "head.nii.gz")

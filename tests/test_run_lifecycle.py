@@ -135,13 +135,13 @@ def test_outputs_get_the_modes_the_umask_gives(umask: int, packaged_detector: Pa
     out = tmp_path / "out"
     script = (
         "import sys; from pathlib import Path\n"
-        "from pipeline import predict, serving\n"
+        "from pipeline import packaging, predict\n"
         "from pipeline.io import atomic_dir\n"
         "image, detector, out = sys.argv[1:]\n"
         "predict.main([image, '--model', detector, '--out', f'{out}/scores.csv',"
         " '--heatmaps', f'{out}/heatmaps'])\n"
         "with atomic_dir(Path(out) / 'detector') as saved:\n"
-        "    serving.save(serving.load_detector(detector), saved, Path(image).read_bytes())\n"
+        "    packaging.save(packaging.load_detector(detector), saved)\n"
     )
     subprocess.run(
         [sys.executable, "-c", script, str(image), str(packaged_detector), str(out)],

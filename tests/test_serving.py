@@ -1,7 +1,7 @@
 """The packaged detector as an MLflow model: the pyfunc round trip scores like the Detector, the
-registry alias follows what publish points it at, the served code is what inference imports, the
-anomaly map and mask come on request (params {"maps": true}), and `mlflow models serve` answers HTTP
-requests."""
+registry alias follows what publish points it at, the served code is what inference imports (nothing
+that packages it), the input example is a drawn head the model scores, the anomaly map and mask come on
+request (params {"maps": true}), and `mlflow models serve` answers HTTP requests."""
 
 from __future__ import annotations
 
@@ -19,17 +19,20 @@ import pandas as pd
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from PIL import Image
 
-from pipeline import serving
-from pipeline.config import MlflowConfig
-from pipeline.data.images import load_image, to_slice
+from pipeline import packaging, serving
+from pipeline.config import DicomWindow, MlflowConfig
+from pipeline.data.dicom import is_dicom
+from pipeline.data.images import load_channels, load_image, to_slice
 from pipeline.detector import Detector
 from pipeline.errors import PipelineError
 from pipeline.maps import map_png, read_map_png
 from pipeline.normalization import ReferenceNormalizer, SliceFacts
-from tests.conftest import served, write_scans
+from pipeline.params import ROOT
+from tests.conftest import preprocess_config, served, write_scans
 
 
 @pytest.fixture
@@ -38,7 +41,7 @@ def scans(tmp_path: Path) -> dict[str, Path]:
 
 
 def _direct_scores(packaged_detector: Path, files: list[Path]) -> np.ndarray:
-    detector = serving.load_detector(str(packaged_detector))
+    detector = packaging.load_detector(str(packaged_detector))
     batch = np.stack([load_image(f, detector.preprocess) for f in files])[..., None]
     return detector.score(batch)
 
@@ -61,12 +64,12 @@ def test_pyfunc_names_the_row_that_is_not_an_image(packaged_detector: Path, scan
 def test_a_level_column_judges_each_row_against_healthy_slices_of_its_level(
     packaged_detector: Path, scans: dict[str, Path], tmp_path: Path
 ) -> None:
-    detector = serving.load_detector(str(packaged_detector))
+    detector = packaging.load_detector(str(packaged_detector))
     levels = np.linspace(0, 1, 40)
     reference = SliceFacts(np.full(40, 0.5), np.full((40, 4), 0.5), levels)
     detector.normalizer = ReferenceNormalizer.fit(reference, 3.0 - 2.0 * levels)  # the skull base scores high
     folder = tmp_path / "detector"
-    serving.save(detector, folder, scans["png"].read_bytes())
+    packaging.save(detector, folder)
     model = mlflow.pyfunc.load_model(str(folder))
     image = scans["png"].read_bytes()
     result = model.predict(pd.DataFrame({"image": [image] * 3, "level": [0.0, 1.0, np.nan]}))
@@ -91,7 +94,7 @@ def mapping_model(packaged_detector: Path, tmp_path_factory: pytest.TempPathFact
     anomaly_map = to_slice(residuals[0], batch.geometries[0])
     mapping = dataclasses.replace(detector, pixel_threshold=float(np.median(anomaly_map[anomaly_map > 0])))
     folder = tmp_path_factory.mktemp("mapping") / "detector"
-    serving.save(mapping, folder, example.read_bytes())
+    packaging.save(mapping, folder)
     return folder, mapping.pixel_threshold
 
 
@@ -119,7 +122,7 @@ def test_maps_on_request_are_predicts_maps_on_the_inputs_grid(
     assert list(result.columns) == ["score", "is_anomaly", "map", "mask"]
     pd.testing.assert_frame_equal(result[["score", "is_anomaly"]], plain)
 
-    detector = serving.load_detector(str(folder))
+    detector = packaging.load_detector(str(folder))
     batch = detector.decode(files, [f.name for f in files])
     reconstructions, _ = detector.reconstruct_and_score(batch.images)
     residuals = detector.residual_maps(batch.images, reconstructions)
@@ -177,13 +180,13 @@ def test_package_registers_each_detector_and_publish_moves_the_alias(
     logged = []
     for _ in range(2):
         with mlflow.start_run() as run:
-            logged.append((serving.log_and_register(packaged_detector, example, config), run.info.run_id))
+            logged.append((packaging.log_and_register(packaged_detector, config), run.info.run_id))
     assert [version for version, _ in logged] == [1, 2]
     client = mlflow.MlflowClient()
     assert not client.get_registered_model("detector").aliases  # registering moves no alias
-    assert serving.point_alias(config, *logged[0]) == 1  # back to the first: what a cached package restores
+    assert packaging.point_alias(config, *logged[0]) == 1  # back to the first: what a cached package restores
     assert int(client.get_model_version_by_alias("detector", "current").version) == 1
-    assert serving.point_alias(config, *logged[1]) == 2
+    assert packaging.point_alias(config, *logged[1]) == 2
     loaded = mlflow.pyfunc.load_model("models:/detector@current")
     scores = loaded.predict(pd.DataFrame({"image": [example]}))["score"]
     np.testing.assert_allclose(scores, _direct_scores(packaged_detector, [scans["png"]]), rtol=1e-5)
@@ -196,12 +199,12 @@ def test_publish_registers_again_where_the_registry_lacks_the_version(
     store's) is registered again from the run that logged it; a run the store lacks is a clear error."""
     config = _registry(tmp_path)
     with mlflow.start_run() as run:
-        serving.log_and_register(packaged_detector, scans["png"].read_bytes(), config)
+        packaging.log_and_register(packaged_detector, config)
     mlflow.MlflowClient().delete_model_version("detector", "1")
-    assert serving.point_alias(config, 1, run.info.run_id) == 2
+    assert packaging.point_alias(config, 1, run.info.run_id) == 2
     assert mlflow.MlflowClient().get_model_version_by_alias("detector", "current").run_id == run.info.run_id
     with pytest.raises(PipelineError, match="dvc repro --force package"):
-        serving.point_alias(config, 7, "0" * 32)
+        packaging.point_alias(config, 7, "0" * 32)
 
 
 def test_served_code_and_requirements_are_what_inference_imports(packaged_detector: Path) -> None:
@@ -211,10 +214,61 @@ def test_served_code_and_requirements_are_what_inference_imports(packaged_detect
         for p in (packaged_detector / "code").rglob("*.py")
     }
     assert "pipeline/serving_model.py" in shipped and "pipeline/models/unet.py" in shipped
-    assert not shipped & {"pipeline/entrypoint.py", "pipeline/train.py", "pipeline/evaluate.py"}
+    assert not shipped & {
+        "pipeline/entrypoint.py",
+        "pipeline/train.py",
+        "pipeline/evaluate.py",
+        "pipeline/packaging.py",
+        "pipeline/codebase.py",
+        "pipeline/tracking.py",
+        "pipeline/data/synthetic.py",
+    }
     requirements = (packaged_detector / "requirements.txt").read_text()
     assert "tensorflow==" in requirements and "pydicom==" in requirements
     assert "hydra" not in requirements and "omegaconf" not in requirements
+
+
+def test_the_served_code_imports_nothing_that_packages_it() -> None:
+    """Importing the served model's entry module, as MLflow does, imports no module that builds, logs
+    or registers it (`pipeline.packaging`, the stages, `codebase`, `tracking`) and no phantom generator."""
+    script = (
+        f"import sys, {packaging.ENTRY_MODULE}\n"
+        "print(' '.join(name for name in sys.modules if name.startswith('pipeline')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    imported = set(done.stdout.split())
+    assert {"pipeline.serving", "pipeline.detector"} <= imported
+    packaging_modules = {
+        "pipeline.packaging",
+        "pipeline.package",
+        "pipeline.publish",
+        "pipeline.codebase",
+        "pipeline.tracking",
+        "pipeline.data.synthetic",
+        "pipeline.data.series",
+    }
+    assert not imported & packaging_modules, sorted(imported & packaging_modules)
+
+
+@pytest.mark.parametrize("extra_windows", [(), (DicomWindow(level=75, width=215),)])
+def test_the_input_example_is_a_small_drawn_head_its_detector_reads(
+    extra_windows: tuple[DicomWindow, ...],
+) -> None:
+    """One window: a PNG (an 8-bit image holds one); more: a DICOM slice in Hounsfield units. Either
+    decodes to the detector's channels with a head found in it, and stays a few kilobytes."""
+    config = preprocess_config(32, head=True).model_copy(update={"extra_windows": extra_windows})
+    example = packaging.input_example(config)
+    assert is_dicom(example) == bool(extra_windows) and len(example) < 16_000
+    assert load_channels(example, config).shape == (32, 32, config.scored_channels)
+
+
+def test_the_packaged_input_example_is_scored(packaged_detector: Path) -> None:
+    example = Model.load(str(packaged_detector)).load_input_example(str(packaged_detector))
+    result = mlflow.pyfunc.load_model(str(packaged_detector)).predict(example)
+    assert len(result) == 1 and np.isfinite(result["score"]).all()
 
 
 def test_served_model_loads_and_scores_without_hydra(packaged_detector: Path, scans: dict[str, Path]) -> None:

@@ -22,9 +22,9 @@ from pipeline.data.manifest import read_manifest
 from pipeline.data.synthetic import generate
 from pipeline.errors import DataError
 from pipeline.io import read_json
+from pipeline.packaging import load_detector
 from pipeline.params import ROOT
 from pipeline.scoring import SCORES
-from pipeline.serving import load_detector
 from pipeline.stages import runner
 
 

@@ -18,8 +18,8 @@ import pytest
 
 from pipeline.data.synthetic import generate_volumes
 from pipeline.diagnostics import LEVEL_BANDS, LEVEL_SHORTCUT_TAG, WARNING_TAGS
+from pipeline.packaging import load_detector
 from pipeline.params import ROOT
-from pipeline.serving import load_detector
 
 pytestmark = pytest.mark.slow
 TINY = [

@@ -19,7 +19,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from pipeline import predict, scoring, serving
+from pipeline import packaging, predict, scoring
 from pipeline.config import DicomWindow, PreprocessConfig, Settings
 from pipeline.data.datasets import for_data
 from pipeline.data.dicom import write_ct_slice
@@ -33,7 +33,6 @@ from pipeline.data.images import (
     preprocess,
 )
 from pipeline.data.manifest import MANIFEST_COLUMNS
-from pipeline.data.synthetic import example_dicom
 from pipeline.detector import Detector
 from pipeline.entrypoint import compose, load_settings
 from pipeline.errors import ConfigError, ImageDecodeError
@@ -241,7 +240,7 @@ def test_the_served_model_scores_a_dicom_in_two_windows_and_refuses_a_png(
     model = build_model("cae", (32, 32, 2), {"width": 8, "depth": 2, "latent_dim": 16})
     detector = Detector(model, 0.05, config, score_config(region="head"), {"run_id": "test-run"})
     folder = tmp_path / "detector"
-    serving.save(detector, folder, example_dicom(64))
+    packaging.save(detector, folder)
     served = mlflow.pyfunc.load_model(str(folder))
     result = served.predict(
         pd.DataFrame({"image": [files["dicom"].read_bytes(), files["crescent"].read_bytes()]})
@@ -324,7 +323,7 @@ def test_predict_scores_dicom_and_volumes_in_two_windows_and_reports_each_window
     config = _windows(preprocess_config(32, head=True), SUBDURAL)
     model = build_model("cae", (32, 32, 2), {"width": 4, "depth": 2, "latent_dim": 8})
     detector = Detector(model, 0.05, config, score_config(region="head"), {"run_id": "test-run"})
-    serving.save(detector, tmp_path / "detector", example_dicom(64))
+    packaging.save(detector, tmp_path / "detector")
     scans = write_scans(tmp_path / "scans")
     hu = np.round(head_volume(32, 4, seed=4)).astype(np.int16)
     volume_file = tmp_path / "scans" / "head.nii.gz"

@@ -27,7 +27,6 @@ Densities: air -1000, fat -90, CSF 2-12, white matter 24-29, grey matter 35-40, 
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -657,26 +656,6 @@ def _write_dicom(folder: Path, hounsfield: np.ndarray, masks: np.ndarray) -> Non
 def _display_to_ras(image: np.ndarray) -> np.ndarray:
     """A displayed slice (anterior up, patient's right on the left) -> the RAS+ (x, y) plane."""
     return image.T[::-1, ::-1]
-
-
-def example_png(size: int = 256) -> bytes:
-    """One healthy synthetic slice as PNG bytes: the packaged detector's input example, so a model
-    trained on patients' scans ships no patient image with it."""
-    image, _ = _render((0, _HEALTHY, 1), size, size, tumor=False)
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def example_dicom(size: int = 256) -> bytes:
-    """A healthy phantom's mid-level slice as a DICOM file in Hounsfield units: the input example of a
-    detector that reads several Hounsfield windows (`preprocess.extra_windows`), which an 8-bit image
-    cannot give."""
-    from pipeline.data.dicom import HU_RANGE, write_ct_slice
-
-    patient = _draw_patient(np.random.default_rng((0, _STREAM, 0)), size)
-    hounsfield, _ = _render_level(patient, 0.5, np.random.default_rng((0, _STREAM, 0, 1)), [])
-    return write_ct_slice(io.BytesIO(), np.clip(hounsfield, *HU_RANGE)).getvalue()
 
 
 def _render(
