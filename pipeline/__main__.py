@@ -36,6 +36,7 @@ from pipeline.config import MlflowConfig, Settings, flatten
 from pipeline.entrypoint import CONF_DIR, load_settings
 from pipeline.errors import PipelineError
 from pipeline.io import locked, read_json, write_json
+from pipeline.models import variant
 from pipeline.params import ROOT
 from pipeline.stages import DATA_KEYS, DATA_STAGES, MODEL_STAGES, params_of, runner
 
@@ -118,7 +119,8 @@ def _record(cfg: DictConfig, settings: Settings | None, tags: dict[str, str], er
         raw = OmegaConf.to_container(cfg, resolve=False)
         mlflow_config = settings.mlflow if settings else MlflowConfig.model_validate(raw["mlflow"])
         params = settings.flat_params() if settings else flatten(raw)
-        tracking.record_failure(mlflow_config, params, tags, error)
+        model = variant(settings.model.model_dump() if settings else raw["model"])
+        tracking.record_failure(mlflow_config, params, tags, error, model)
     except Exception as failure:  # noqa: BLE001 - the job's own error is the one to report
         log.warning("could not record the failure in MLflow: %s", failure)
 

@@ -59,7 +59,7 @@ def run(settings: Settings) -> None:
             portable_names(raw)
             manifest, rejects = build_manifest(raw, settings.preprocess, unusable)
             summary = _summary(manifest, rejects)
-            tracking.name_data_run("download", str(summary["data_hash"]))
+            tracking.name_data_run(str(summary["data_hash"]))
             mlflow.log_metrics({k: v for k, v in summary.items() if k != "data_hash"})
             mlflow.log_text(manifest.to_csv(index=False), "manifests/raw.csv")
             mlflow.log_text(for_spreadsheets(rejects).to_csv(index=False), "manifests/rejects.csv")

@@ -23,7 +23,7 @@ def run(settings: Settings) -> None:
     in the stage's MLflow run."""
     with tracking.data_run(settings, "split", params_of(settings, DATA_INPUTS["split"])):
         manifest = read_manifest(settings.paths.manifests / "raw.csv")
-        tracking.name_data_run("split", content_hash(manifest))
+        tracking.name_data_run(content_hash(manifest))
         result = split(manifest, settings.split, settings.seed)
         summary = {
             **split_counts(result.assigned),

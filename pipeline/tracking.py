@@ -7,6 +7,10 @@ that differs from the one the run recorded (say `threshold.k` changed, so DVC re
 calibrate and evaluate), it forks a new run carrying the model, its params and its training curves,
 so every run's params describe exactly how its numbers were made.
 
+A run's name says what ran, on which data, when (`run_name`): `unet-w8 · local:brain-ct · 2026-12-07 14:02`,
+a sweep's job number after it, a data run's stage first and its data's hash after it; the user's
+MLFLOW_RUN_NAME, where set, names every run the pipeline opens instead.
+
 A run that ends with an error is FAILED with an `error` tag; one stopped by SIGINT or SIGTERM is KILLED
 with the reason. Every run records the host and process that opened it (`pipeline.lifecycle`), and
 opening a run marks KILLED the runs of its experiment left RUNNING by a process that is gone (SIGKILL).
@@ -19,9 +23,10 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import keras
 import mlflow
@@ -49,6 +54,15 @@ HTTP_BOUNDS = {
 }
 PROBE_TIMEOUT = 10.0  # seconds: the artifact check waits out the server's own retries of its store
 _answering: set[str] = set()  # tracking servers probed in this process
+RUN_NAME_VARIABLE = "MLFLOW_RUN_NAME"  # the user's name for the runs, instead of `run_name`'s
+NAME_SEPARATOR = " · "
+NAME_TIME = "%Y-%m-%d %H:%M"
+# What a run's name says of its data besides the source (a source not listed: the source alone), from
+# the run's params
+DATA_DETAILS: dict[str, Callable[[Mapping[str, str]], str]] = {
+    "local": lambda params: PurePath(params["data.path"]).name,  # the folder or .zip the user named
+    "synthetic_volumes": lambda params: f"{params['data.patients']}p",  # patients
+}
 
 
 def setup(config: MlflowConfig) -> None:
@@ -142,6 +156,26 @@ def log_model(model: keras.Model) -> None:
     )
 
 
+def run_name(what: str, params: Mapping[str, str], started: datetime, *details: str) -> str:
+    """What ran (a model variant, `unet-w8`, or a data stage), on which data (from the run's params:
+    `local:brain-ct`, `synthetic_volumes:120p`, `synthetic`), started when (to the minute), then any
+    `details`: the MLflow run list and Compare view tell runs apart without opening them."""
+    source = params["data.source"]
+    detail = DATA_DETAILS.get(source)
+    data = f"{source}:{detail(params)}" if detail else source
+    return NAME_SEPARATOR.join((what, data, started.strftime(NAME_TIME), *details))
+
+
+def _name(what: str, params: Mapping[str, str], *details: str) -> str:
+    """The user's MLFLOW_RUN_NAME, else `run_name` for a run starting now."""
+    return os.environ.get(RUN_NAME_VARIABLE) or run_name(what, params, datetime.now(), *details)
+
+
+def _job(tags: Mapping[str, str]) -> tuple[str, ...]:
+    """The job number of a sweep's run (its `tags`), for its name: the jobs of a sweep start alike."""
+    return (f"job {tags['sweep_job']}",) if "sweep_job" in tags else ()
+
+
 @contextlib.contextmanager
 def tagged(tags: dict[str, str]) -> Iterator[None]:
     """Add `tags` to every run the stages open inside the block (e.g. the sweep a run belongs to)."""
@@ -198,17 +232,22 @@ def _start_run(experiment: str, run_id: str | None = None, **kwargs: object) -> 
 @contextlib.contextmanager
 def data_run(settings: Settings, stage: str, params: dict[str, str]) -> Iterator[None]:
     """A run of its own for a data stage (download, split) in the data experiment, open for the whole
-    stage so that a failure is recorded; `name_data_run` names it once the data is known."""
+    stage so that a failure is recorded; `name_data_run` adds the data's hash to its name once known."""
     setup(settings.mlflow)
     experiment = experiment_id(settings.mlflow.data_experiment, settings.mlflow)
-    with _start_run(experiment, run_name=stage, tags=_tags(stage)), _recording_errors():
+    name = _name(stage, settings.flat_params())
+    with _start_run(experiment, run_name=name, tags=_tags(stage)), _recording_errors():
         log_params(params)
         yield
 
 
-def name_data_run(stage: str, data_hash: str) -> None:
-    """Name the active data run after the data it holds."""
-    mlflow.set_tags({"data_hash": data_hash, "mlflow.runName": f"{stage}-{data_hash}"})
+def name_data_run(data_hash: str) -> None:
+    """Tag the active data run with the hash of the data it holds, and end its name with it (unless the
+    user named it)."""
+    tags = {"data_hash": data_hash}
+    if not os.environ.get(RUN_NAME_VARIABLE):
+        tags["mlflow.runName"] = NAME_SEPARATOR.join((mlflow.active_run().info.run_name, data_hash))
+    mlflow.set_tags(tags)
 
 
 def _tags(stage: str, data_hash: str | None = None) -> dict[str, str]:
@@ -217,17 +256,25 @@ def _tags(stage: str, data_hash: str | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def new_model_run(settings: Settings, data_hash: str, run_file: Path) -> Iterator[str]:
-    """Open the run of a model being trained; its id goes to `run_file` once the block succeeds."""
+def new_model_run(settings: Settings, data_hash: str, run_file: Path, variant: str) -> Iterator[str]:
+    """Open the run of a model being trained, named after its `variant` (`pipeline.models.variant`);
+    its id goes to `run_file` once the block succeeds."""
     setup(settings.mlflow)
+    params = settings.flat_params()
     with (
         _start_run(
             experiment_id(settings.mlflow.experiment, settings.mlflow),
-            tags={**_tags("train", data_hash), "stages": "train", "model": settings.model.name},
+            run_name=_name(variant, params, *_job(_extra_tags)),
+            tags={
+                **_tags("train", data_hash),
+                "stages": "train",
+                "model": settings.model.name,
+                "variant": variant,
+            },
         ) as run,
         _recording_errors(),
     ):
-        log_params(settings.flat_params())
+        log_params(params)
         yield run.info.run_id
     write_json(run_file, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
 
@@ -235,7 +282,8 @@ def new_model_run(settings: Settings, data_hash: str, run_file: Path) -> Iterato
 @contextlib.contextmanager
 def model_run(settings: Settings, stage: str, model: keras.Model) -> Iterator[str]:
     """Reopen the model's run for `stage` (the run the stage before it left in its run file), or fork
-    it (logging `model` into the fork) when the config changed since the run was logged."""
+    it (logging `model` into the fork, named like a new run of it) when the config changed since the run
+    was logged."""
     setup(settings.mlflow)
     client = MlflowClient()
     before = MODEL_STAGES[MODEL_STAGES.index(stage) - 1]
@@ -256,9 +304,12 @@ def model_run(settings: Settings, stage: str, model: keras.Model) -> Iterator[st
             yield run_id
     else:
         inherited = {k: v for k, v in previous.data.tags.items() if not k.startswith("mlflow.")}
+        # a run logged before runs had variants: the model's name
+        variant = previous.data.tags.get("variant", settings.model.name)
         with (
             _start_run(
                 previous.info.experiment_id,
+                run_name=_name(variant, params, *_job(_extra_tags)),
                 tags={
                     **inherited,
                     **_tags(stage),
@@ -280,10 +331,11 @@ def model_run(settings: Settings, stage: str, model: keras.Model) -> Iterator[st
 
 
 def record_failure(
-    config: MlflowConfig, params: dict[str, str], tags: dict[str, str], error: BaseException
+    config: MlflowConfig, params: dict[str, str], tags: dict[str, str], error: BaseException, variant: str
 ) -> None:
     """Make a failed job visible in the model experiment: mark FAILED the runs it opened (found by
-    `tags`), or log a FAILED run with its params when it failed before opening one."""
+    `tags`), or log a FAILED run with its params, named after the model `variant`, when it failed
+    before opening one."""
     setup(config)
     client = MlflowClient()
     message = _error_tag(error)
@@ -296,12 +348,14 @@ def record_failure(
     if not runs:
         mlflow.start_run(
             experiment_id=experiment,
+            run_name=_name(variant, params, *_job(tags)),
             tags={
                 **tags,
                 "stage": "failed",
                 "git_commit": git_commit(),
                 "error": message,
                 "model": params.get("model.name", "unknown"),
+                "variant": variant,
             },
         )
         try:

@@ -17,7 +17,7 @@ from pipeline.data.manifest import content_hash, read_manifest
 from pipeline.data.splitting import split_counts
 from pipeline.entrypoint import stage
 from pipeline.io import atomic_path, write_csv, write_json
-from pipeline.models import build_model, with_precision
+from pipeline.models import build_model, variant, with_precision
 from pipeline.training import fit, seed_everything
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ def _log_input(dataset: Dataset, context: str) -> None:
 def run(settings: Settings) -> None:
     settings = for_data(settings)  # preprocess.extra_windows as the data allows: what runs and is logged
     data_hash = content_hash(read_manifest(settings.paths.manifests / "raw.csv"))
-    with tracking.new_model_run(settings, data_hash, settings.paths.run_file("train")):
+    with tracking.new_model_run(
+        settings, data_hash, settings.paths.run_file("train"), variant(settings.model.model_dump())
+    ):
         train = load_split(settings, "train")
         val = load_split(settings, "val", only_class=HEALTHY)
         seed_everything(settings.seed)

@@ -89,8 +89,10 @@ def tmp_overrides(tmp: Path) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _local_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests use the store their settings name, never a server from the environment."""
+    """Tests use the store their settings name, never a server from the environment, and name runs as
+    the pipeline does, not as the user's MLFLOW_RUN_NAME would."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_NAME", raising=False)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.models import MODELS, Params, build_model, load_model, register
+from pipeline.models import MODELS, Params, build_model, load_model, register, variant
 from pipeline.models.vae import GaussianLatent, kl_divergence
 from pipeline.training import fit
 from tests.conftest import train_config
@@ -30,6 +30,15 @@ TINY_VARIANTS = {
     },
 }
 SHAPE = (32, 32, 1)
+# How MLflow run names show each variant of TINY_VARIANTS: the parameters that tell them apart.
+VARIANT_NAMES = {
+    "cae": "cae-w4-z8",
+    "cae_bn": "cae_bn-w4-z8",
+    "deep_cae": "deep_cae-w4-z8",
+    "vae": "vae-z8-beta1",
+    "unet": "unet-w4",
+    "pretrained_encoder": "pretrained_encoder-MobileNetV3Small",
+}
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
@@ -159,4 +168,18 @@ def test_image_size_must_suit_the_strides() -> None:
 
 def test_a_name_registers_once() -> None:
     with pytest.raises(ValueError, match="registered twice"):
-        register("cae", Params)(lambda input_shape, params: None)
+        register("cae", Params, label="")(lambda input_shape, params: None)
+
+
+def test_each_variant_is_named_by_the_parameters_that_tell_it_apart() -> None:
+    named = {name: variant({"name": name, **params}) for name, params in TINY_VARIANTS.items()}
+    assert named == VARIANT_NAMES
+
+
+@pytest.mark.parametrize(
+    "section",
+    [{"name": "nope", "width": 4}, {"name": "unet", "width": "${oops}", "depth": 2, "batch_norm": False}],
+)
+def test_a_model_section_the_registry_cannot_read_is_named_by_the_model_alone(section: dict) -> None:
+    """A job that failed on its config still gets a run named after the model it asked for."""
+    assert variant(section) == section["name"]

@@ -4,6 +4,7 @@ search, each in a fresh folder (the app's relative paths, MLflow store included,
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,10 @@ def test_multirun_over_two_variants_makes_one_run_each(tmp_path: Path) -> None:
 
     runs = _runs(tmp_path)
     assert [run.data.tags["model"] for run in runs] == ["cae", "vae"]
+    assert [re.sub(r" · \d{4}-\d\d-\d\d \d\d:\d\d", "", run.info.run_name) for run in runs] == [
+        "cae-w4-z128 · synthetic · job 0",
+        "vae-z128-beta1 · synthetic · job 1",
+    ]
     assert all(run.info.status == "FINISHED" for run in runs)
     sweep = tmp_path / "sweep"
     assert {run.data.tags["sweep"] for run in runs} == {str(sweep.resolve())}

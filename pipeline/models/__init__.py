@@ -1,10 +1,11 @@
 """Model registry: every architecture is one module that registers a builder and its parameters under a
-name, picked by the Hydra group `model` (`model.name`; the other keys are the parameters). The config
-checks the parameters against the model's `Params` before any stage runs (`check_params`)."""
+name, picked by the Hydra group `model` (`model.name`; the other keys are the parameters), and the
+parameters that tell its variants apart in MLflow run names (`variant`). The config checks the
+parameters against the model's `Params` before any stage runs (`check_params`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class Params(Section):
 class ModelSpec:
     params: type[Params]
     build: Callable[[tuple[int, int, int], Any], keras.Model]
+    label: str  # a format string over `params`: the one or two that tell the model's variants apart
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "model.name", discover=__name__)
@@ -39,15 +41,31 @@ INFERENCE_BATCH = 8
 
 
 def register(
-    name: str, params: type[Params]
+    name: str, params: type[Params], label: str
 ) -> Callable[[Callable[..., keras.Model]], Callable[..., keras.Model]]:
-    """Decorator: `@register("cae", CaeParams) def build(input_shape, params: CaeParams) -> keras.Model`."""
+    """Decorator: `@register("unet", UnetParams, label="w{width}") def build(input_shape, params:
+    UnetParams) -> keras.Model`; `label` formats the parameters that name a variant (`variant`)."""
 
     def add(build: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
-        MODELS.register(name)(ModelSpec(params, build))
+        MODELS.register(name)(ModelSpec(params, build, label))
         return build
 
     return add
+
+
+def variant(model: Mapping[str, Any]) -> str:
+    """The model and its variant's parameters, as its registration's `label` formats them (`unet-w8`,
+    `vae-z128-beta1`): how an MLflow run's name says what was trained. A config section the registry
+    cannot read (a job that failed on its config) gives the name alone."""
+    name = str(model.get("name"))
+    if name not in MODELS:
+        return name
+    spec = MODELS.get(name)
+    try:
+        params = spec.params.model_validate({k: v for k, v in model.items() if k != "name"})
+    except ValidationError:
+        return name
+    return f"{name}-{spec.label.format_map(dict(params))}"
 
 
 def check_params(name: str, params: dict[str, Any], image_size: int) -> Params:

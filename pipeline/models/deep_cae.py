@@ -15,7 +15,7 @@ class DeepParams(ConvParams):
     batch_norm: bool
 
 
-@register("deep_cae", DeepParams)
+@register("deep_cae", DeepParams, label="w{width}-z{latent_dim}")
 def build(input_shape: tuple[int, int, int], p: DeepParams) -> keras.Model:
     return conv_autoencoder(
         input_shape,

@@ -74,7 +74,7 @@ def _to_rgb(inputs: keras.KerasTensor, channels: int) -> keras.KerasTensor:
     return layers.Conv2D(3, 1, name="to_rgb")(inputs)
 
 
-@register("pretrained_encoder", EncoderParams)
+@register("pretrained_encoder", EncoderParams, label="{backbone}")
 def build(input_shape: tuple[int, int, int], p: EncoderParams) -> keras.Model:
     filters = level_filters(p.width, BACKBONE_STRIDE_LEVELS)
     bottom = bottom_shape(input_shape, BACKBONE_STRIDE_LEVELS, filters[-1])

@@ -17,7 +17,7 @@ class UnetParams(LevelParams):
     batch_norm: bool
 
 
-@register("unet", UnetParams)
+@register("unet", UnetParams, label="w{width}")
 def build(input_shape: tuple[int, int, int], p: UnetParams) -> keras.Model:
     filters, batch_norm = level_filters(p.width, p.depth), p.batch_norm
     inputs = keras.Input(shape=input_shape, name="image")

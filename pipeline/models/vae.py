@@ -53,7 +53,7 @@ class GaussianLatent(layers.Layer):
         return {**super().get_config(), "beta": self.beta, "pixels": self.pixels, "seed": self.seed}
 
 
-@register("vae", VaeParams)
+@register("vae", VaeParams, label="z{latent_dim}-beta{beta:g}")
 def build(input_shape: tuple[int, int, int], p: VaeParams) -> keras.Model:
     filters = level_filters(p.width, p.depth)
     bottom = bottom_shape(input_shape, p.depth, filters[-1])
