@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from pipeline import serving, tracking
+from pipeline.calibration import Calibration, report_file
 from pipeline.config import Settings
 from pipeline.data.datasets import for_data
 from pipeline.data.synthetic import example_dicom, example_png
@@ -21,7 +22,9 @@ log = logging.getLogger(__name__)
 def run(settings: Settings) -> None:
     settings = for_data(settings)
     detector = Detector.calibrated(
-        settings, {"model": settings.model.name, "threshold_method": settings.threshold.method}
+        settings,
+        Calibration.load(report_file(settings.paths)),
+        {"model": settings.model.name, "threshold_method": settings.threshold.method},
     )
     # an 8-bit image holds one window: a detector reading more takes a DICOM slice in Hounsfield units
     example = example_dicom() if settings.preprocess.extra_windows else example_png()
