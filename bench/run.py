@@ -29,6 +29,8 @@ import pandas as pd
 
 from bench.workspace import REAL_DATA, copy_project, run
 from pipeline import hardware
+from pipeline.calibration import FILE as CALIBRATION_FILE
+from pipeline.calibration import Calibration, report_file
 from pipeline.config import Settings
 from pipeline.data.datasets import Split, for_data, load_split
 from pipeline.entrypoint import compose, load_settings
@@ -81,7 +83,7 @@ def scoring_precision(project: Path, overrides: list[str]) -> dict[str, float]:
     with in_project(project, overrides) as settings:
         test: Split = load_split(settings, "test")
         model = load_model(settings.paths.model_file)
-        threshold = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")["threshold"]
+        threshold = Calibration.load(report_file(settings.paths)).threshold
     head = settings.preprocess.head.threshold
     scores, speed = {}, {}
     for precision in PRECISIONS:
@@ -144,7 +146,7 @@ def full_run(workdir: Path) -> dict[str, float]:
     its quality, and what scoring its model in bfloat16 would change."""
     project = copy_project(workdir / "full")
     seconds = timed(project, "dvc", "exp", "run", "-S", "data=local", "-S", f"data.path={REAL_DATA}")
-    val = read_json(project / "reports" / "calibrate" / "threshold.json")
+    val = Calibration.load(project / "reports" / "calibrate" / CALIBRATION_FILE)
     test = read_json(project / "reports" / "evaluate" / "metrics.json")
     train = read_json(project / "reports" / "train" / "metrics.json")
     scoring = scoring_precision(project, DATASETS["real"])
@@ -152,9 +154,9 @@ def full_run(workdir: Path) -> dict[str, float]:
         "wall s": seconds,
         "train s": train["train_seconds"],
         "epochs": train["epochs_run"],
-        "val ROC AUC": val["val_roc_auc"],
-        "val ROC AUC low": val["val_roc_auc_ci_low"],
-        "val ROC AUC high": val["val_roc_auc_ci_high"],
+        "val ROC AUC": val.val_roc_auc,
+        "val ROC AUC low": val.val_roc_auc_ci_low,
+        "val ROC AUC high": val.val_roc_auc_ci_high,
         "test ROC AUC": test["roc_auc"],
         "test ROC AUC low": test["roc_auc_ci_low"],
         "test ROC AUC high": test["roc_auc_ci_high"],

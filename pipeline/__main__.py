@@ -32,6 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import hardware, lifecycle, tracking
+from pipeline.calibration import Calibration, report_file
 from pipeline.config import MlflowConfig, Settings, flatten
 from pipeline.entrypoint import CONF_DIR, load_settings
 from pipeline.errors import PipelineError
@@ -108,9 +109,8 @@ def run_all(settings: Settings) -> float:
     keras.backend.clear_session()  # the previous job's model is not needed any more
     for stage in MODEL_STAGES:
         runner(stage)(settings)
-    return float(
-        read_json(settings.paths.stage_reports("calibrate") / "threshold.json").get("val_roc_auc", math.nan)
-    )
+    val_roc_auc = Calibration.load(report_file(settings.paths)).val_roc_auc
+    return math.nan if val_roc_auc is None else val_roc_auc
 
 
 def _record(cfg: DictConfig, settings: Settings | None, tags: dict[str, str], error: BaseException) -> None:

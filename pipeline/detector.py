@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from pipeline import scoring
+from pipeline.calibration import Calibration
 from pipeline.config import PreprocessConfig, ScoreConfig, Settings
 from pipeline.data.dicom import apply_window
 from pipeline.data.guards import check_content, check_finite
@@ -75,21 +76,22 @@ class Detector:
         return cls(model, math.nan, preprocess, scoring)
 
     @classmethod
-    def calibrated(cls, settings: Settings, info: dict[str, Any] | None = None) -> Detector:
-        """The detector the pipeline's stages made: train's model and what calibrate's report
-        (`threshold.json`) describes: its thresholds, the score kind it applied (what `score.kind: auto`
-        chose) and, where it added the feature-space score, the memory it fitted. `settings` as the
+    def calibrated(
+        cls, settings: Settings, calibration: Calibration, info: dict[str, Any] | None = None
+    ) -> Detector:
+        """The detector the pipeline's stages made: train's model and what calibrate's record
+        describes: its thresholds, the score kind it applied (what `score.kind: auto` chose), its
+        normaliser and, where it added the feature-space score, the memory it fitted. `settings` as the
         stages run them (`datasets.for_data`: the windows the data allows)."""
-        calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
         return cls(
             load_model(settings.paths.model_file),
-            calibration["threshold"],
+            calibration.threshold,
             settings.preprocess,
-            settings.score.model_copy(update={"kind": calibration["score"]}),
+            settings.score.model_copy(update={"kind": calibration.score}),
             info or {},
-            calibration["pixel_threshold"],
-            load_normalizer(calibration.get("normalizer")),
-            _features(calibration.get("feature_normalizer"), settings.paths.patches),
+            calibration.pixel_threshold,
+            load_normalizer(calibration.normalizer),
+            _features(calibration.feature_normalizer, settings.paths.patches),
         )
 
     def decode(

@@ -201,14 +201,14 @@ def _finite(value: object) -> float | None:
     return float(value) if isinstance(value, numbers.Real) and np.isfinite(float(value)) else None
 
 
-def failure_warnings(results: Mapping[str, float], calibration: Mapping[str, object]) -> dict[str, str]:
+def failure_warnings(results: Mapping[str, float], val_roc_auc: float | None) -> dict[str, str]:
     """The failures a report must show, as MLflow tag -> one-line message (empty when none):
-    SEPARATION_TAG where the validation ROC AUC (calibrate's `val_roc_auc`; absent when validation has
+    SEPARATION_TAG where the validation ROC AUC (calibrate's `val_roc_auc`; None when validation has
     no anomalies, and then not judged) is below MIN_VAL_ROC_AUC; LEVEL_SHORTCUT_TAG where the slice's
     level alone (the shortcut audit's `level_only_roc_auc`, for slices of scans) ranks the test slices
     better than the detector's score (`roc_auc`)."""
     warnings = {}
-    validation = _finite(calibration.get("val_roc_auc"))
+    validation = _finite(val_roc_auc)
     if validation is not None and validation < MIN_VAL_ROC_AUC:
         warnings[SEPARATION_TAG] = (
             f"this detector does not separate this data's classes "

@@ -23,6 +23,7 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.audit import largest_mixed_source, levels, shortcut_audit, source_groups
+from pipeline.calibration import Calibration, report_file
 from pipeline.config import Settings
 from pipeline.data.classes import CLASSES
 from pipeline.data.datasets import Split, for_data, load_split
@@ -39,7 +40,7 @@ from pipeline.diagnostics import (
     warning_flags,
 )
 from pipeline.entrypoint import stage
-from pipeline.io import read_json, write_csv, write_json
+from pipeline.io import write_csv, write_json
 from pipeline.localization import pixel_intervals, pixel_metrics, tumor_outlines
 from pipeline.metrics import (
     bootstrap_intervals,
@@ -172,12 +173,12 @@ def lesion_outlines(scored: Scored, settings: Settings) -> np.ndarray | None:
 
 
 def diagnostic_tables(
-    scored: Scored, calibration: dict, outlines: np.ndarray | None
+    scored: Scored, calibration: Calibration, outlines: np.ndarray | None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The test set's metrics per level band (no rows for lone images) and per lesion kind (no rows
     without kinds; Dice where outlines exist)."""
     frame, labels, scores = scored.test.frame, scored.test.labels, scored.scores
-    threshold = calibration["threshold"]
+    threshold = calibration.threshold
     tumor_maps = scored.maps[labels == 1] if outlines is not None else None
     return (
         by_level(levels(frame), labels, scores, threshold),
@@ -188,19 +189,19 @@ def diagnostic_tables(
             threshold,
             tumor_maps,
             outlines,
-            calibration["pixel_threshold"],
+            calibration.pixel_threshold,
         ),
     )
 
 
 def evaluation_metrics(
-    scored: Scored, calibration: dict, settings: Settings, outlines: np.ndarray | None
+    scored: Scored, calibration: Calibration, settings: Settings, outlines: np.ndarray | None
 ) -> dict[str, float]:
     """Every metric of the test sets: at the applied threshold with intervals, at each rule's threshold,
     on the blanked copy, on the extra tumors, and of localisation where outlines exist."""
-    labels, scores, threshold = scored.test.labels, scored.scores, calibration["threshold"]
+    labels, scores, threshold = scored.test.labels, scored.scores, calibration.threshold
     results = _with_intervals(labels, scores, threshold, settings)
-    for method, value in calibration["thresholds"].items():
+    for method, value in calibration.thresholds.items():
         at = detection_metrics(labels, scores, value)
         results |= {
             f"{method}_{key}": getattr(at, key) for key in ("accuracy", "recall", "specificity", "f1")
@@ -210,9 +211,9 @@ def evaluation_metrics(
         results["extra_tumor_detection_rate"] = detection_rate(scored.extra_scores, threshold)
     if outlines is not None:
         tumor_maps = scored.maps[labels == 1]
-        results |= pixel_metrics(tumor_maps, outlines, calibration["pixel_threshold"])
+        results |= pixel_metrics(tumor_maps, outlines, calibration.pixel_threshold)
         results |= pixel_intervals(
-            tumor_maps, outlines, calibration["pixel_threshold"], settings.evaluate.bootstrap, settings.seed
+            tumor_maps, outlines, calibration.pixel_threshold, settings.evaluate.bootstrap, settings.seed
         )
     results |= scan_metrics(scored.scans) if len(scored.scans) else {}
     results |= shortcut_audit(
@@ -311,10 +312,10 @@ def draw_figures(
     return list(figures)
 
 
-def failures(results: dict[str, float], calibration: dict) -> dict[str, str]:
+def failures(results: dict[str, float], val_roc_auc: float | None) -> dict[str, str]:
     """The failures a report must show (`pipeline.diagnostics.failure_warnings`: MLflow tag -> message),
     each logged as a warning."""
-    warnings = failure_warnings(results, calibration)
+    warnings = failure_warnings(results, val_roc_auc)
     for message in warnings.values():
         log.warning(message)
     return warnings
@@ -332,14 +333,14 @@ def _set_warning_tags(warnings: dict[str, str]) -> None:
 
 def run(settings: Settings) -> None:
     settings = for_data(settings)
-    calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
-    detector = Detector.calibrated(settings)
+    calibration = Calibration.load(report_file(settings.paths))
+    detector = Detector.calibrated(settings, calibration)
     scored = score_test_sets(detector, settings)
     outlines = lesion_outlines(scored, settings)
     results = evaluation_metrics(scored, calibration, settings, outlines)
     diagnostics = diagnostic_tables(scored, calibration, outlines)
     results |= flat_metrics(*diagnostics)
-    warnings = failures(results, calibration)
+    warnings = failures(results, calibration.val_roc_auc)
     results |= warning_flags(warnings)
     out = settings.paths.stage_reports("evaluate")
     write_json(out / "metrics.json", results)
@@ -363,7 +364,7 @@ def run(settings: Settings) -> None:
         results["accuracy"],
         results["accuracy_ci_low"],
         results["accuracy_ci_high"],
-        calibration["method"],
+        calibration.method,
         results["blanked_roc_auc"],
         len(scored.extra_scores),
         f"{results['extra_tumor_detection_rate']:.1%}" if len(scored.extra_scores) else "none",

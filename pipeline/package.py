@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from pipeline import packaging, tracking
+from pipeline.calibration import Calibration, report_file
 from pipeline.config import Settings
 from pipeline.data.datasets import for_data
 from pipeline.detector import Detector
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 def run(settings: Settings) -> None:
     settings = for_data(settings)
     detector = Detector.calibrated(
-        settings, {"model": settings.model.name, "threshold_method": settings.threshold.method}
+        settings,
+        Calibration.load(report_file(settings.paths)),
+        {"model": settings.model.name, "threshold_method": settings.threshold.method},
     )
     with tracking.model_run(settings, "package", detector.model) as run_id:
         detector.info["run_id"] = run_id

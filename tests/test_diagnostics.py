@@ -145,9 +145,8 @@ def test_flat_metric_names_suit_mlflow_and_dvc_and_leave_out_nan() -> None:
 def test_the_separation_warning_fires_below_the_minimum_validation_roc_auc(
     validation: float | None, fires: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    calibration = {"threshold": THRESHOLD} | ({} if validation is None else {"val_roc_auc": validation})
     with caplog.at_level(logging.WARNING, logger="pipeline.evaluate"):
-        warnings = failures({"roc_auc": 0.9}, calibration)
+        warnings = failures({"roc_auc": 0.9}, validation)
     assert (SEPARATION_TAG in warnings) is fires and LEVEL_SHORTCUT_TAG not in warnings
     assert warning_flags(warnings) == {"warning_separation": int(fires), "warning_level_shortcut": 0}
     message = "this detector does not separate this data's classes (validation ROC AUC 0.690 < 0.70)"
@@ -164,16 +163,16 @@ def test_the_level_warning_fires_when_the_level_alone_beats_the_detector(
 ) -> None:
     results = {"roc_auc": 0.75} | ({} if level_only is None else {"level_only_roc_auc": level_only})
     with caplog.at_level(logging.WARNING, logger="pipeline.evaluate"):
-        warnings = failures(results, {"val_roc_auc": 0.9})
+        warnings = failures(results, 0.9)
     assert list(warnings) == ([LEVEL_SHORTCUT_TAG] if fires else [])
     assert warning_flags(warnings)["warning_level_shortcut"] == int(fires)
     assert ("the slice's level alone (ROC AUC 0.800) beats the detector (0.750)" in caplog.text) is fires
-    assert failure_warnings(results, {"val_roc_auc": 0.9}) == warnings  # the decision alone, pure
+    assert failure_warnings(results, 0.9) == warnings  # the decision alone, pure
 
 
 def test_warning_tags_follow_the_latest_evaluate_of_a_run(tmp_path) -> None:
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    both = failure_warnings({"roc_auc": 0.6, "level_only_roc_auc": 0.9}, {"val_roc_auc": 0.6})
+    both = failure_warnings({"roc_auc": 0.6, "level_only_roc_auc": 0.9}, 0.6)
     assert set(both) == set(WARNING_TAGS)
     with mlflow.start_run() as run:
         _set_warning_tags(both)

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.calibration import Calibration, report_file
 from pipeline.config import Settings
 from pipeline.data.datasets import for_data, load_split
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import BANK, SCALE, PatchMemory, feature_layer
-from pipeline.io import read_json
 from pipeline.models import build_model
 from pipeline.packaging import load_detector
 from pipeline.stages import runner
@@ -110,13 +110,13 @@ def test_features_always_go_from_calibrate_through_evaluate_and_the_packaged_det
     settings = make_settings("score.features=always")
     for name in ("download", "split", "train", "calibrate", "evaluate", "package"):
         runner(name)(settings)
-    calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
-    assert calibration["features"] is True and calibration["feature_normalizer"]
-    assert calibration["val_roc_auc"] == calibration["val_roc_auc_with_features"]
+    calibration = Calibration.load(report_file(settings.paths))
+    assert calibration.features is True and calibration.feature_normalizer
+    assert calibration.val_roc_auc == calibration.val_roc_auc_with_features
     assert settings.paths.patches.is_file()
     detector = load_detector(str(settings.paths.detector))
     assert detector.features is not None
-    assert detector.features.normalizer.as_dict() == calibration["feature_normalizer"]
+    assert detector.features.normalizer.as_dict() == calibration.feature_normalizer
     np.testing.assert_array_equal(
         detector.features.memory.bank, PatchMemory.load(settings.paths.patches).bank
     )
@@ -131,8 +131,8 @@ def test_features_never_leave_the_score_as_it_was(make_settings: Callable[..., S
     settings = make_settings("score.features=never")
     for name in ("download", "split", "train", "calibrate", "evaluate", "package"):
         runner(name)(settings)
-    calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
-    assert calibration["features"] is False and calibration["feature_normalizer"] is None
-    assert calibration["val_roc_auc"] == calibration["val_roc_auc_by_score"][calibration["score"]]
+    calibration = Calibration.load(report_file(settings.paths))
+    assert calibration.features is False and calibration.feature_normalizer is None
+    assert calibration.val_roc_auc == calibration.val_roc_auc_by_score[calibration.score]
     assert PatchMemory.load(settings.paths.patches).usable  # fitted all the same: a stage output
     assert load_detector(str(settings.paths.detector)).features is None

@@ -15,13 +15,13 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline import download, split, tracking
+from pipeline.calibration import Calibration, report_file
 from pipeline.config import Settings
 from pipeline.data.datasets import for_data, load_split
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.manifest import read_manifest
 from pipeline.data.synthetic import generate
 from pipeline.errors import DataError
-from pipeline.io import read_json
 from pipeline.packaging import load_detector
 from pipeline.params import ROOT
 from pipeline.scoring import SCORES
@@ -182,20 +182,16 @@ def test_score_kind_auto_and_content_normalisation_go_from_calibrate_through_eva
     settings = make_settings("score.kind=auto", "score.normalize=content")
     for name in ("download", "split", "train", "calibrate", "evaluate", "package"):
         runner(name)(settings)
-    calibration = read_json(settings.paths.stage_reports("calibrate") / "threshold.json")
-    by_kind = calibration["val_roc_auc_by_score"]
-    assert calibration["score_configured"] == "auto" and calibration["score"] in SCORES.names()
-    assert by_kind[calibration["score"]] == max(by_kind.values())
-    with_features = calibration.get("val_roc_auc_with_features")  # score.features=auto: added where it helps
-    assert calibration["features"] == (
-        with_features is not None and with_features > by_kind[calibration["score"]]
-    )
-    assert calibration["val_roc_auc"] == (
-        with_features if calibration["features"] else by_kind[calibration["score"]]
-    )
+    calibration = Calibration.load(report_file(settings.paths))
+    by_kind = calibration.val_roc_auc_by_score
+    assert calibration.score_configured == "auto" and calibration.score in SCORES.names()
+    assert by_kind[calibration.score] == max(by_kind.values())
+    with_features = calibration.val_roc_auc_with_features  # score.features=auto: added where it helps
+    assert calibration.features == (with_features is not None and with_features > by_kind[calibration.score])
+    assert calibration.val_roc_auc == (with_features if calibration.features else by_kind[calibration.score])
     detector = load_detector(str(settings.paths.detector))
-    assert detector.scoring.kind == calibration["score"]
-    assert detector.normalizer is not None and detector.normalizer.as_dict() == calibration["normalizer"]
+    assert detector.scoring.kind == calibration.score
+    assert detector.normalizer is not None and detector.normalizer.as_dict() == calibration.normalizer
     scores = pd.read_csv(settings.paths.stage_reports("evaluate") / "scores.csv")
     test = load_split(for_data(settings), "test")
     np.testing.assert_allclose(
