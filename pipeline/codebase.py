@@ -17,6 +17,10 @@ from pathlib import Path
 
 PACKAGE = "pipeline"
 SOURCE = Path(__file__).resolve().parent
+# What only judges whether the settings are valid: every stage loads it, but it changes no stage's outputs,
+# and the `check` stage, which every other stage depends on, reruns when it changes (and stops DVC where
+# the settings no longer pass). No other stage depends on it, so that editing a score reruns no download.
+VALIDATION = "pipeline.components"
 
 
 def module_file(name: str) -> Path | None:
@@ -47,25 +51,13 @@ def _discovered(tree: ast.AST, name: str) -> set[str]:
     return found
 
 
-def _module_level(tree: ast.Module) -> list[ast.AST]:
-    """The nodes that run when the module is imported: everything outside function bodies."""
-    found, todo = [], list(tree.body)
-    while todo:
-        node = todo.pop()
-        found.append(node)
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-            todo += ast.iter_child_nodes(node)
-    return found
-
-
 @cache
-def _imports(name: str, module_level: bool = False) -> tuple[frozenset[str], frozenset[str]]:
-    """(modules of this package, top-level names of other packages) that module `name` imports; with
-    `module_level`, only the imports that run when it is imported."""
+def _imports(name: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(modules of this package, top-level names of other packages) that module `name` imports."""
     path = module_file(name)
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     own, other = set(_discovered(tree, name)), set()
-    for node in _module_level(tree) if module_level else ast.walk(tree):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -80,21 +72,21 @@ def _imports(name: str, module_level: bool = False) -> tuple[frozenset[str], fro
     return frozenset(own), frozenset(other - {"__future__"})
 
 
-def closure(*modules: str, module_level_only: frozenset[str] = frozenset()) -> tuple[set[str], set[str]]:
+def closure(*modules: str, skip: frozenset[str] = frozenset()) -> tuple[set[str], set[str]]:
     """Every module of this package that importing `modules` runs (parent packages included), and
-    the top-level names of the other packages they import. For the modules in `module_level_only`,
-    imports inside their functions are not followed."""
+    the top-level names of the other packages they import; `skip`: modules left out, with what only
+    they import."""
     own: set[str] = set()
     other: set[str] = set()
     todo = list(modules)
     while todo:
         name = todo.pop()
-        if name in own:
+        if name in own or name in skip:
             continue
         own.add(name)
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b
-        imported, external = _imports(name, name in module_level_only)
+        imported, external = _imports(name)
         todo += imported
         other |= external
     return own, other

@@ -2,10 +2,11 @@
 
 Pure pydantic, no Hydra: the served detector validates its preprocessing and score sections with these
 classes. `pipeline.entrypoint` composes `conf/` with Hydra and validates it here; `pipeline.params`
-reads sections of `params.yaml` for the commands that run outside the pipeline. Names that pick a
-component (`model.name`, `score.kind`, `threshold.method`, `data.source`) are checked against the
-registries those components register in, and model parameters against the model, so a bad value fails
-before any stage does work.
+reads sections of `params.yaml` for the commands that run outside the pipeline. This module checks what
+it can alone (types, ranges, choices it lists) and imports no other module of the pipeline: the
+components import it. The names that pick a component (`model.name` and the model's parameters,
+`score.kind`, `threshold.method`) are checked against the components' registries where the settings are
+loaded (`pipeline.components`), so a bad value still fails before any stage does work.
 """
 
 from __future__ import annotations
@@ -251,13 +252,6 @@ class ScoreConfig(Section):
     # add the feature-space score (pipeline.features): when it raises validation ROC AUC, always, never
     features: Literal["auto", "always", "never"] = "never"
 
-    @field_validator("kind")
-    @classmethod
-    def _registered(cls, kind: str) -> str:
-        from pipeline.scoring import AUTO, SCORES  # here: scoring imports this module
-
-        return kind if kind == AUTO else SCORES.check(kind)
-
     @model_validator(mode="after")
     def _features_need_a_common_scale(self) -> ScoreConfig:
         if self.features != "never" and self.normalize == "none":
@@ -279,13 +273,6 @@ class ThresholdConfig(Section):
     # (`pipeline.localization.choose_pixel_threshold`)
     pixel: Literal["auto", "percentile"]
     pixel_percentile: float = Field(gt=0, lt=100)
-
-    @field_validator("method")
-    @classmethod
-    def _registered(cls, method: str) -> str:
-        from pipeline.thresholds import THRESHOLD_RULES  # here: thresholds imports this module
-
-        return THRESHOLD_RULES.check(method)
 
 
 class EvaluateConfig(Section):
@@ -360,14 +347,6 @@ class Settings(Section):
     paths: Paths
     runtime: RuntimeConfig
     archive: ArchiveLimits
-
-    @model_validator(mode="after")
-    def _model_fits(self) -> Settings:
-        """The model's parameters, and the image size against its downsampling, before any stage runs."""
-        from pipeline.models import check_params  # here: Keras loads only where a config is validated
-
-        check_params(self.model.name, self.model.params, self.preprocess.image_size)
-        return self
 
     def flat_params(self) -> dict[str, str]:
         """Every config value as `section.key` -> string, the shape MLflow params take."""

@@ -2,8 +2,9 @@
 
 `conf/` is the single source of truth. Run alone, a stage composes `conf/` (plus any Hydra overrides on
 its command line); under DVC it reads `params.yaml` (`--config-dir . --config-name params`), the
-composition that `dvc exp run -S ...` writes. Either way the config is checked (`pipeline.config`)
-before any long work starts. `python -m pipeline.entrypoint [overrides]` rewrites `params.yaml`.
+composition that `dvc exp run -S ...` writes. Either way the config is checked (`pipeline.config`, then
+the names that pick a component: `pipeline.components`) before any long work starts.
+`python -m pipeline.entrypoint [overrides]` rewrites `params.yaml`.
 
 A Hydra app's output folder (`hydra.run.dir`, `hydra.sweep.dir` in conf/config.yaml) ends with
 `${run_token:}`, a token of its own process: two runs started in the same second get folders of their own.
@@ -56,7 +57,10 @@ def _describe(error: ValidationError) -> str:
 
 
 def load_settings(cfg: DictConfig | dict[str, Any]) -> Settings:
-    """Validate a composed config; raise ConfigError naming every offending key."""
+    """Validate a composed config, then the components it names; raise ConfigError naming every
+    offending key, or the unknown name and the registered ones."""
+    from pipeline.components import check_components  # here: writing params.yaml needs no Keras
+
     if isinstance(cfg, DictConfig):
         try:
             cfg = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
@@ -67,9 +71,10 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Settings:
                 f"(with DVC: `dvc exp run -S {key}=...`)"
             ) from None
     try:
-        return Settings.model_validate(cfg)
+        settings = Settings.model_validate(cfg)
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
+    return check_components(settings)
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:

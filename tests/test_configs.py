@@ -11,6 +11,7 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
+from pipeline import codebase
 from pipeline.config import DATA_SOURCES
 from pipeline.data.sources import SOURCES
 from pipeline.entrypoint import CONF_DIR, compose, load_settings, write_params
@@ -139,6 +140,18 @@ def test_every_registry_rejects_unknown_names_with_the_available_ones(override: 
     assert str(raised.value) == (
         f"{registry.key}: unknown {registry.kind} 'nope' (available: {', '.join(registry.names())})"
     )
+
+
+@pytest.mark.parametrize("kind", ["auto", "mse"])
+def test_the_score_kind_is_auto_or_a_registered_one(kind: str) -> None:
+    assert load_settings(compose([f"score.kind={kind}"])).score.kind == kind
+
+
+def test_the_config_imports_no_other_module_of_the_pipeline() -> None:
+    """Every component imports `pipeline.config` for its section, so the config imports none of them,
+    not even inside a function (no import cycle): the names that pick a component are checked where the
+    settings are loaded (`pipeline.components`)."""
+    assert codebase.closure("pipeline.config")[0] == {"pipeline", "pipeline.config"}
 
 
 def test_unknown_data_source_lists_the_registered_ones() -> None:

@@ -11,16 +11,14 @@ import yaml
 from pipeline import codebase, packaging
 from pipeline.config import flatten
 from pipeline.params import PARAMS_FILE, ROOT
-from pipeline.stages import DATA_INPUTS, DATA_STAGES, STAGES
+from pipeline.stages import CHECK_STAGE, DATA_INPUTS, DATA_STAGES, STAGES
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-# The config's validators import the registries to check names: they can fail a stage, never change
-# what it writes, so they do not make every stage depend on every component.
-VALIDATION_ONLY = frozenset({"pipeline.config"})
 
 
 def imported_files(stage: str) -> set[str]:
-    modules, _ = codebase.closure(f"pipeline.{stage}", module_level_only=VALIDATION_ONLY)
+    skip = frozenset() if stage == CHECK_STAGE else frozenset({codebase.VALIDATION})
+    modules, _ = codebase.closure(f"pipeline.{stage}", skip=skip)
     if stage == "package":  # the packaged detector ships the inference modules: its bytes depend on them
         modules |= codebase.closure(packaging.ENTRY_MODULE)[0]
     return {file.relative_to(ROOT).as_posix() for file in codebase.files(modules)}
@@ -61,13 +59,20 @@ def test_each_data_stage_depends_on_exactly_its_inputs(stage: str) -> None:
     assert sorted(DVC_YAML[stage]["params"]) == sorted(DATA_INPUTS[stage])
 
 
+def test_only_the_check_stage_depends_on_the_settings_check() -> None:
+    """Every stage loads its settings through `pipeline.components` (registered names), but only `check`
+    reruns when it changes: the models it imports are no dependency of `download`."""
+    assert "pipeline/components.py" in imported_files(CHECK_STAGE)
+    assert not {"pipeline/components.py", "pipeline/models/unet.py"} & imported_files("download")
+    assert "pipeline/models/unet.py" in imported_files("train")
+
+
 def test_lazy_imports_and_discovered_models_count() -> None:
     """An import inside a function and a model found by the registry's discovery are dependencies too."""
-    modules, _ = codebase.closure("pipeline.train")
+    modules, _ = codebase.closure("pipeline.check")
+    assert "pipeline.hardware" in modules  # imported inside entrypoint.stage
+    assert "pipeline.components" in modules  # imported inside entrypoint.load_settings
     assert "pipeline.models.unet" in modules  # discovered by the MODELS registry, imported by no one
-    assert "pipeline.hardware" in modules
-    assert "pipeline.scoring" in modules  # imported inside ScoreConfig's validator
-    assert "pipeline.scoring" not in codebase.closure("pipeline.train", module_level_only=VALIDATION_ONLY)[0]
 
 
 def test_the_locked_params_still_exist() -> None:

@@ -241,12 +241,6 @@ def test_auto_chooses_the_kind_with_the_best_validation_roc_auc_and_a_named_kind
         scoring.choose_kind(scoring.AUTO, {})
 
 
-def test_the_config_accepts_auto_beside_the_registered_kinds() -> None:
-    assert ScoreConfig(kind="auto", region="head", percentile=99, smoothing=0).kind == "auto"
-    with pytest.raises(ConfigError, match="unknown score 'best'"):
-        ScoreConfig(kind="best", region="head", percentile=99, smoothing=0)
-
-
 def test_flip_tta_averages_the_reconstruction_of_the_mirror_image_mirrored_back() -> None:
     ramp = np.linspace(0.0, 0.2, 8, dtype=np.float32)[None, None, :, None]  # left-right biased model
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Lambda(lambda x: x + ramp)])

@@ -54,12 +54,19 @@ def test_a_config_error_is_one_line_not_a_traceback() -> None:
             "preprocess.image_size=120",
             "model 'unet' halves the image 4 times: preprocess.image_size must be divisible by 16, got 120",
         ),
+        (
+            "pipeline.check",
+            "threshold.method=otsu",
+            "threshold.method: unknown threshold rule 'otsu' "
+            "(available: f1_optimal, mean_std, percentile, youden)",
+        ),
     ],
 )
-def test_model_parameters_are_rejected_before_any_stage_works(
+def test_values_only_a_component_can_refuse_fail_before_any_stage_works(
     entry: str, override: str, message: str, tmp_path: Path
 ) -> None:
-    """A model value that only the model could refuse fails before download, not after split."""
+    """A value that only a component (a model, the registered scores or threshold rules) could refuse
+    fails before download, not after split."""
     paths = [
         f"paths.{key}={tmp_path / key}" for key in ("raw", "manifests", "splits", "cache", "model", "reports")
     ]
