@@ -9,6 +9,10 @@ default the detector of the last `dvc repro`. The CSV has one row per image and 
 volume (`slice`: its index, inferior to superior): its score, the label (score > threshold), the
 threshold and model that made them, or why the file could not be read. `--maps DIR` writes each
 input's anomaly map and anomaly mask on the input's own pixel (or voxel) grid.
+
+The files PATH stands for are claimed by the input kinds of `pipeline.input_kinds` (images, volumes,
+DICOM series), which score them and write their maps; here they are collected, handed to the kinds,
+and their rows written as one CSV.
 """
 
 from __future__ import annotations
@@ -17,53 +21,37 @@ import argparse
 import logging
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import partial
-from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline import hardware
 from pipeline import maps as maps_io
 from pipeline.config import ArchiveLimits, RuntimeConfig
-from pipeline.data.dicom import scan_position
 from pipeline.data.guards import Limits
-from pipeline.data.images import to_slice
-from pipeline.data.manifest import scan_levels, slice_numbers
-from pipeline.data.series import write_segmentation
-from pipeline.data.volumes import Volume, is_volume, open_volume, save_nifti
-from pipeline.detector import DecodedBatch, Detector
-from pipeline.errors import ImageDecodeError, PipelineError, unexpected
-from pipeline.inputs import InputFile, Scan, collect, find_scans
+from pipeline.detector import Detector
+from pipeline.errors import PipelineError, unexpected
+from pipeline.input_kinds import INPUT_KINDS, Claim, InputKind, Job, MapKey, Scorer
+from pipeline.inputs import InputFile, collect
 from pipeline.io import check_output_file, check_output_folder, display_name, remove_tree, write_csv
 from pipeline.packaging import default_model, load_detector
 from pipeline.params import params_section
-from pipeline.plots import reconstruction_grid, save_figure
 from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 COLUMNS = ["path", "scan", "slice", "score", "is_anomaly", "threshold", "model", "run_id", "error"]
-SOFTWARE = version("brain-ct-anomaly")  # what made a DICOM-SEG, in its header
 CHUNK = 64  # files (or a volume's slices) decoded and scored at a time: memory stays flat on large folders
-OnMap = Callable[[int, np.ndarray], None]  # (input order, its anomaly map on its own pixel grid)
 
 
-def map_stems(
-    maps: Path, files: list[InputFile], orders: list[int], scans: list[Scan]
-) -> dict[int | str, Path]:
+def map_stems(maps: Path, named: list[tuple[MapKey, Path]]) -> dict[MapKey, Path]:
     """Where each input's maps go under `maps`, as a stem that `.map.png`, `.map.nii.gz`, `.seg.dcm`, ...
-    complete: its place under PATH, with its full name (`a/b.png`, `a/ct.nii.gz`, a series' folder
-    `a/ct`), so that no two inputs share one (a volume `ct.nii.gz` beside a series folder `ct/`). Keyed by
-    the file's order, or by the series' name. A name taken already (several series of one folder beside
-    a folder of that name, or names equal but for letter case) gets `~2`, `~3`, ... and a warning."""
-    wanted: list[tuple[int | str, Path]] = [(order, files[order].relative) for order in orders]
-    wanted += [(scan.name, scan.relative) for scan in scans]
-    stems: dict[int | str, Path] = {}
+    complete: its place under PATH (`InputKind.named`), with its full name (`a/b.png`, `a/ct.nii.gz`, a
+    series' folder `a/ct`), so that no two inputs share one (a volume `ct.nii.gz` beside a series folder
+    `ct/`). A name taken already (several series of one folder beside a folder of that name, or names
+    equal but for letter case) gets `~2`, `~3`, ... and a warning."""
+    stems: dict[MapKey, Path] = {}
     taken: set[str] = set()
-    for key, relative in wanted:
+    for key, relative in named:
         stem, copy = relative, 1
         while stem.as_posix().lower() in taken:
             copy += 1
@@ -75,266 +63,27 @@ def map_stems(
     return stems
 
 
-def _suffixed(stem: Path, suffix: str) -> Path:
-    return stem.with_name(stem.name + suffix)
-
-
-def _heatmap(heatmaps: Path, item: InputFile, arrays: tuple[np.ndarray, ...], label: str) -> None:
-    """One input's figure: `arrays` are its (1, ...) image, reconstruction and residual map."""
-    figure = reconstruction_grid(*arrays, [display_name(label)])
-    save_figure(figure, heatmaps / item.relative.with_name(f"{item.relative.name}.png"))
-
-
-def _batch_rows(
-    detector: Detector, batch: DecodedBatch, scores: np.ndarray, row: Callable[[int], dict]
-) -> list[dict]:
-    """A row per source of a batch, `row(index)` saying which it is: its score and label, or its error."""
-    rows = [
-        {**row(int(index)), "score": float(score), "is_anomaly": bool(detector.is_anomaly(score))}
-        for index, score in zip(batch.decoded, scores, strict=True)
-    ]
-    return rows + [{**row(index), "error": reason} for index, reason in batch.errors.items()]
-
-
-@dataclass(frozen=True)
-class Around:
-    """Slices of a scan read beside a batch of its slices for their brain window only (neighbours)."""
-
-    below: list[int]  # orders of the slices just below the batch's, feet to head
-    above: list[int]  # ... and just above
-    numbers: Mapping[int, int]  # each slice's number in its scan (by order): who neighbours whom
-
-
-def _slice_numbers(scan: Scan) -> dict[int, int]:
-    """A series' slices numbered by position as the manifest numbers them (`manifest.slice_numbers`): a
-    missing slice leaves a gap, so the slices either side of it are not each other's neighbours."""
-    series = scan.series
-    where = zip(series.headers, series.files, strict=True)
-    positions = np.array([scan_position(header, file) for header, file in where], dtype=float)
-    return dict(zip(scan.orders, slice_numbers(positions).tolist(), strict=True))
-
-
-def _score_files(
-    detector: Detector,
-    files: list[InputFile],
-    orders: list[int],
-    heatmaps: Path | None,
-    on_map: OnMap | None,
-    levels: np.ndarray | None = None,
-    around: Around | None = None,
-) -> list[dict]:
-    """Score the 2-D files at `orders` (their places in `files`) as one batch (`levels`: their places in
-    their scan, where they are slices of one); `on_map` gets each decoded file's anomaly map on its own
-    pixel grid as soon as it is made (so that no more than one is held). `around`: where the files are
-    slices of one scan, the slices just below and above them, read too for their brain window as
-    neighbour channels (`preprocess.neighbours`) and not scored."""
-    chunk = [files[order] for order in orders]
-    if around is None:
-        batch = detector.decode([item.file for item in chunk], [item.path for item in chunk])
-    else:
-        read = [*around.below, *orders, *around.above]
-        batch = detector.decode(
-            [files[order].file for order in read],
-            [files[order].path for order in read],
-            [0] * len(read),
-            [around.numbers[order] for order in read],
-        ).within(len(around.below), len(around.below) + len(orders))
-    reconstructions, scores = detector.reconstruct_and_score(
-        batch.images, None if levels is None else levels[batch.decoded]
-    )
-    rows = _batch_rows(
-        detector, batch, scores, lambda index: {"order": orders[index], "path": chunk[index].path}
-    )
-    if (heatmaps is None and on_map is None) or not len(batch.decoded):
-        return rows
-    residuals = detector.residual_maps(batch.images, reconstructions)
-    for row, index in enumerate(batch.decoded):
-        item, score, one = chunk[index], scores[row], slice(row, row + 1)
-        if heatmaps is not None:
-            arrays = (batch.images[one], reconstructions[one], residuals[one])
-            _heatmap(heatmaps, item, arrays, f"{item.relative.name}\nscore {score:.3g}")
-        if on_map is not None:
-            on_map(orders[index], to_slice(residuals[row], batch.geometries[row]))
-    return rows
-
-
-def _score_images(
-    detector: Detector,
-    files: list[InputFile],
-    orders: list[int],
-    heatmaps: Path | None,
-    stems: dict[int | str, Path] | None,
-) -> list[dict]:
-    """Score 2-D files as one batch; under --maps each gets its map and mask PNGs, written one by one."""
-
-    def write(order: int, anomaly_map: np.ndarray) -> None:
-        stem = stems[order]
-        paths = (_suffixed(stem, ".map.png"), _suffixed(stem, ".mask.png"))
-        maps_io.write_pngs(anomaly_map, detector.anomaly_mask(anomaly_map), paths)
-
-    return _score_files(detector, files, orders, heatmaps, write if stems is not None else None)
-
-
-def _log_scan_score(name: str, rows: list[dict]) -> None:
-    scored = [row for row in rows if "score" in row]
-    if scored:
-        top = max(scored, key=lambda row: row["score"])
-        log.info(
-            "%s: scan score %.6g (the highest of its %d slices, at slice %d)%s",
-            display_name(name),
-            top["score"],
-            len(scored),
-            top["slice"],
-            ", anomalous" if top["is_anomaly"] else "",
-        )
-
-
-def _save_scan_maps(detector: Detector, grid: np.ndarray, affine: np.ndarray, stem: Path) -> None:
-    """A scan's map (NaN where a slice was not scored) and its mask (`maps.mask_labels`) as NIfTI."""
-    save_nifti(grid, affine, _suffixed(stem, ".map.nii.gz"))
-    save_nifti(maps_io.mask_labels(grid, detector.pixel_threshold), affine, _suffixed(stem, ".mask.nii.gz"))
-
-
-def _score_series(
-    detector: Detector,
-    files: list[InputFile],
-    scan: Scan,
-    heatmaps: Path | None,
-    stems: dict[int | str, Path] | None,
-) -> list[dict]:
-    """Score a DICOM series' slices (one row per file, numbered by position); under --maps, its map and
-    mask as NIfTI with the series' affine and its mask as a DICOM-SEG referencing the series (slices not
-    scored: NaN in the map, "not scored" in the masks)."""
-    columns, rows_, count = scan.series.shape
-    stack = np.full((count, rows_, columns), np.nan, dtype=np.float32) if stems is not None else None
-    place = {order: index for index, order in enumerate(scan.orders)}
-
-    def put(order: int, anomaly_map: np.ndarray) -> None:
-        stack[place[order]] = anomaly_map
-
-    rows = []
-    n = detector.preprocess.neighbours
-    numbers = _slice_numbers(scan) if n else {}
-    for start in range(0, count, CHUNK):
-        orders = scan.orders[start : start + CHUNK]
-        levels = scan_levels([place[order] for order in orders], count)
-        below, above = scan.orders[max(start - n, 0) : start], scan.orders[start + CHUNK : start + CHUNK + n]
-        around = Around(below, above, numbers) if n else None
-        on_map = put if stack is not None else None
-        rows.extend(_score_files(detector, files, orders, heatmaps, on_map, levels, around))
-    for row in rows:
-        row.update(scan=scan.name, slice=place[row["order"]])
-    _log_scan_score(scan.name, rows)
-    if stack is not None:
-        stem = stems[scan.name]
-        scored = ~np.isnan(stack).all(axis=(1, 2))
-        mask = detector.anomaly_mask(stack)  # NaN (not scored) is above no threshold
-        write_segmentation(scan.series, mask, _suffixed(stem, ".seg.dcm"), SOFTWARE, scored)
-        if scan.series.regular:
-            _save_scan_maps(detector, scan.series.to_voxels(stack), scan.series.affine, stem)
-        else:
-            log.warning(
-                "%s: its slices are unevenly spaced (a missing slice?): no NIfTI map, whose grid must be "
-                "regular; the DICOM-SEG, which references each slice, is written",
-                display_name(scan.name),
-            )
-    return rows
-
-
-def _score_volume(
-    detector: Detector,
-    item: InputFile,
-    order: int,
-    heatmaps: Path | None,
-    stems: dict[int | str, Path] | None,
-) -> list[dict]:
-    """Score every axial slice of a NIfTI volume, a slab at a time, one row each; the volume's score is the
-    highest. Under --maps its map is placed slab by slab on the file's own grid (NaN where a slice was not
-    scored). With `preprocess.neighbours` = n, a slab is read with n more slices on either side, whose
-    brain window its edge slices see as neighbours. A volume whose header is refused is one error row;
-    one that breaks while it is read keeps the rows of its slices already scored, and the others get the
-    error."""
-    base = {"order": order, "path": item.path, "scan": item.path}
-    try:
-        volume = open_volume(item.file, Limits.of(detector.preprocess))
-    except ImageDecodeError as err:
-        return [{**base, "error": err.reason}]
-    rows: list[dict] = []
-    best: tuple[float, int, tuple[np.ndarray, ...]] | None = None  # the top slice, for --heatmaps
-    with volume:
-        grid = np.full(volume.shape, np.nan, dtype=np.float32) if stems is not None else None
-        slabs = list(volume.slabs(CHUNK))
-        n = detector.preprocess.neighbours
-        kept: dict[int, np.ndarray] = {}
-        for number, (start, stop) in enumerate(slabs):
-            below = max(start - n, 0)
-            try:
-                slices, kept = _read_with_margin(volume, start, stop, n, kept)
-            except ImageDecodeError as err:
-                rows += [
-                    {**base, "slice": index, "error": err.reason}
-                    for first, last in slabs[number:]
-                    for index in range(first, last)
-                ]
-                break
-            batch = detector.prepare_hounsfield(slices)
-            if n:
-                batch = batch.within(start - below, stop - below)
-            del slices
-            levels = scan_levels(start + batch.decoded, volume.count)
-            reconstructions, scores = detector.reconstruct_and_score(batch.images, levels)
-            rows += _batch_rows(
-                detector, batch, scores, lambda index, first=start: {**base, "slice": first + index}
-            )
-            if (heatmaps is None and grid is None) or not len(batch.decoded):
-                continue
-            residuals = detector.residual_maps(batch.images, reconstructions)
-            if grid is not None:
-                slab = np.full((stop - start, *volume.slice_shape), np.nan, dtype=np.float32)
-                for row, index in enumerate(batch.decoded):
-                    slab[index] = to_slice(residuals[row], batch.geometries[row])
-                volume.put_slices(grid, start, slab)
-            if heatmaps is not None:
-                top = int(np.argmax(scores))
-                if best is None or scores[top] > best[0]:
-                    one = slice(top, top + 1)
-                    arrays = (batch.images[one], reconstructions[one], residuals[one])
-                    best = (float(scores[top]), start + int(batch.decoded[top]), arrays)
-        _log_scan_score(item.path, rows)
-        if heatmaps is not None and best is not None:  # the volume's figure: its highest-scoring slice
-            _heatmap(heatmaps, item, best[2], f"{item.relative.name} slice {best[1]}\nscore {best[0]:.3g}")
-        if grid is not None:
-            _save_scan_maps(detector, grid, volume.affine, stems[order])
-    return rows
-
-
-def _read_with_margin(
-    volume: Volume, start: int, stop: int, n: int, kept: dict[int, np.ndarray]
-) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """A volume's displayed slices [start - n, stop + n) (clipped to the volume) in HU, and them by index
-    for the next slab: the margin the previous slab read already comes from `kept`, so that a `.nii.gz`
-    is read forward once, never sought back (which would decompress it again from its start). Without
-    neighbours, the slab alone."""
-    if not n:
-        return volume.read(start, stop), {}
-    wanted = range(max(start - n, 0), min(stop + n, volume.count))
-    missing = [index for index in wanted if index not in kept]
-    if missing:
-        read = volume.read(missing[0], missing[-1] + 1)
-        kept = kept | dict(zip(range(missing[0], missing[-1] + 1), read, strict=True))
-    slices = np.stack([kept[index] for index in wanted])
-    edge = [place for place, index in enumerate(wanted) if not start + n <= index < stop - n]
-    return slices, {wanted[place]: slices[place].copy() for place in edge}
-
-
-def _guarded(job: Callable[[], list[dict]], files: list[InputFile], orders: list[int]) -> list[dict]:
+def _guarded(job: Job, files: list[InputFile]) -> list[dict]:
     """The job's rows; an exception no reader anticipated (a bug, memory exhausted) gives its inputs an
     error row each instead of ending the run, and is logged with its traceback."""
     try:
-        return job()
+        return job.score()
     except Exception as err:  # noqa: BLE001
-        log.exception("%s: unexpected error while it was scored", display_name(files[orders[0]].path))
-        return [{"order": order, "path": files[order].path, "error": unexpected(err)} for order in orders]
+        log.exception("%s: unexpected error while it was scored", display_name(files[job.orders[0]].path))
+        return [{"order": order, "path": files[order].path, "error": unexpected(err)} for order in job.orders]
+
+
+def _claimed(files: list[InputFile], limits: Limits) -> list[tuple[InputKind, Claim]]:
+    """Each registered input kind with its claim on the readable files, in registration order (the order
+    of their maps' names and of their jobs); each claims from what the kinds before it left, the kind
+    that takes the rest last."""
+    kinds = [kind() for _, kind in INPUT_KINDS.items()]
+    claims: dict[InputKind, Claim] = {}
+    offered = [order for order, item in enumerate(files) if not item.error]
+    for kind in sorted(kinds, key=lambda kind: kind.takes_the_rest):
+        claims[kind] = claim = kind.claim(files, offered, limits)
+        offered = [order for order in offered if order not in claim.taken]
+    return [(kind, claims[kind]) for kind in kinds]
 
 
 def predict(
@@ -344,34 +93,23 @@ def predict(
     heatmaps: Path | None = None,
     maps: Path | None = None,
 ) -> pd.DataFrame:
-    """Score every file (every slice of a volume); one that cannot be read or holds nothing to score
-    (`pipeline.data.guards`) gets a row with the reason instead of a score. `maps`: a folder for each
-    input's anomaly map and mask on its own pixel grid."""
+    """Score every file (every slice of a volume) as the input kind that claims it (`INPUT_KINDS`); one
+    that cannot be read or holds nothing to score (`pipeline.data.guards`) gets a row with the reason
+    instead of a score. `maps`: a folder for each input's anomaly map and mask on its own pixel grid."""
     if maps is not None:
         check_output_folder(maps, "--maps")
         maps_io.check_detector(detector)
-    readable = [order for order, item in enumerate(files) if not item.error]
-    volumes = [order for order in readable if is_volume(files[order].file)]
-    others = [order for order in readable if not is_volume(files[order].file)]
-    scans, images, refused = find_scans(files, others, Limits.of(detector.preprocess))
-    stems = map_stems(maps, files, images + volumes, scans) if maps is not None else None
-    # a job, with the inputs it scores: up to CHUNK images as one batch, a volume or a series (their
-    # slices CHUNK at a time)
-    jobs: list[tuple[Callable[[], list[dict]], list[int]]] = [
-        (
-            partial(_score_images, detector, files, images[start : start + CHUNK], heatmaps, stems),
-            images[start : start + CHUNK],
-        )
-        for start in range(0, len(images), CHUNK)
-    ]
-    jobs += [
-        (partial(_score_volume, detector, files[order], order, heatmaps, stems), [order]) for order in volumes
-    ]
-    jobs += [(partial(_score_series, detector, files, scan, heatmaps, stems), scan.orders) for scan in scans]
-    errors = {order: item.error for order, item in enumerate(files) if item.error} | refused
+    claimed = _claimed(files, Limits.of(detector.preprocess))
+    named = [kind.named(files, each) for kind, claim in claimed for each in claim.inputs]
+    stems = map_stems(maps, named) if maps is not None else None
+    scorer = Scorer(detector, files, heatmaps, stems, CHUNK)
+    jobs = [job for kind, claim in claimed for job in kind.jobs(scorer, claim.inputs)]
+    errors = {order: item.error for order, item in enumerate(files) if item.error}
+    for _, claim in claimed:
+        errors |= claim.refused
     rows = [{"order": order, "path": files[order].path, "error": error} for order, error in errors.items()]
-    for job, orders in progress(jobs, desc="predict", unit="batch"):
-        rows += _guarded(job, files, orders)
+    for job in progress(jobs, desc="predict", unit="batch"):
+        rows += _guarded(job, files)
     frame = pd.DataFrame(rows, columns=["order", *COLUMNS]).assign(
         threshold=detector.threshold, model=model, run_id=detector.info.get("run_id", "")
     )

@@ -109,7 +109,7 @@ def test_maps_on_request_are_predicts_maps_on_the_inputs_grid(
     mapping_model: tuple[Path, float], scans: dict[str, Path], tmp_path: Path
 ) -> None:
     """params {"maps": true} adds each row's map and mask PNGs: the image's own size, the map
-    `predict --maps` writes for that file (its steps, `pipeline.predict._score_files`, here), the mask
+    `predict --maps` writes for that file (its steps, `pipeline.input_kinds._score_files`, here), the mask
     the map over the pixel threshold."""
     folder, pixel_threshold = mapping_model
     files = [_odd_image(tmp_path), scans["dicom"]]
