@@ -16,8 +16,8 @@ from pipeline.config import ArchiveLimits
 from pipeline.input_kinds import INPUT_KINDS, FileKind, Job, Scorer
 from pipeline.inputs import InputFile, collect
 from pipeline.io import make_folders
+from pipeline.packaging import load_detector
 from pipeline.predict import predict
-from pipeline.serving import load_detector
 
 
 class FakeKind(FileKind):
