@@ -4,9 +4,9 @@ DVC deletes a stage's outputs before it runs the stage, whether or not the stage
 that the stage refuses (`dvc exp run -S train.epochs=-1`) would still cost the workspace its last model.
 Every stage depends on this stage's output, so DVC runs it first (it tracks every param) and stops here
 on an invalid config, before it deletes anything else. It depends on the components' code too (the
-registered names and model parameters it checks, `pipeline.components`), so a code change that leaves
-params.yaml invalid stops here as well. The output never changes with the config, so a valid change
-reruns only the stages that use it.
+registered names, model parameters and data sources' keys it checks, `pipeline.components`), so a code
+change that leaves params.yaml invalid stops here as well. The output never changes with the config, so a
+valid change reruns only the stages that use it.
 """
 
 from __future__ import annotations

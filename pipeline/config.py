@@ -5,17 +5,26 @@ classes. `pipeline.entrypoint` composes `conf/` with Hydra and validates it here
 reads sections of `params.yaml` for the commands that run outside the pipeline. This module checks what
 it can alone (types, ranges, choices it lists) and imports no other module of the pipeline: the
 components import it. The names that pick a component (`model.name` and the model's parameters,
-`score.kind`, `threshold.method`) are checked against the components' registries where the settings are
-loaded (`pipeline.components`), so a bad value still fails before any stage does work.
+`data.source` and its source's keys, `score.kind`, `threshold.method`) are checked against the
+components' registries where the settings are loaded (`pipeline.components`), so a bad value still fails
+before any stage does work.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class Section(BaseModel):
@@ -29,67 +38,13 @@ MAX_PIXELS = 4096 * 4096  # preprocess.max_pixels unless set: far above any CT s
 MAX_VOXELS = 512 * 512 * 512  # preprocess.max_voxels unless set: a 512 x 512 scan of 512 slices
 
 
-class SyntheticData(Section):
-    source: Literal["synthetic"]
-    n_healthy: int = Field(ge=10)
-    n_tumor: int = Field(ge=4)
-    min_size: int = Field(ge=32, le=4096)
-    max_size: int = Field(ge=32, le=4096)
+class SourceConfig(BaseModel):
+    """The `data` section: `source` names a data source registered in `pipeline.data.sources`, whose own
+    config class (a subclass) validates the other keys where the settings are loaded
+    (`pipeline.components`); until then they are kept as given."""
 
-    @model_validator(mode="after")
-    def _sizes_ordered(self) -> SyntheticData:
-        if self.min_size > self.max_size:
-            raise ValueError(f"min_size ({self.min_size}) is larger than max_size ({self.max_size})")
-        return self
-
-
-class SyntheticVolumes(Section):
-    """Built-in CT volumes, one per patient, with lesion masks (`synthetic.generate_volumes`)."""
-
-    source: Literal["synthetic_volumes"]
-    patients: int = Field(ge=6, le=100_000)
-    slices: int = Field(ge=4, le=512)  # per scan, skull base to skull top
-    size: int = Field(ge=32, le=1024)  # pixels per side
-    lesion_share: float = Field(gt=0, lt=1)  # of the patients
-    format: Literal["nifti", "dicom"] = "nifti"  # NIfTI volumes + masks, or DICOM series + DICOM-SEG
-
-
-class ClassFolders(Section):
-    """The names of a dataset's class folders (any letter case): e.g. `normal` / `anomalous`."""
-
-    healthy: str = Field(default="Healthy", min_length=1)
-    tumor: str = Field(default="Tumor", min_length=1)  # the anomalous class, whatever the anomaly
-
-
-class LocalData(Section):
-    source: Literal["local"]
-    path: Path
-    folders: ClassFolders = ClassFolders()
-    labels: Path | None = None  # a CSV of `path` (below `path`) -> `class`, instead of class folders
-
-    @field_validator("path", "labels")
-    @classmethod
-    def _exists(cls, path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        path = path.expanduser()
-        if not path.exists():
-            raise ValueError(f"'{path}' does not exist")
-        return path.resolve()
-
-
-class KaggleData(Section):
-    source: Literal["kaggle"]
-    handle: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
-
-
-DataConfig = Annotated[
-    SyntheticData | SyntheticVolumes | LocalData | KaggleData, Field(discriminator="source")
-]
-# The `source` tag of each data config; `pipeline.data.sources` registers one fetcher per tag.
-DATA_SOURCES: tuple[str, ...] = tuple(
-    get_args(cls.model_fields["source"].annotation)[0] for cls in get_args(get_args(DataConfig)[0])
-)
+    model_config = ConfigDict(extra="allow", frozen=True)
+    source: str
 
 
 class DicomWindow(Section):
@@ -335,7 +290,7 @@ class Paths(Section):
 
 class Settings(Section):
     seed: int = Field(ge=0, lt=2**32)
-    data: DataConfig
+    data: SerializeAsAny[SourceConfig]  # dumped with the fields of the source's own config class
     preprocess: PreprocessConfig
     model: ModelConfig
     split: SplitConfig
@@ -351,6 +306,17 @@ class Settings(Section):
     def flat_params(self) -> dict[str, str]:
         """Every config value as `section.key` -> string, the shape MLflow params take."""
         return flatten(self.model_dump(mode="json"))
+
+
+def invalid(error: ValidationError, section: str = "") -> str:
+    """A validation error as one line per offending key, named from the top of the config: `section` is
+    the key of the section that was validated alone (`data`, by its source's config class)."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(map(str, (section, *item["loc"]) if section else item["loc"]))
+        got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
+        lines.append(f"  {key}: {item['msg']}{got}")
+    return "invalid config:\n" + "\n".join(lines)
 
 
 def flatten(config: dict[str, Any]) -> dict[str, str]:

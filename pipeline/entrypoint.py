@@ -27,7 +27,7 @@ from omegaconf.errors import MissingMandatoryValue
 from pydantic import ValidationError
 
 from pipeline import lifecycle
-from pipeline.config import DATA_SOURCES, Settings
+from pipeline.config import Settings, invalid
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.params import PARAMS_FILE, ROOT
 
@@ -37,23 +37,6 @@ OmegaConf.register_new_resolver("run_token", lambda: RUN_TOKEN, replace=True)
 OmegaConf.register_new_resolver(
     "sampler_seed", lambda seed, storage: seed if storage is None else None, replace=True
 )
-
-
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        loc = [str(part) for part in item["loc"]]
-        if len(loc) > 1 and loc[0] == "data" and loc[1] in DATA_SOURCES:
-            del loc[1]  # the discriminator tag pydantic inserts, not a config key
-        if item["type"] == "union_tag_invalid":  # worded like the registries' own errors
-            lines.append(
-                f"  data.source: unknown data source '{item['input'].get('source')}' "
-                f"(available: {', '.join(sorted(DATA_SOURCES))})"
-            )
-            continue
-        got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
-        lines.append(f"  {'.'.join(loc)}: {item['msg']}{got}")
-    return "invalid config:\n" + "\n".join(lines)
 
 
 def load_settings(cfg: DictConfig | dict[str, Any]) -> Settings:
@@ -73,7 +56,7 @@ def load_settings(cfg: DictConfig | dict[str, Any]) -> Settings:
     try:
         settings = Settings.model_validate(cfg)
     except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
+        raise ConfigError(invalid(err)) from None
     return check_components(settings)
 
 

@@ -3,6 +3,8 @@ values fail early with a message that names the key."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,10 +12,13 @@ import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import OmegaConf
+from pydantic import Field
 
 from pipeline import codebase
-from pipeline.config import DATA_SOURCES
-from pipeline.data.sources import SOURCES
+from pipeline.config import ArchiveLimits, Settings
+from pipeline.data import sources
+from pipeline.data.guards import Limits
+from pipeline.data.sources import SOURCES, Rejects, SourceSection, fetch
 from pipeline.entrypoint import CONF_DIR, compose, load_settings, write_params
 from pipeline.errors import ConfigError
 from pipeline.models import MODELS, build_model
@@ -163,8 +168,61 @@ def test_unknown_data_source_lists_the_registered_ones() -> None:
         load_settings({**OmegaConf.to_container(compose()), "data": {"source": "nope"}})
 
 
-def test_data_sources_and_their_configs_are_the_same_names() -> None:
-    assert sorted(DATA_SOURCES) == SOURCES.names() == DATA_OPTIONS
+def test_every_registered_data_source_has_its_config_group() -> None:
+    assert SOURCES.names() == DATA_OPTIONS
+
+
+class FtpData(SourceSection):
+    host: str
+    port: int = Field(default=21, ge=1, le=65535)
+
+
+@pytest.fixture
+def ftp_source() -> Iterator[list[FtpData]]:
+    """A data source registered for one test only, config class and fetcher in one registration, with
+    pipeline.config untouched; yields the configs its fetcher was given."""
+    fetched: list[FtpData] = []
+
+    @sources.register("test_ftp", FtpData)
+    def fetch_ftp(data: FtpData, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits) -> Rejects:
+        fetched.append(data)
+        return []
+
+    yield fetched
+    del SOURCES._entries["test_ftp"]
+
+
+def _with_data(data: dict) -> Settings:
+    return load_settings({**OmegaConf.to_container(compose()), "data": data})
+
+
+def test_a_registered_source_is_configured_by_its_own_config_class(
+    ftp_source: list[FtpData], tmp_path: Path
+) -> None:
+    settings = _with_data({"source": "test_ftp", "host": "ct.example.org", "port": "2121"})
+    assert settings.data == FtpData(source="test_ftp", host="ct.example.org", port=2121)
+    assert {key: value for key, value in settings.flat_params().items() if key.startswith("data.")} == {
+        "data.source": "test_ftp",
+        "data.host": "ct.example.org",
+        "data.port": "2121",
+    }
+    assert fetch(settings.data, tmp_path, 0) == [] and ftp_source == [settings.data]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"host": "ct.example.org", "port": "many"}, "data.port: Input should be a valid integer"),
+        ({"host": "ct.example.org", "port": 0}, "data.port: Input should be greater than or equal to 1"),
+        ({"port": 21}, "data.host: Field required"),
+        ({"host": "ct.example.org", "user": "me"}, "data.user: Extra inputs are not permitted"),
+    ],
+)
+def test_a_registered_sources_keys_are_checked_where_the_settings_load(
+    ftp_source: list[FtpData], data: dict, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^invalid config:\n  {re.escape(message)}"):
+        _with_data({"source": "test_ftp", **data})
 
 
 def test_local_source_needs_an_existing_path(tmp_path: Path) -> None:

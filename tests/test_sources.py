@@ -15,11 +15,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.config import ArchiveLimits, KaggleData, LocalData
+from pipeline.config import ArchiveLimits
 from pipeline.data.classes import read_kinds
 from pipeline.data.guards import list_files
 from pipeline.data.slicing import find_cases, has_scans
-from pipeline.data.sources import CT_FOLDER, SOURCES, fetch, find_dataset_root, is_zip, safe_extract
+from pipeline.data.sources import (
+    CT_FOLDER,
+    SOURCES,
+    KaggleData,
+    LocalData,
+    fetch,
+    find_dataset_root,
+    is_zip,
+    safe_extract,
+)
 from pipeline.errors import ConfigError, DataError
 from pipeline.inputs import collect
 from pipeline.io import remove_tree

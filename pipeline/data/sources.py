@@ -1,7 +1,7 @@
 """Bring a dataset into `data/raw/{Healthy,Tumor}/`: the built-in synthetic slices, a local folder or
 zip laid out like the public dataset or holding CT volumes (`pipeline.data.slicing`), or the public
-dataset itself from Kaggle. Each source registers
-its fetcher under the `source` tag of its config class (`pipeline.config.DataConfig`)."""
+dataset itself from Kaggle. Each source is one registration (`register`): the name that `data.source`
+picks it by, its config class (the keys of `data`) and its fetcher."""
 
 from __future__ import annotations
 
@@ -20,9 +20,11 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
-from pipeline.config import ArchiveLimits, DataConfig, KaggleData, LocalData, SyntheticData, SyntheticVolumes
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.config import ArchiveLimits, Section, SourceConfig, invalid
 from pipeline.data import slicing, synthetic
 from pipeline.data.classes import FOLDERS, HEALTHY, KINDS, MASKS, TUMOR, add_kinds, kind_of
 from pipeline.data.guards import (
@@ -36,7 +38,7 @@ from pipeline.data.guards import (
     walk,
 )
 from pipeline.data.volumes import is_mask, is_volume
-from pipeline.errors import DataError, ImageDecodeError
+from pipeline.errors import ConfigError, DataError, ImageDecodeError
 from pipeline.io import make_folders, remove_tree
 from pipeline.progress import progress
 from pipeline.registry import Registry
@@ -50,10 +52,49 @@ log = logging.getLogger(__name__)
 # the folder the user named is read or written.
 Rejects = list[tuple[str, str]]
 Fetcher = Callable[[Any, Path, int, ArchiveLimits, Limits], Rejects]
-SOURCES: Registry[Fetcher] = Registry("data source", "data.source")
+
+
+class SourceSection(SourceConfig):
+    """A data source's config class: `source` and the source's own keys, each with its type and range;
+    an unknown key is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A registered data source: the class its `data` section is validated with, and its fetcher."""
+
+    config: type[SourceSection]
+    fetch: Fetcher
+
+
+SOURCES: Registry[Source] = Registry("data source", "data.source")
 Folders = dict[str, str]  # class -> the name of its folder in a user's dataset
 CT_FOLDER = "Brain Tumor CT scan Images"  # the CT half of the public dataset (beside an MRI half)
 ARCHIVE_LIMITS = ArchiveLimits()  # what a zip may declare, unless the config says otherwise
+
+
+def register(name: str, config: type[SourceSection]) -> Callable[[Fetcher], Fetcher]:
+    """Decorator: `@register("local", LocalData) def fetch_local(data: LocalData, out_dir, seed, archive,
+    limits) -> Rejects`: the source that `data.source=local` picks, the class its config is validated
+    with (`check_data`) and the fetcher it is given to (`fetch`)."""
+
+    def add(fetcher: Fetcher) -> Fetcher:
+        SOURCES.register(name)(Source(config, fetcher))
+        return fetcher
+
+    return add
+
+
+def check_data(data: SourceConfig) -> SourceSection:
+    """The `data` section validated by its source's config class; a ConfigError naming an unknown source
+    (and the registered ones), or each offending key."""
+    config = SOURCES.get(data.source).config
+    try:
+        return config.model_validate(data.model_dump())
+    except ValidationError as err:
+        raise ConfigError(invalid(err, "data")) from None
 
 
 def _class_dirs(subfolders: list[Path], folders: Folders) -> dict[str, Path] | None:
@@ -419,7 +460,20 @@ def copy_labelled(
     )
 
 
-@SOURCES.register("synthetic")
+class SyntheticData(SourceSection):
+    n_healthy: int = Field(ge=10)
+    n_tumor: int = Field(ge=4)
+    min_size: int = Field(ge=32, le=4096)
+    max_size: int = Field(ge=32, le=4096)
+
+    @model_validator(mode="after")
+    def _sizes_ordered(self) -> SyntheticData:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) is larger than max_size ({self.max_size})")
+        return self
+
+
+@register("synthetic", SyntheticData)
 def fetch_synthetic(
     data: SyntheticData, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits
 ) -> Rejects:
@@ -433,7 +487,17 @@ def fetch_synthetic(
     return []
 
 
-@SOURCES.register("synthetic_volumes")
+class SyntheticVolumes(SourceSection):
+    """Built-in CT volumes, one per patient, with lesion masks (`synthetic.generate_volumes`)."""
+
+    patients: int = Field(ge=6, le=100_000)
+    slices: int = Field(ge=4, le=512)  # per scan, skull base to skull top
+    size: int = Field(ge=32, le=1024)  # pixels per side
+    lesion_share: float = Field(gt=0, lt=1)  # of the patients
+    format: Literal["nifti", "dicom"] = "nifti"  # NIfTI volumes + masks, or DICOM series + DICOM-SEG
+
+
+@register("synthetic_volumes", SyntheticVolumes)
 def fetch_synthetic_volumes(
     data: SyntheticVolumes, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits
 ) -> Rejects:
@@ -452,7 +516,30 @@ def fetch_synthetic_volumes(
         return _from_folder(Path(volumes), out_dir, limits, kinds=kinds)
 
 
-@SOURCES.register("local")
+class ClassFolders(Section):
+    """The names of a dataset's class folders (any letter case): e.g. `normal` / `anomalous`."""
+
+    healthy: str = Field(default="Healthy", min_length=1)
+    tumor: str = Field(default="Tumor", min_length=1)  # the anomalous class, whatever the anomaly
+
+
+class LocalData(SourceSection):
+    path: Path
+    folders: ClassFolders = ClassFolders()
+    labels: Path | None = None  # a CSV of `path` (below `path`) -> `class`, instead of class folders
+
+    @field_validator("path", "labels")
+    @classmethod
+    def _exists(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        path = path.expanduser()
+        if not path.exists():
+            raise ValueError(f"'{path}' does not exist")
+        return path.resolve()
+
+
+@register("local", LocalData)
 def fetch_local(data: LocalData, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits) -> Rejects:
     path = data.path
     if is_zip(path):
@@ -492,7 +579,11 @@ def _from_folder(
     return copy_classes(dataset, out_dir, folders, shown / dataset.relative_to(root))
 
 
-@SOURCES.register("kaggle")
+class KaggleData(SourceSection):
+    handle: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+
+
+@register("kaggle", KaggleData)
 def fetch_kaggle(
     data: KaggleData, out_dir: Path, seed: int, archive: ArchiveLimits, limits: Limits
 ) -> Rejects:
@@ -513,7 +604,7 @@ def fetch_kaggle(
 
 
 def fetch(
-    data: DataConfig,
+    data: SourceSection,
     out_dir: Path,
     seed: int,
     archive: ArchiveLimits = ARCHIVE_LIMITS,
@@ -522,4 +613,4 @@ def fetch(
     """Fill the empty folder `out_dir` with `Healthy/` and `Tumor/` (and `Masks/` where lesion masks
     exist); return what could not be used, with the reason. `archive`: what a zip may declare; `limits`:
     what a volume's header may."""
-    return SOURCES.get(data.source)(data, out_dir, seed, archive, limits)
+    return SOURCES.get(data.source).fetch(data, out_dir, seed, archive, limits)
