@@ -36,6 +36,9 @@ docs: $(VENV)/.docs  ## the documentation site (mkdocs.yml, docs/) into site/; s
 	$(PYTHON) -m docs.reference --check
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
+screenshots: $(VENV)/.docs  ## docs/images/mlflow-runs.png: a small sweep's runs in MLflow's UI, photographed in Chromium (a few minutes)
+	$(PYTHON) -m docs.screenshots
+
 reference: $(VENV)/.installed  ## rewrite the generated parts of docs/configuration.md and docs/cli.md from the code and conf/
 	$(PYTHON) -m docs.reference
 
