@@ -3,7 +3,7 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: pipeline test test-fast lint docs bench params mlflow-ui team stack-up stack-down stack-status
+.PHONY: pipeline test test-fast lint docs reference screenshots bench params mlflow-ui team stack-up stack-down stack-status
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,8 +32,15 @@ lint: $(VENV)/.installed  ## ruff: the lint rules and the formatting of pyprojec
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-docs: $(VENV)/.docs  ## the documentation site (mkdocs.yml, docs/) into site/; strict: a broken link or anchor fails it
+docs: $(VENV)/.docs  ## the documentation site (mkdocs.yml, docs/) into site/; strict: a broken link or anchor fails it, and so does a stale reference page
+	$(PYTHON) -m docs.reference --check
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+screenshots: $(VENV)/.docs  ## docs/images/mlflow-runs.png: a small sweep's runs in MLflow's UI, photographed in Chromium (a few minutes)
+	$(PYTHON) -m docs.screenshots
+
+reference: $(VENV)/.installed  ## rewrite the generated parts of docs/configuration.md and docs/cli.md from the code and conf/
+	$(PYTHON) -m docs.reference
 
 bench: $(VENV)/.installed  ## stage timings, training throughput per precision, a whole real-data run (docs/performance.md)
 	$(PYTHON) -m bench.run
