@@ -183,18 +183,25 @@ class Schema:
 def registered_names() -> dict[str, list[str]]:
     """The names each registry accepts, by the config key that picks one (`Registry.key`): a config
     value that is plain text in the schema is checked against these where the settings load."""
+    from pipeline.data.sources import SOURCES
     from pipeline.models import MODELS
     from pipeline.scoring import SCORES
     from pipeline.thresholds import THRESHOLD_RULES
 
-    return {registry.key: registry.names() for registry in (MODELS, SCORES, THRESHOLD_RULES)}
+    return {registry.key: registry.names() for registry in (MODELS, SCORES, THRESHOLD_RULES, SOURCES)}
 
 
 def data_sources(schema: Schema) -> dict[str, dict[str, Any]]:
-    """Each data source (`data.source`) -> the schema of its `data` section. The one place that reads
-    how the data sources' config classes are declared: `Settings.data`, a union tagged by `source`."""
-    data = schema.root["properties"]["data"]
-    return {source: schema.resolve({"$ref": ref}) for source, ref in data["discriminator"]["mapping"].items()}
+    """Each data source (`data.source`) -> the schema of its `data` section: the config class it is
+    registered with (`pipeline.data.sources`), its nested sections added to `schema`'s definitions."""
+    from pipeline.data.sources import SOURCES
+
+    sections = {}
+    for source in SOURCES.names():
+        section = SOURCES.get(source).config.model_json_schema()
+        schema.root["$defs"].update(section.pop("$defs", {}))
+        sections[source] = section
+    return sections
 
 
 # --- configuration.md ---------------------------------------------------------------------------------
