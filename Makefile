@@ -46,7 +46,7 @@ bench: $(VENV)/.installed  ## stage timings, training throughput per precision, 
 	$(PYTHON) -m bench.run
 
 params: $(VENV)/.installed  ## recompose params.yaml after editing conf/
-	$(PYTHON) -m pipeline.entrypoint
+	$(PYTHON) -m pipeline.stages.entrypoint
 
 mlflow-ui: $(VENV)/.installed  ## the tracking UI on http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db
@@ -54,10 +54,10 @@ mlflow-ui: $(VENV)/.installed  ## the tracking UI on http://127.0.0.1:5000
 team: $(VENV)/.team  ## the `team` extra: PostgreSQL's driver, SeaweedFS, S3 and DVC's S3 remote (docs/team.md)
 
 stack-up: $(VENV)/.team  ## PostgreSQL, SeaweedFS's S3 and `mlflow server` on 127.0.0.1, data in .stack/; prints the exports
-	@$(PYTHON) -m pipeline.stack up
+	@$(PYTHON) -m pipeline.team.stack up
 
 stack-down: $(VENV)/.team  ## stop the stack (its data stays in .stack/)
-	@$(PYTHON) -m pipeline.stack down
+	@$(PYTHON) -m pipeline.team.stack down
 
 stack-status: $(VENV)/.team  ## what of the stack runs, where
-	@$(PYTHON) -m pipeline.stack status
+	@$(PYTHON) -m pipeline.team.stack status

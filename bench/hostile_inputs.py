@@ -9,7 +9,7 @@ series whose headers claim 30000 x 30000 (with `--maps`); and what is largest wh
 of slices at `preprocess.max_pixels` (scored; 64 of them with `--maps`), a volume at `preprocess.max_voxels`
 with `--maps`, and one ordinary slice for reference. Each case runs in its own process
 (`python -m pipeline.predict`, one request to the packaged detector loaded as MLflow loads it, or
-`python -m pipeline.download` of a data folder), whose peak resident memory the kernel reports when it
+`python -m pipeline.stages.download` of a data folder), whose peak resident memory the kernel reports when it
 exits. The detector is the configured model, untrained: its weights do not change what reading costs.
 
     python -m bench.hostile_inputs [--only NAME ...]
@@ -37,13 +37,14 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
-from pipeline import packaging, serving
-from pipeline.config import ModelConfig, PreprocessConfig, ScoreConfig
+from pipeline.core.config import ModelConfig, PreprocessConfig, ScoreConfig
+from pipeline.core.params import ROOT, params_section
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import DECODE_WORKERS
-from pipeline.detector import Detector
+from pipeline.detection.detector import Detector
 from pipeline.models import build_model
-from pipeline.params import ROOT, params_section
+from pipeline.serving import model as serving
+from pipeline.stages import packaging
 
 LIMIT_GB = 2.0
 AT_LIMIT = (
@@ -372,7 +373,7 @@ def command(case: Case, path: Path, work: Path, detector: Path, served: Path) ->
         return [
             sys.executable,
             "-m",
-            "pipeline.download",
+            "pipeline.stages.download",
             "data=local",
             f"data.path={path}",
             *outputs,

@@ -28,17 +28,17 @@ import numpy as np
 import pandas as pd
 
 from bench.workspace import REAL_DATA, copy_project, run
-from pipeline import hardware
-from pipeline.calibration import FILE as CALIBRATION_FILE
-from pipeline.calibration import Calibration, report_file
-from pipeline.config import Settings
+from pipeline.core import hardware
+from pipeline.core.config import Settings
+from pipeline.core.io import read_json
 from pipeline.data.datasets import Split, for_data, load_split
-from pipeline.entrypoint import compose, load_settings
-from pipeline.io import read_json
+from pipeline.detection.calibration import FILE as CALIBRATION_FILE
+from pipeline.detection.calibration import Calibration, report_file
+from pipeline.detection.scoring import reconstruct_and_score
 from pipeline.models import build_model, load_model, with_precision
-from pipeline.scoring import reconstruct_and_score
+from pipeline.models.training import seed_everything
 from pipeline.stages import DATA_STAGES, MODEL_STAGES
-from pipeline.training import seed_everything
+from pipeline.stages.entrypoint import compose, load_settings
 
 DATASETS = {"synthetic": [], "real": ["data=local", f"data.path={REAL_DATA}"]}
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -121,7 +121,7 @@ def bench(
     rows, scoring = {}, {}
     for precision in precisions:
         with_precision_override = [*overrides, f"train.precision={precision}"]
-        run(project, sys.executable, "-m", "pipeline.entrypoint", *with_precision_override)
+        run(project, sys.executable, "-m", "pipeline.stages.entrypoint", *with_precision_override)
         row = dict(data_times)
         for stage in MODEL_STAGES:
             row[f"{stage} s"] = timed(project, "dvc", "repro", "--single-item", stage)

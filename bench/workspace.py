@@ -9,7 +9,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipeline.params import ROOT
+from pipeline.core.params import ROOT
 from pipeline.stages import STAGES
 
 __all__ = ["REAL_DATA", "STAGES", "copy_project", "run"]
@@ -41,7 +41,7 @@ def copy_project(dest: Path, overrides: Sequence[str] = ()) -> Path:
     run(dest, "git", "init", "-q")
     run(dest, "git", "config", "user.name", "pipeline")  # `dvc exp run` commits experiments
     run(dest, "git", "config", "user.email", "pipeline@localhost")
-    run(dest, sys.executable, "-m", "pipeline.entrypoint", *overrides)
+    run(dest, sys.executable, "-m", "pipeline.stages.entrypoint", *overrides)
     run(dest, "git", "add", "-A")
     run(dest, "git", "commit", "-qm", "workspace")
     return dest

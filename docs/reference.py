@@ -1,5 +1,5 @@
 """The reference pages, generated from the code so that they cannot drift from it: every config key of
-docs/configuration.md (from the settings schema, `pipeline.config`, with the defaults and comments of
+docs/configuration.md (from the settings schema, `pipeline.core.config`, with the defaults and comments of
 `conf/`) and every command of docs/cli.md (from the stages' docstrings and the argparse help).
 
 A page keeps its hand-written prose; only what lies between a pair of markers is generated:
@@ -32,10 +32,10 @@ from unittest import mock
 import yaml
 from omegaconf import OmegaConf
 
-from pipeline.config import Settings
-from pipeline.entrypoint import CONF_DIR as CONF
-from pipeline.entrypoint import compose
-from pipeline.params import ROOT
+from pipeline.core.config import Settings
+from pipeline.core.params import ROOT
+from pipeline.stages.entrypoint import CONF_DIR as CONF
+from pipeline.stages.entrypoint import compose
 
 DOCS = ROOT / "docs"
 HELP_COLUMNS = 100  # argparse wraps its help to the terminal: one width, whatever the terminal
@@ -184,9 +184,9 @@ def registered_names() -> dict[str, list[str]]:
     """The names each registry accepts, by the config key that picks one (`Registry.key`): a config
     value that is plain text in the schema is checked against these where the settings load."""
     from pipeline.data.sources import SOURCES
+    from pipeline.detection.scoring import SCORES
+    from pipeline.detection.thresholds import THRESHOLD_RULES
     from pipeline.models import MODELS
-    from pipeline.scoring import SCORES
-    from pipeline.thresholds import THRESHOLD_RULES
 
     return {registry.key: registry.names() for registry in (MODELS, SCORES, THRESHOLD_RULES, SOURCES)}
 
@@ -350,7 +350,7 @@ def stages_part() -> str:
     from pipeline.stages import STAGES
 
     rows = [
-        (f"`python -m pipeline.{stage} [OVERRIDES]`", docstring_summary(f"pipeline.{stage}"))
+        (f"`python -m pipeline.stages.{stage} [OVERRIDES]`", docstring_summary(f"pipeline.stages.{stage}"))
         for stage in STAGES
     ]
     rows.append(("`python -m pipeline [-m] [OVERRIDES]`", docstring_summary("pipeline.__main__")))
@@ -369,7 +369,7 @@ def command_modules() -> list[str]:
 def help_text(module: str) -> str:
     """`python -m <module> --help` as one reads it at the repository root: a default that is a path of
     this checkout (predict's detector) shows relative to the root, and lines wrap at HELP_COLUMNS."""
-    from pipeline import packaging
+    from pipeline.stages import packaging
 
     out = io.StringIO()
     with (

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import MlflowConfig
-from pipeline.params import ROOT, params_section
+from pipeline.core.config import MlflowConfig
+from pipeline.core.params import ROOT, params_section
 
 RUNS_IMAGE = ROOT / "docs" / "images" / "mlflow-runs.png"
 MODELS = ("cae", "unet", "vae")  # one run each in the picture

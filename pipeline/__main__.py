@@ -31,15 +31,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import hardware, lifecycle, tracking
-from pipeline.calibration import Calibration, report_file
-from pipeline.config import MlflowConfig, Settings, flatten
-from pipeline.entrypoint import CONF_DIR, load_settings
-from pipeline.errors import PipelineError
-from pipeline.io import locked, read_json, write_json
+from pipeline.core import hardware, lifecycle
+from pipeline.core.config import MlflowConfig, Settings, flatten
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import locked, read_json, write_json
+from pipeline.core.params import ROOT
+from pipeline.detection.calibration import Calibration, report_file
 from pipeline.models import variant
-from pipeline.params import ROOT
-from pipeline.stages import DATA_KEYS, DATA_STAGES, MODEL_STAGES, params_of, runner
+from pipeline.stages import DATA_KEYS, DATA_STAGES, MODEL_STAGES, params_of, runner, tracking
+from pipeline.stages.entrypoint import CONF_DIR, load_settings
 
 log = logging.getLogger("pipeline")
 

@@ -28,12 +28,12 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
-from pipeline.config import MlflowConfig
-from pipeline.errors import PipelineError
-from pipeline.io import atomic_path
-from pipeline.params import params_section
-from pipeline.plots import histogram_panels, roc_overlay, save_figure
+from pipeline.core.config import MlflowConfig
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import atomic_path
+from pipeline.core.params import params_section
+from pipeline.evaluation.plots import histogram_panels, roc_overlay, save_figure
+from pipeline.stages import tracking
 
 log = logging.getLogger(__name__)
 

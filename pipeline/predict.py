@@ -10,7 +10,7 @@ volume (`slice`: its index, inferior to superior): its score, the label (score >
 threshold and model that made them, or why the file could not be read. `--maps DIR` writes each
 input's anomaly map and anomaly mask on the input's own pixel (or voxel) grid.
 
-The files PATH stands for are claimed by the input kinds of `pipeline.input_kinds` (images, volumes,
+The files PATH stands for are claimed by the input kinds of `pipeline.inputs.kinds` (images, volumes,
 DICOM series), which score them and write their maps; here they are collected, handed to the kinds,
 and their rows written as one CSV.
 """
@@ -25,18 +25,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import hardware
-from pipeline import maps as maps_io
-from pipeline.config import ArchiveLimits, RuntimeConfig
+from pipeline.core import hardware
+from pipeline.core.config import ArchiveLimits, RuntimeConfig
+from pipeline.core.errors import PipelineError, unexpected
+from pipeline.core.io import check_output_file, check_output_folder, display_name, remove_tree, write_csv
+from pipeline.core.params import params_section
+from pipeline.core.progress import progress
 from pipeline.data.guards import Limits
-from pipeline.detector import Detector
-from pipeline.errors import PipelineError, unexpected
-from pipeline.input_kinds import INPUT_KINDS, Claim, InputKind, Job, MapKey, Scorer
-from pipeline.inputs import InputFile, collect
-from pipeline.io import check_output_file, check_output_folder, display_name, remove_tree, write_csv
-from pipeline.packaging import default_model, load_detector
-from pipeline.params import params_section
-from pipeline.progress import progress
+from pipeline.detection import maps as maps_io
+from pipeline.detection.detector import Detector
+from pipeline.inputs.collect import InputFile, collect
+from pipeline.inputs.kinds import INPUT_KINDS, Claim, InputKind, Job, MapKey, Scorer
+from pipeline.stages.packaging import default_model, load_detector
 
 log = logging.getLogger(__name__)
 COLUMNS = ["path", "scan", "slice", "score", "is_anomaly", "threshold", "model", "run_id", "error"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipeline.config import (
+from pipeline.core.config import (
     DicomWindow,
     HeadConfig,
     PreprocessConfig,
@@ -22,8 +22,8 @@ from pipeline.config import (
     Settings,
     TrainConfig,
 )
-from pipeline.entrypoint import compose, load_settings
-from pipeline.stack import free_port
+from pipeline.stages.entrypoint import compose, load_settings
+from pipeline.team.stack import free_port
 
 # conf/experiment/smoke.yaml: small enough that a whole pipeline runs in a minute on two CPU cores.
 TINY = ["experiment=smoke"]
@@ -110,9 +110,9 @@ def packaged_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny autoencoder packaged as `evaluate` packages a detector (an MLflow model folder)."""
     import keras
 
-    from pipeline import packaging
-    from pipeline.detector import Detector
+    from pipeline.detection.detector import Detector
     from pipeline.models import build_model
+    from pipeline.stages import packaging
 
     keras.utils.set_random_seed(0)
     model = build_model("cae", (32, 32, 1), {"width": 8, "depth": 2, "latent_dim": 16})

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.arrays import finite_1d, finite_number, labels_and_scores, require_both_classes
+from pipeline.core.arrays import finite_1d, finite_number, labels_and_scores, require_both_classes
 
 
 def test_finite_1d_gives_float64_and_accepts_lists() -> None:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from pipeline.audit import levels, shortcut_audit
+from pipeline.evaluation.audit import levels, shortcut_audit
 from tests.conftest import preprocess_config
 
 CONFIG = preprocess_config(32)

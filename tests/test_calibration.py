@@ -1,4 +1,5 @@
-"""The calibration record (`pipeline.calibration`): its file round-trips, a file it cannot trust is one
+"""The calibration record (`pipeline.detection.calibration`): its file round-trips, a file it cannot trust is
+one
 error naming the file, and `calibrate.calibrate` builds it from the validation split alone."""
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.calibrate import calibrate
-from pipeline.calibration import FILE, VERSION, Calibration
-from pipeline.config import Settings
+from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
 from pipeline.data.datasets import Split
-from pipeline.detector import Detector
-from pipeline.errors import PipelineError
+from pipeline.detection.calibration import FILE, VERSION, Calibration
+from pipeline.detection.detector import Detector
 from pipeline.models import build_model
+from pipeline.stages.calibrate import calibrate
 
 RECORD = Calibration(
     threshold=0.42,

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import compare, tracking
-from pipeline.config import MlflowConfig
+from pipeline import compare
+from pipeline.core.config import MlflowConfig
+from pipeline.stages import tracking
 
 EXPERIMENT = "variants"
 RUNS = {  # variant -> (model params, metrics)

@@ -14,17 +14,17 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 from pydantic import Field
 
-from pipeline import codebase
-from pipeline.config import ArchiveLimits, Settings
+from pipeline.core import codebase
+from pipeline.core.config import ArchiveLimits, Settings
+from pipeline.core.errors import ConfigError
+from pipeline.core.params import PARAMS_FILE
 from pipeline.data import sources
 from pipeline.data.guards import Limits
 from pipeline.data.sources import SOURCES, Rejects, SourceSection, fetch
-from pipeline.entrypoint import CONF_DIR, compose, load_settings, write_params
-from pipeline.errors import ConfigError
+from pipeline.detection.scoring import SCORES
+from pipeline.detection.thresholds import THRESHOLD_RULES
 from pipeline.models import MODELS, build_model
-from pipeline.params import PARAMS_FILE
-from pipeline.scoring import SCORES
-from pipeline.thresholds import THRESHOLD_RULES
+from pipeline.stages.entrypoint import CONF_DIR, compose, load_settings, write_params
 
 DATA_OPTIONS = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
 MODEL_OPTIONS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
@@ -153,10 +153,10 @@ def test_the_score_kind_is_auto_or_a_registered_one(kind: str) -> None:
 
 
 def test_the_config_imports_no_other_module_of_the_pipeline() -> None:
-    """Every component imports `pipeline.config` for its section, so the config imports none of them,
+    """Every component imports `pipeline.core.config` for its section, so the config imports none of them,
     not even inside a function (no import cycle): the names that pick a component are checked where the
-    settings are loaded (`pipeline.components`)."""
-    assert codebase.closure("pipeline.config")[0] == {"pipeline", "pipeline.config"}
+    settings are loaded (`pipeline.stages.components`)."""
+    assert codebase.closure("pipeline.core.config")[0] == {"pipeline", "pipeline.core.config"}
 
 
 def test_unknown_data_source_lists_the_registered_ones() -> None:
@@ -180,7 +180,7 @@ class FtpData(SourceSection):
 @pytest.fixture
 def ftp_source() -> Iterator[list[FtpData]]:
     """A data source registered for one test only, config class and fetcher in one registration, with
-    pipeline.config untouched; yields the configs its fetcher was given."""
+    pipeline.core.config untouched; yields the configs its fetcher was given."""
     fetched: list[FtpData] = []
 
     @sources.register("test_ftp", FtpData)

@@ -14,7 +14,7 @@ import pytest
 from mlflow.utils.validation import _validate_metric_name, _validate_tag_name
 from sklearn.metrics import roc_auc_score
 
-from pipeline.diagnostics import (
+from pipeline.evaluation.diagnostics import (
     BY_KIND_COLUMNS,
     BY_LEVEL_COLUMNS,
     LEVEL_BANDS,
@@ -31,9 +31,9 @@ from pipeline.diagnostics import (
     slice_kinds,
     warning_flags,
 )
-from pipeline.evaluate import _set_warning_tags, failures
-from pipeline.localization import pixel_metrics
-from pipeline.plots import roc_auc_by_kind, score_by_level
+from pipeline.evaluation.localization import pixel_metrics
+from pipeline.evaluation.plots import roc_auc_by_kind, score_by_level
+from pipeline.stages.evaluate import _set_warning_tags, failures
 
 THRESHOLD = 0.5
 
@@ -145,7 +145,7 @@ def test_flat_metric_names_suit_mlflow_and_dvc_and_leave_out_nan() -> None:
 def test_the_separation_warning_fires_below_the_minimum_validation_roc_auc(
     validation: float | None, fires: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipeline.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.evaluate"):
         warnings = failures({"roc_auc": 0.9}, validation)
     assert (SEPARATION_TAG in warnings) is fires and LEVEL_SHORTCUT_TAG not in warnings
     assert warning_flags(warnings) == {"warning_separation": int(fires), "warning_level_shortcut": 0}
@@ -162,7 +162,7 @@ def test_the_level_warning_fires_when_the_level_alone_beats_the_detector(
     level_only: float | None, fires: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     results = {"roc_auc": 0.75} | ({} if level_only is None else {"level_only_roc_auc": level_only})
-    with caplog.at_level(logging.WARNING, logger="pipeline.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.evaluate"):
         warnings = failures(results, 0.9)
     assert list(warnings) == ([LEVEL_SHORTCUT_TAG] if fires else [])
     assert warning_flags(warnings)["warning_level_shortcut"] == int(fires)

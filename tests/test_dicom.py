@@ -13,8 +13,8 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless
 
+from pipeline.core.errors import ImageDecodeError
 from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield, write_ct_slice
-from pipeline.errors import ImageDecodeError
 from tests.volume_factory import edited_dicom
 
 # Air, water, brain, bone, and values either side of the brain window.

@@ -35,6 +35,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from pipeline.core.errors import ImageDecodeError, describe
 from pipeline.data.dicom import (
     HEADER_BYTES,
     identity,
@@ -45,8 +46,7 @@ from pipeline.data.dicom import (
 from pipeline.data.guards import Limits
 from pipeline.data.images import decode
 from pipeline.data.series import find_series, read_header, read_segmentation, write_segmentation
-from pipeline.errors import ImageDecodeError, describe
-from pipeline.inputs import InputFile, find_scans
+from pipeline.inputs.collect import InputFile, find_scans
 from tests.conftest import preprocess_config
 from tests.volume_factory import edited_dicom, head_volume, write_series
 

@@ -21,9 +21,9 @@ import sqlalchemy
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline import stack
-from pipeline.errors import ServiceError
-from pipeline.params import ROOT
+from pipeline.core.errors import ServiceError
+from pipeline.core.params import ROOT
+from pipeline.team import stack
 
 pytestmark = pytest.mark.slow
 

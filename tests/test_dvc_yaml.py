@@ -1,6 +1,6 @@
 """dvc.yaml against the code it runs: the stages in `pipeline.stages` order, each running its own
 module and depending on exactly the files of `pipeline/` its entry point imports (derived from the
-source by `pipeline.codebase`), so that a code change reruns every stage it can affect and no other; the
+source by `pipeline.core.codebase`), so that a code change reruns every stage it can affect and no other; the
 data stages on exactly the config they read (`pipeline.stages.DATA_INPUTS`)."""
 
 from __future__ import annotations
@@ -8,17 +8,17 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline import codebase, packaging
-from pipeline.config import flatten
-from pipeline.params import PARAMS_FILE, ROOT
-from pipeline.stages import CHECK_STAGE, DATA_INPUTS, DATA_STAGES, STAGES
+from pipeline.core import codebase
+from pipeline.core.config import flatten
+from pipeline.core.params import PARAMS_FILE, ROOT
+from pipeline.stages import CHECK_STAGE, DATA_INPUTS, DATA_STAGES, STAGES, packaging
 
 DVC_YAML = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
 def imported_files(stage: str) -> set[str]:
     skip = frozenset() if stage == CHECK_STAGE else frozenset({codebase.VALIDATION})
-    modules, _ = codebase.closure(f"pipeline.{stage}", skip=skip)
+    modules, _ = codebase.closure(f"pipeline.stages.{stage}", skip=skip)
     if stage == "package":  # the packaged detector ships the inference modules: its bytes depend on them
         modules |= codebase.closure(packaging.ENTRY_MODULE)[0]
     return {file.relative_to(ROOT).as_posix() for file in codebase.files(modules)}
@@ -41,7 +41,7 @@ def test_stages_run_in_the_pipelines_order() -> None:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_runs_its_own_module(stage: str) -> None:
-    assert DVC_YAML[stage]["cmd"].split()[:3] == ["python", "-m", f"pipeline.{stage}"]
+    assert DVC_YAML[stage]["cmd"].split()[:3] == ["python", "-m", f"pipeline.stages.{stage}"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -60,18 +60,19 @@ def test_each_data_stage_depends_on_exactly_its_inputs(stage: str) -> None:
 
 
 def test_only_the_check_stage_depends_on_the_settings_check() -> None:
-    """Every stage loads its settings through `pipeline.components` (registered names), but only `check`
+    """Every stage loads its settings through `pipeline.stages.components` (registered names), but only
+    `check`
     reruns when it changes: the models it imports are no dependency of `download`."""
-    assert "pipeline/components.py" in imported_files(CHECK_STAGE)
-    assert not {"pipeline/components.py", "pipeline/models/unet.py"} & imported_files("download")
+    assert "pipeline/stages/components.py" in imported_files(CHECK_STAGE)
+    assert not {"pipeline/stages/components.py", "pipeline/models/unet.py"} & imported_files("download")
     assert "pipeline/models/unet.py" in imported_files("train")
 
 
 def test_lazy_imports_and_discovered_models_count() -> None:
     """An import inside a function and a model found by the registry's discovery are dependencies too."""
-    modules, _ = codebase.closure("pipeline.check")
-    assert "pipeline.hardware" in modules  # imported inside entrypoint.stage
-    assert "pipeline.components" in modules  # imported inside entrypoint.load_settings
+    modules, _ = codebase.closure("pipeline.stages.check")
+    assert "pipeline.core.hardware" in modules  # imported inside entrypoint.stage
+    assert "pipeline.stages.components" in modules  # imported inside entrypoint.load_settings
     assert "pipeline.models.unet" in modules  # discovered by the MODELS registry, imported by no one
 
 

@@ -11,14 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.calibration import Calibration, report_file
-from pipeline.config import Settings
+from pipeline.core.config import Settings
+from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.data.datasets import for_data, load_split
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.features import BANK, SCALE, PatchMemory, feature_layer
+from pipeline.detection.calibration import Calibration, report_file
+from pipeline.detection.features import BANK, SCALE, PatchMemory, feature_layer
 from pipeline.models import build_model
-from pipeline.packaging import load_detector
 from pipeline.stages import runner
+from pipeline.stages.packaging import load_detector
 
 
 def _discs(n: int, size: int = 32, seed: int = 0) -> np.ndarray:

@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import download, hardware, split, train
-from pipeline.config import Settings
-from pipeline.entrypoint import compose, load_settings
-from pipeline.errors import ConfigError
-from pipeline.hardware import Gpu, Hardware
-from pipeline.io import read_json
+from pipeline.core import hardware
+from pipeline.core.config import Settings
+from pipeline.core.errors import ConfigError
+from pipeline.core.hardware import Gpu, Hardware
+from pipeline.core.io import read_json
+from pipeline.core.params import ROOT
 from pipeline.models import build_model, load_model, with_precision
-from pipeline.params import ROOT
-from pipeline.training import fit
+from pipeline.models.training import fit
+from pipeline.stages import download, split, train
+from pipeline.stages.entrypoint import compose, load_settings
 from tests.conftest import train_config
 
 CPU_BF16 = Hardware("Xeon", frozenset({"amx_bf16", "avx512_bf16"}), ())

@@ -27,18 +27,18 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
-from pipeline import maps as maps_io
-from pipeline.config import ArchiveLimits, ScoreConfig
+from pipeline.core.config import ArchiveLimits, ScoreConfig
+from pipeline.core.io import for_spreadsheets, remove_tree
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import decode
-from pipeline.detector import Detector
-from pipeline.features import FeatureScore, PatchMemory
-from pipeline.inputs import collect
-from pipeline.io import for_spreadsheets, remove_tree
+from pipeline.detection import maps as maps_io
+from pipeline.detection.detector import Detector
+from pipeline.detection.features import FeatureScore, PatchMemory
+from pipeline.detection.normalization import ContentNormalizer
+from pipeline.inputs.collect import collect
 from pipeline.models import build_model
-from pipeline.normalization import ContentNormalizer
 from pipeline.predict import main, predict
-from pipeline.serving import ARTIFACT, DetectorModel
+from pipeline.serving.model import ARTIFACT, DetectorModel
 from tests.conftest import preprocess_config
 from tests.volume_factory import head_volume, write_series, write_volume
 

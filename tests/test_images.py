@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.core.errors import ImageDecodeError
 from pipeline.data import images
 from pipeline.data.images import load_cached, load_image, read_image, resize_square, to_grayscale
-from pipeline.errors import ImageDecodeError
 from tests.conftest import preprocess_config
 
 

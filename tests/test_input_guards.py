@@ -24,16 +24,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from PIL import Image, ImageFile
 
-from pipeline import detector as detector_module
-from pipeline.config import ArchiveLimits
+from pipeline.core.config import ArchiveLimits
+from pipeline.core.errors import DataError, ImageDecodeError
 from pipeline.data import synthetic
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.guards import MIN_SIDE, file_type, list_files
 from pipeline.data.images import DECODE_WORKERS, decode
 from pipeline.data.manifest import build_manifest
 from pipeline.data.sources import LocalData, SyntheticData, fetch, safe_extract
-from pipeline.detector import Detector
-from pipeline.errors import DataError, ImageDecodeError
+from pipeline.detection import detector as detector_module
+from pipeline.detection.detector import Detector
 from pipeline.predict import main
 from tests.conftest import preprocess_config, score_config
 

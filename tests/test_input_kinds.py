@@ -1,4 +1,4 @@
-"""The input kinds predict scores (`pipeline.input_kinds`): the three it knows, and a new one that is
+"""The input kinds predict scores (`pipeline.inputs.kinds`): the three it knows, and a new one that is
 one class registered, which predict scores, names maps for and guards like the others."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import ArchiveLimits
-from pipeline.input_kinds import INPUT_KINDS, FileKind, Job, Scorer
-from pipeline.inputs import InputFile, collect
-from pipeline.io import make_folders
-from pipeline.packaging import load_detector
+from pipeline.core.config import ArchiveLimits
+from pipeline.core.io import make_folders
+from pipeline.inputs.collect import InputFile, collect
+from pipeline.inputs.kinds import INPUT_KINDS, FileKind, Job, Scorer
 from pipeline.predict import predict
+from pipeline.stages.packaging import load_detector
 
 
 class FakeKind(FileKind):

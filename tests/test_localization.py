@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.config import ThresholdConfig
+from pipeline.core.config import ThresholdConfig
 from pipeline.data import synthetic
 from pipeline.data.images import load_image, resize_square
-from pipeline.localization import (
+from pipeline.detection.scoring import regions
+from pipeline.evaluation.localization import (
     PIXEL_PERCENTILES,
     choose_pixel_threshold,
     dice,
@@ -20,7 +21,6 @@ from pipeline.localization import (
     pixel_metrics,
     tumor_outlines,
 )
-from pipeline.scoring import regions
 from tests.conftest import preprocess_config, score_config
 
 SEED, N_TUMOR, MIN_SIZE, MAX_SIZE = 5, 4, 80, 128

@@ -16,9 +16,9 @@ from PIL import Image
 from pipeline.data.head import bounding_box, head_mask
 from pipeline.data.images import decode, preprocess, preprocess_with_geometry, to_slice
 from pipeline.data.series import find_series, read_segmentation, write_segmentation
-from pipeline.detector import Detector
+from pipeline.detection.detector import Detector
 from pipeline.predict import COLUMNS, main
-from pipeline.serving import ARTIFACT
+from pipeline.serving.model import ARTIFACT
 from tests.conftest import preprocess_config, score_config, write_scans
 from tests.volume_factory import write_series
 

@@ -16,7 +16,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     DetectionMetrics,
     _metrics_from_counts,
     bootstrap_intervals,

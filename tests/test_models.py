@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.models import MODELS, Params, build_model, load_model, register, variant
+from pipeline.models.training import fit
 from pipeline.models.vae import GaussianLatent, kl_divergence
-from pipeline.training import fit
 from tests.conftest import train_config
 
 # Each variant at its smallest: 32x32 slices, a few channels (no weights can be downloaded in tests).

@@ -13,16 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import packaging, predict
-from pipeline.config import DicomWindow, Settings
+from pipeline import predict
+from pipeline.core.config import DicomWindow, Settings
+from pipeline.core.errors import ConfigError
 from pipeline.data.datasets import for_data, load_split
 from pipeline.data.guards import Limits
 from pipeline.data.neighbours import frame_keys, stack_neighbours
 from pipeline.data.volumes import open_volume
-from pipeline.detector import Detector
-from pipeline.entrypoint import compose, load_settings
-from pipeline.errors import ConfigError
+from pipeline.detection.detector import Detector
 from pipeline.models import build_model
+from pipeline.stages import packaging
+from pipeline.stages.entrypoint import compose, load_settings
 from tests.conftest import preprocess_config, score_config
 from tests.volume_factory import head_volume, write_series, write_volume
 
@@ -231,7 +232,7 @@ def test_the_blanked_copy_gets_its_neighbours_from_the_frame(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`evaluate`'s outside-head-blanked copy: each slice's neighbours are its scan's blanked slices."""
-    from pipeline.evaluate import _blanked_scores
+    from pipeline.stages.evaluate import _blanked_scores
 
     settings = make_settings(
         "data=synthetic_volumes", "preprocess.extra_windows=[{level:75,width:215}]", "preprocess.neighbours=1"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pipeline import normalization
-from pipeline.normalization import (
+from pipeline.detection import normalization
+from pipeline.detection.normalization import (
     ContentNormalizer,
     ReferenceNormalizer,
     SliceFacts,
@@ -142,8 +142,8 @@ def test_the_reference_judges_in_blocks_as_it_would_all_at_once(monkeypatch: pyt
 def test_calibrate_keeps_the_normaliser_validation_prefers_and_reports_both(make_settings) -> None:
     import pandas as pd
 
-    from pipeline.calibrate import choose_normalization
     from pipeline.data.datasets import Split
+    from pipeline.stages.calibrate import choose_normalization
 
     facts, scores, patients = _scans(8, 10, seed=4)
     anomalous = (facts.level > 0.6) & (np.arange(len(scores)) % 3 == 0)

@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench.workspace import STAGES, copy_project, run
-from pipeline import hardware
-from pipeline.localization import PIXEL_PERCENTILES
+from pipeline.core import hardware
+from pipeline.evaluation.localization import PIXEL_PERCENTILES
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow

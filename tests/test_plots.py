@@ -6,7 +6,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.plots import (
+from pipeline.evaluation.plots import (
     SAVE_DPI,
     confusion_figure,
     error_histogram,

@@ -16,15 +16,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import packaging
+from pipeline.core.errors import PipelineError
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import load_image
 from pipeline.data.volumes import open_volume
-from pipeline.errors import PipelineError
-from pipeline.normalization import ReferenceNormalizer, SliceFacts
-from pipeline.packaging import load_detector
+from pipeline.detection.normalization import ReferenceNormalizer, SliceFacts
 from pipeline.predict import COLUMNS, main
-from pipeline.serving import ARTIFACT
+from pipeline.serving.model import ARTIFACT
+from pipeline.stages import packaging
+from pipeline.stages.packaging import load_detector
 from tests.conftest import write_scans
 from tests.volume_factory import head_volume
 

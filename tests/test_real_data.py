@@ -11,8 +11,8 @@ import pytest
 
 from bench.workspace import REAL_DATA
 from pipeline.__main__ import run_all
-from pipeline.config import Settings
-from pipeline.io import read_json
+from pipeline.core.config import Settings
+from pipeline.core.io import read_json
 
 pytestmark = [
     pytest.mark.slow,

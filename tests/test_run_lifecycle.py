@@ -19,10 +19,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from pipeline import lifecycle, tracking
-from pipeline.config import Settings
-from pipeline.entrypoint import CONF_DIR, RUN_TOKEN
-from pipeline.params import ROOT
+from pipeline.core import lifecycle
+from pipeline.core.config import Settings
+from pipeline.core.params import ROOT
+from pipeline.stages import tracking
+from pipeline.stages.entrypoint import CONF_DIR, RUN_TOKEN
 from tests.conftest import TINY, tmp_overrides
 
 MODULE_START_S = 60  # a Python process that imports TensorFlow, on a loaded two-core machine
@@ -40,7 +41,7 @@ def _runs(tmp_path: Path, experiment: str) -> list:
 
 def test_sigterm_closes_the_stage_run_as_killed_with_the_reason(tmp_path: Path) -> None:
     """`kill`, `timeout`, a CI cancel: the open run is KILLED with the reason, temporary outputs go."""
-    command = [sys.executable, "-m", "pipeline.download", *TINY, *tmp_overrides(tmp_path)]
+    command = [sys.executable, "-m", "pipeline.stages.download", *TINY, *tmp_overrides(tmp_path)]
     command += ["data.n_healthy=100000", "runtime.threads=1"]  # long enough to be caught generating
     process = subprocess.Popen(command, cwd=tmp_path, env=_env(), stderr=subprocess.PIPE, text=True)
     data = tmp_path / "data"
@@ -91,7 +92,7 @@ def test_an_output_folder_name_is_unique_to_its_process() -> None:
     for mode in ("run", "sweep"):
         assert OmegaConf.select(cfg, f"hydra.{mode}.dir").endswith(f"-{RUN_TOKEN}")
     other = subprocess.run(
-        [sys.executable, "-c", "from pipeline.entrypoint import RUN_TOKEN; print(RUN_TOKEN)"],
+        [sys.executable, "-c", "from pipeline.stages.entrypoint import RUN_TOKEN; print(RUN_TOKEN)"],
         capture_output=True,
         text=True,
         check=True,
@@ -136,7 +137,7 @@ def test_outputs_get_the_modes_the_umask_gives(umask: int, packaged_detector: Pa
     script = (
         "import sys; from pathlib import Path\n"
         "from pipeline import packaging, predict\n"
-        "from pipeline.io import atomic_dir\n"
+        "from pipeline.core.io import atomic_dir\n"
         "image, detector, out = sys.argv[1:]\n"
         "predict.main([image, '--model', detector, '--out', f'{out}/scores.csv',"
         " '--heatmaps', f'{out}/heatmaps'])\n"

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pipeline import scoring
-from pipeline.config import ScoreConfig
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.scoring import SCORES, reconstruct_and_score, regions, residual_maps, score_all
+from pipeline.core.config import ScoreConfig
+from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.detection import scoring
+from pipeline.detection.scoring import SCORES, reconstruct_and_score, regions, residual_maps, score_all
 from tests.conftest import score_config
 
 THRESHOLD = 0.1

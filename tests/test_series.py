@@ -10,9 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from pipeline.core.errors import ImageDecodeError
 from pipeline.data.dicom import read_hounsfield
 from pipeline.data.series import find_series, read_segmentation, write_segmentation
-from pipeline.errors import ImageDecodeError
 from tests.volume_factory import head_volume, write_series
 
 # A gantry tilted by 15 degrees about the patient's left-right axis: still axial slices, but oblique.

@@ -23,15 +23,16 @@ from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from PIL import Image
 
-from pipeline import packaging, serving
-from pipeline.config import DicomWindow, MlflowConfig
+from pipeline.core.config import DicomWindow, MlflowConfig
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import ROOT
 from pipeline.data.dicom import is_dicom
 from pipeline.data.images import load_channels, load_image, to_slice
-from pipeline.detector import Detector
-from pipeline.errors import PipelineError
-from pipeline.maps import map_png, read_map_png
-from pipeline.normalization import ReferenceNormalizer, SliceFacts
-from pipeline.params import ROOT
+from pipeline.detection.detector import Detector
+from pipeline.detection.maps import map_png, read_map_png
+from pipeline.detection.normalization import ReferenceNormalizer, SliceFacts
+from pipeline.serving import model as serving
+from pipeline.stages import packaging
 from tests.conftest import preprocess_config, served, write_scans
 
 
@@ -109,7 +110,7 @@ def test_maps_on_request_are_predicts_maps_on_the_inputs_grid(
     mapping_model: tuple[Path, float], scans: dict[str, Path], tmp_path: Path
 ) -> None:
     """params {"maps": true} adds each row's map and mask PNGs: the image's own size, the map
-    `predict --maps` writes for that file (its steps, `pipeline.input_kinds._score_files`, here), the mask
+    `predict --maps` writes for that file (its steps, `pipeline.inputs.kinds._score_files`, here), the mask
     the map over the pixel threshold."""
     folder, pixel_threshold = mapping_model
     files = [_odd_image(tmp_path), scans["dicom"]]
@@ -213,14 +214,14 @@ def test_served_code_and_requirements_are_what_inference_imports(packaged_detect
         p.relative_to(packaged_detector / "code").as_posix()
         for p in (packaged_detector / "code").rglob("*.py")
     }
-    assert "pipeline/serving_model.py" in shipped and "pipeline/models/unet.py" in shipped
+    assert "pipeline/serving/entry.py" in shipped and "pipeline/models/unet.py" in shipped
     assert not shipped & {
-        "pipeline/entrypoint.py",
-        "pipeline/train.py",
-        "pipeline/evaluate.py",
-        "pipeline/packaging.py",
-        "pipeline/codebase.py",
-        "pipeline/tracking.py",
+        "pipeline/stages/entrypoint.py",
+        "pipeline/stages/train.py",
+        "pipeline/stages/evaluate.py",
+        "pipeline/stages/packaging.py",
+        "pipeline/core/codebase.py",
+        "pipeline/stages/tracking.py",
         "pipeline/data/synthetic.py",
     }
     requirements = (packaged_detector / "requirements.txt").read_text()
@@ -230,7 +231,8 @@ def test_served_code_and_requirements_are_what_inference_imports(packaged_detect
 
 def test_the_served_code_imports_nothing_that_packages_it() -> None:
     """Importing the served model's entry module, as MLflow does, imports no module that builds, logs
-    or registers it (`pipeline.packaging`, the stages, `codebase`, `tracking`) and no phantom generator."""
+    or registers it (`pipeline.stages.packaging`, the stages, `codebase`, `tracking`) and no phantom
+    generator."""
     script = (
         f"import sys, {packaging.ENTRY_MODULE}\n"
         "print(' '.join(name for name in sys.modules if name.startswith('pipeline')))"
@@ -240,13 +242,13 @@ def test_the_served_code_imports_nothing_that_packages_it() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     imported = set(done.stdout.split())
-    assert {"pipeline.serving", "pipeline.detector"} <= imported
+    assert {"pipeline.serving.model", "pipeline.detection.detector"} <= imported
     packaging_modules = {
-        "pipeline.packaging",
-        "pipeline.package",
-        "pipeline.publish",
-        "pipeline.codebase",
-        "pipeline.tracking",
+        "pipeline.stages.packaging",
+        "pipeline.stages.package",
+        "pipeline.stages.publish",
+        "pipeline.core.codebase",
+        "pipeline.stages.tracking",
         "pipeline.data.synthetic",
         "pipeline.data.series",
     }

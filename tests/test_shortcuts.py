@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from pipeline.config import Settings
+from pipeline.core.config import Settings
 from pipeline.data.datasets import Split
-from pipeline.detector import Detector
-from pipeline.evaluate import _blanked_scores
+from pipeline.detection.detector import Detector
+from pipeline.stages.evaluate import _blanked_scores
 from tests.conftest import preprocess_config, score_config
 
 SIDE = 96

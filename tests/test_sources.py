@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.config import ArchiveLimits
+from pipeline.core.config import ArchiveLimits
+from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.io import remove_tree
 from pipeline.data.classes import read_kinds
 from pipeline.data.guards import list_files
 from pipeline.data.slicing import find_cases, has_scans
@@ -29,9 +31,7 @@ from pipeline.data.sources import (
     is_zip,
     safe_extract,
 )
-from pipeline.errors import ConfigError, DataError
-from pipeline.inputs import collect
-from pipeline.io import remove_tree
+from pipeline.inputs.collect import collect
 from tests.volume_factory import head_volume, write_series, write_volume
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import SplitConfig
+from pipeline.core.config import SplitConfig
+from pipeline.core.errors import DataError
 from pipeline.data.splitting import EXTRA_SPLIT, group_duplicates, patient_counts, scaled_sizes, split
-from pipeline.errors import DataError
 
 CONFIG = SplitConfig.model_validate(
     {

@@ -1,4 +1,4 @@
-"""The team stack (`pipeline.stack`): PostgreSQL, SeaweedFS's S3 gateway and `mlflow server` on loopback
+"""The team stack (`pipeline.team.stack`): PostgreSQL, SeaweedFS's S3 gateway and `mlflow server` on loopback
 ports, in a temporary folder. A DVC pipeline logs to it (its runs in PostgreSQL, its artifacts in the
 object store), the registered detector predicts and serves from it, DVC moves the workspace between two
 clones through its object store, and a stage fails at once, keeping its outputs, when the tracking server
@@ -34,8 +34,8 @@ import requests
 from mlflow.tracking import MlflowClient
 
 from bench.workspace import copy_project, run
-from pipeline import stack as team
-from pipeline.errors import ServiceError
+from pipeline.core.errors import ServiceError
+from pipeline.team import stack as team
 from tests.conftest import TINY, served
 
 DETECTOR = "models:/brain-ct-anomaly-detector@current"
@@ -57,7 +57,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(MISSING is not None, reason=f
 
 def _stack(folder: Path, command: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.stack", command, "--dir", str(folder)],
+        [sys.executable, "-m", "pipeline.team.stack", command, "--dir", str(folder)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -67,7 +67,7 @@ def _stack(folder: Path, command: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[team.Stack, str]]:
-    """`python -m pipeline.stack up` in a temporary folder, `down` after the module: (the stack, the
+    """`python -m pipeline.team.stack up` in a temporary folder, `down` after the module: (the stack, the
     exports `up` printed)."""
     folder = tmp_path_factory.mktemp("stack")
     up = _stack(folder, "up")
@@ -413,7 +413,7 @@ def _split(project: Path, tracking_uri: str) -> tuple[subprocess.CompletedProces
     """Run stage `split` as DVC would, logging to `tracking_uri`: (the process, its seconds)."""
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.split", "--config-dir", ".", "--config-name", "params"],
+        [sys.executable, "-m", "pipeline.stages.split", "--config-dir", ".", "--config-name", "params"],
         cwd=project,
         env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
         capture_output=True,

@@ -9,9 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from pipeline import __main__ as app
-from pipeline.config import Settings
-from pipeline.entrypoint import compose, load_settings
+from pipeline.core.config import Settings
 from pipeline.stages import DATA_INPUTS, DATA_KEYS, DATA_STAGES, params_of
+from pipeline.stages.entrypoint import compose, load_settings
 
 OTHER_DATA = [
     "preprocess.head.threshold=0.2",

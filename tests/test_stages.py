@@ -14,23 +14,22 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline import download, split, tracking
-from pipeline.calibration import Calibration, report_file
-from pipeline.config import Settings
+from pipeline.core.config import Settings
+from pipeline.core.errors import DataError
+from pipeline.core.params import ROOT
 from pipeline.data.datasets import for_data, load_split
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.manifest import read_manifest
 from pipeline.data.synthetic import generate
-from pipeline.errors import DataError
-from pipeline.packaging import load_detector
-from pipeline.params import ROOT
-from pipeline.scoring import SCORES
-from pipeline.stages import runner
+from pipeline.detection.calibration import Calibration, report_file
+from pipeline.detection.scoring import SCORES
+from pipeline.stages import download, runner, split, tracking
+from pipeline.stages.packaging import load_detector
 
 
 def test_a_config_error_is_one_line_not_a_traceback() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.download", "data=local"],
+        [sys.executable, "-m", "pipeline.stages.download", "data=local"],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -45,7 +44,7 @@ def test_a_config_error_is_one_line_not_a_traceback() -> None:
     ("entry", "override", "message"),
     [
         (
-            "pipeline.download",
+            "pipeline.stages.download",
             "model.width=0",
             "model.width: Input should be greater than or equal to 1 (got 0)",
         ),
@@ -55,7 +54,7 @@ def test_a_config_error_is_one_line_not_a_traceback() -> None:
             "model 'unet' halves the image 4 times: preprocess.image_size must be divisible by 16, got 120",
         ),
         (
-            "pipeline.check",
+            "pipeline.stages.check",
             "threshold.method=otsu",
             "threshold.method: unknown threshold rule 'otsu' "
             "(available: f1_optimal, mean_std, percentile, youden)",

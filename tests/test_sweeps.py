@@ -14,7 +14,7 @@ import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline.params import ROOT
+from pipeline.core.params import ROOT
 
 pytestmark = pytest.mark.slow
 

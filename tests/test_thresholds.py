@@ -3,10 +3,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.config import ThresholdConfig
-from pipeline.errors import ConfigError
-from pipeline.metrics import detection_metrics
-from pipeline.thresholds import (
+from pipeline.core.config import ThresholdConfig
+from pipeline.core.errors import ConfigError
+from pipeline.detection.thresholds import (
     THRESHOLD_RULES,
     calibrate_thresholds,
     f1_optimal_threshold,
@@ -15,6 +14,7 @@ from pipeline.thresholds import (
     percentile_threshold,
     youden_threshold,
 )
+from pipeline.evaluation.metrics import detection_metrics
 
 
 def _config(k: float = 1.0, percentile: float = 95.0) -> ThresholdConfig:

@@ -14,12 +14,12 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import download, split, tracking
-from pipeline.config import Settings
-from pipeline.errors import ServiceError
-from pipeline.io import read_json
+from pipeline.core.config import Settings
+from pipeline.core.errors import ServiceError
+from pipeline.core.io import read_json
 from pipeline.models import build_model, variant
-from pipeline.stack import free_port
+from pipeline.stages import download, split, tracking
+from pipeline.team.stack import free_port
 
 STARTED = datetime(2026, 12, 7, 14, 2, 59)
 UNET = {"name": "unet", "width": 8, "depth": 4, "batch_norm": False}

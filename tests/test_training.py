@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.config import AugmentConfig, NoiseConfig, TrainConfig
+from pipeline.core.config import AugmentConfig, NoiseConfig, TrainConfig
+from pipeline.detection.scoring import reconstruct_and_score
 from pipeline.models import build_model
-from pipeline.scoring import reconstruct_and_score
-from pipeline.training import TrainingResult, fit, learning_rate, seed_everything, training_batches
+from pipeline.models.training import TrainingResult, fit, learning_rate, seed_everything, training_batches
 from tests.conftest import score_config
 
 AUGMENT = AugmentConfig(rotation=10, shift=0.1, flip=True, intensity=0.2)

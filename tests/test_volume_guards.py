@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nibabel.arrayproxy import ArrayProxy
 
+from pipeline.core.errors import ImageDecodeError
 from pipeline.data import volumes
 from pipeline.data.guards import Limits
 from pipeline.data.slicing import slice_scans
 from pipeline.data.volumes import Volume, open_volume, read_mask, save_nifti
-from pipeline.errors import ImageDecodeError
 from tests.volume_factory import head_volume, write_volume
 
 EXAMPLES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

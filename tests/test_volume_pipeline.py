@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.core.params import ROOT
 from pipeline.data.synthetic import generate_volumes
-from pipeline.diagnostics import LEVEL_BANDS, LEVEL_SHORTCUT_TAG, WARNING_TAGS
-from pipeline.packaging import load_detector
-from pipeline.params import ROOT
+from pipeline.evaluation.diagnostics import LEVEL_BANDS, LEVEL_SHORTCUT_TAG, WARNING_TAGS
+from pipeline.stages.packaging import load_detector
 
 pytestmark = pytest.mark.slow
 TINY = [

@@ -15,15 +15,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import download, split
-from pipeline.config import Settings
+from pipeline.core.config import Settings
 from pipeline.data.classes import mask_path
 from pipeline.data.dicom import read_hounsfield
 from pipeline.data.manifest import read_manifest
 from pipeline.data.series import find_series, write_segmentation
 from pipeline.data.slicing import find_cases, slice_scans
 from pipeline.data.volumes import open_volume, read_mask
-from pipeline.scans import scan_metrics, scan_table
+from pipeline.evaluation.scans import scan_metrics, scan_table
+from pipeline.stages import download, split
 from tests.volume_factory import head_volume, lesion_mask, write_series, write_volume
 
 # Identity, axes permuted and flipped with anisotropic voxels, and an oblique-free LPS-like flip.

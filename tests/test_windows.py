@@ -19,8 +19,9 @@ import pytest
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from pipeline import packaging, predict, scoring
-from pipeline.config import DicomWindow, PreprocessConfig, Settings
+from pipeline import predict
+from pipeline.core.config import DicomWindow, PreprocessConfig, Settings
+from pipeline.core.errors import ConfigError, ImageDecodeError
 from pipeline.data.datasets import for_data
 from pipeline.data.dicom import write_ct_slice
 from pipeline.data.images import (
@@ -33,11 +34,12 @@ from pipeline.data.images import (
     preprocess,
 )
 from pipeline.data.manifest import MANIFEST_COLUMNS
-from pipeline.detector import Detector
-from pipeline.entrypoint import compose, load_settings
-from pipeline.errors import ConfigError, ImageDecodeError
+from pipeline.detection import scoring
+from pipeline.detection.detector import Detector
 from pipeline.models import build_model
-from pipeline.training import fit, training_batches
+from pipeline.models.training import fit, training_batches
+from pipeline.stages import packaging
+from pipeline.stages.entrypoint import compose, load_settings
 from tests.conftest import BRAIN_WINDOW, preprocess_config, score_config, train_config, write_scans
 from tests.volume_factory import head_volume
 

@@ -43,7 +43,9 @@ def add_kinds(raw_dir: Path, kinds: Mapping[str, str]) -> None:
     """Record the kinds of files below `raw_dir` (path relative to it, POSIX separators -> one of
     `KINDS`) in its `KINDS_FILE`, after those recorded before. Paths are written as
     `io.display_name` writes names (a name that is not UTF-8 is renamed so by the manifest builder)."""
-    from pipeline.io import display_name  # here: pipeline.io imports much that the layout does not need
+    from pipeline.core.io import (
+        display_name,  # here: pipeline.core.io imports much that the layout does not need
+    )
 
     if not kinds:
         return

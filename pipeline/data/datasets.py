@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import Settings
+from pipeline.core.config import Settings
 from pipeline.data.classes import TUMOR
 from pipeline.data.dicom import DICOM_FORMAT
 from pipeline.data.images import load_cached

@@ -40,9 +40,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pipeline.config import MAX_PIXELS
+from pipeline.core.config import MAX_PIXELS
+from pipeline.core.errors import ImageDecodeError, describe
 from pipeline.data.guards import DEFAULT_LIMITS, Limits, check_pixels, file_type
-from pipeline.errors import ImageDecodeError, describe
 
 # a DICOM slice's `format` in the manifest: the one format in Hounsfield units after download (NIfTI
 # volumes and DICOM series become DICOM slices)

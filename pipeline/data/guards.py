@@ -18,9 +18,9 @@ from typing import IO
 
 import numpy as np
 
-from pipeline.config import MAX_PIXELS, MAX_VOXELS, PreprocessConfig
+from pipeline.core.config import MAX_PIXELS, MAX_VOXELS, PreprocessConfig
+from pipeline.core.errors import ImageDecodeError
 from pipeline.data.head import head_mask
-from pipeline.errors import ImageDecodeError
 
 MIN_SIDE = 16  # pixels on either side, as the smallest model input: a narrower slice holds no head
 # The head region's least share of a slice: a speck or a few bright pixels are not a head (the real 2-D

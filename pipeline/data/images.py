@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipeline.config import MAX_PIXELS, PreprocessConfig
+from pipeline.core.config import MAX_PIXELS, PreprocessConfig
+from pipeline.core.errors import ImageDecodeError
+from pipeline.core.io import atomic_path
+from pipeline.core.progress import progress as progress_bar
 from pipeline.data.dicom import apply_window, is_dicom, read_hounsfield, write_ct_slice
 from pipeline.data.guards import HEAD_BYTES, check_content, check_pixels, not_an_image
 from pipeline.data.head import bounding_box, head_mask, normalize_intensity
-from pipeline.errors import ImageDecodeError
-from pipeline.io import atomic_path
-from pipeline.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 # Bump when `load_channels` changes its output for the same config, so cached arrays are rebuilt.

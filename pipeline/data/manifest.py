@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.config import PreprocessConfig
+from pipeline.core.config import PreprocessConfig
+from pipeline.core.errors import ImageDecodeError
+from pipeline.core.io import display_name
+from pipeline.core.progress import progress as progress_bar
 from pipeline.data.classes import FOLDERS, TUMOR, read_kinds
 from pipeline.data.dicom import DICOM_FORMAT, identity
 from pipeline.data.guards import Limits, list_files, walk
 from pipeline.data.images import DECODE_WORKERS, decode
-from pipeline.errors import ImageDecodeError
-from pipeline.io import display_name
-from pipeline.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 MANIFEST_COLUMNS = ["path", "class", "sha256", "phash", "width", "height", "mode", "format"]

@@ -22,6 +22,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from pipeline.core.errors import ImageDecodeError, describe
 from pipeline.data.dicom import (
     Placement,
     check_pixel_data,
@@ -33,7 +34,6 @@ from pipeline.data.dicom import (
     segmentation_bytes,
 )
 from pipeline.data.guards import DEFAULT_LIMITS, Limits, check_pixels
-from pipeline.errors import ImageDecodeError, describe
 
 log = logging.getLogger(__name__)
 logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every attribute it copies, at INFO

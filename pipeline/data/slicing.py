@@ -34,6 +34,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
+from pipeline.core.errors import ImageDecodeError
+from pipeline.core.io import make_folders
+from pipeline.core.progress import progress
 from pipeline.data.classes import FOLDERS, HEALTHY, TUMOR, add_kinds, mask_path
 from pipeline.data.dicom import HU_RANGE, is_dicom, placement, write_ct_slice
 from pipeline.data.guards import DEFAULT_LIMITS, Limits, list_files
@@ -47,9 +50,6 @@ from pipeline.data.volumes import (
     open_volume,
     read_mask,
 )
-from pipeline.errors import ImageDecodeError
-from pipeline.io import make_folders
-from pipeline.progress import progress
 
 Labels = dict[int | None, str]  # slice index (None: every slice) -> class, from a labels CSV
 Kinds = dict[int | None, str]  # slice index (None: every slice) -> lesion kind (`classes.KINDS`)

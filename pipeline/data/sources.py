@@ -24,7 +24,11 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.config import ArchiveLimits, Section, SourceConfig, invalid
+from pipeline.core.config import ArchiveLimits, Section, SourceConfig, invalid
+from pipeline.core.errors import ConfigError, DataError, ImageDecodeError
+from pipeline.core.io import make_folders, remove_tree
+from pipeline.core.progress import progress
+from pipeline.core.registry import Registry
 from pipeline.data import slicing, synthetic
 from pipeline.data.classes import FOLDERS, HEALTHY, KINDS, MASKS, TUMOR, add_kinds, kind_of
 from pipeline.data.guards import (
@@ -38,10 +42,6 @@ from pipeline.data.guards import (
     walk,
 )
 from pipeline.data.volumes import is_mask, is_volume
-from pipeline.errors import ConfigError, DataError, ImageDecodeError
-from pipeline.io import make_folders, remove_tree
-from pipeline.progress import progress
-from pipeline.registry import Registry
 
 log = logging.getLogger(__name__)
 

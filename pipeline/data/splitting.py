@@ -15,9 +15,9 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipeline.config import PatientSplit, SplitConfig
+from pipeline.core.config import PatientSplit, SplitConfig
+from pipeline.core.errors import DataError
 from pipeline.data.classes import HEALTHY, TUMOR
-from pipeline.errors import DataError
 
 SPLITS = ("train", "val", "test", "test_extra")  # the split files, in this order
 HEALTHY_SPLITS = SPLITS[:3]

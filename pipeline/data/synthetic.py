@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pipeline.core.progress import progress as progress_bar
 from pipeline.data.classes import (
     EPIDURAL,
     FOLDERS,
@@ -47,7 +48,6 @@ from pipeline.data.classes import (
     SUBDURAL,
     TUMOR,
 )
-from pipeline.progress import progress as progress_bar
 
 _HEALTHY, _TUMOR = 0, 1
 _FOLDERS = {_HEALTHY: (FOLDERS[HEALTHY], "ct_healthy"), _TUMOR: (FOLDERS[TUMOR], "ct_tumor")}

@@ -26,9 +26,9 @@ import nibabel as nib
 import numpy as np
 from nibabel.arrayproxy import ArrayProxy
 
+from pipeline.core.errors import ImageDecodeError, describe
+from pipeline.core.io import make_folders
 from pipeline.data.guards import DEFAULT_LIMITS, Limits
-from pipeline.errors import ImageDecodeError, describe
-from pipeline.io import make_folders
 
 SUFFIXES = (".nii.gz", ".nii")
 MASK_SUFFIX = "_mask"  # <case>_mask.nii.gz beside <case>.nii.gz

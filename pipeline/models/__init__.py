@@ -14,10 +14,10 @@ import keras
 import numpy as np
 from pydantic import ValidationError
 
-from pipeline.config import Section
-from pipeline.errors import ConfigError
-from pipeline.hardware import dtype_policy
-from pipeline.registry import Registry
+from pipeline.core.config import Section
+from pipeline.core.errors import ConfigError
+from pipeline.core.hardware import dtype_policy
+from pipeline.core.registry import Registry
 
 
 class Params(Section):
@@ -104,7 +104,7 @@ def build_model(
 
 def with_precision(model: keras.Model, name: str, params: dict[str, Any], precision: str) -> keras.Model:
     """The same weights in the same model built to compute in `precision`: a model trained in bfloat16
-    is saved and scored in float32 (`pipeline.hardware`), and its bfloat16 scores can be compared."""
+    is saved and scored in float32 (`pipeline.core.hardware`), and its bfloat16 scores can be compared."""
     copy = build_model(name, model.input_shape[1:], params, precision)
     copy.set_weights(model.get_weights())
     return copy

@@ -13,7 +13,7 @@ import keras
 from keras import layers
 from pydantic import Field, field_validator
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 from pipeline.models import Params, register
 from pipeline.models.conv import bottom_shape, decode, level_filters
 

@@ -1,0 +1,1 @@
+"""The detector: reconstruction, scores, healthy references, thresholds, maps, one object."""

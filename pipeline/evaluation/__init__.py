@@ -1,0 +1,1 @@
+"""How well a detector separates and outlines: metrics, intervals, scans, localisation, audit."""
