@@ -98,7 +98,7 @@ def test_available_cores_follow_the_quota_not_the_host(monkeypatch: pytest.Monke
 
 def test_configure_sizes_tensorflows_thread_pools_in_a_fresh_process() -> None:
     code = (
-        "from pipeline import hardware; n = hardware.configure(1); import tensorflow as tf; "
+        "from pipeline.core import hardware; n = hardware.configure(1); import tensorflow as tf; "
         "print(n, tf.config.threading.get_intra_op_parallelism_threads(), "
         "tf.config.threading.get_inter_op_parallelism_threads(), hardware.threads())"
     )

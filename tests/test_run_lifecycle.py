@@ -136,7 +136,7 @@ def test_outputs_get_the_modes_the_umask_gives(umask: int, packaged_detector: Pa
     out = tmp_path / "out"
     script = (
         "import sys; from pathlib import Path\n"
-        "from pipeline import packaging, predict\n"
+        "from pipeline import predict\nfrom pipeline.stages import packaging\n"
         "from pipeline.core.io import atomic_dir\n"
         "image, detector, out = sys.argv[1:]\n"
         "predict.main([image, '--model', detector, '--out', f'{out}/scores.csv',"
