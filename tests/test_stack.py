@@ -293,7 +293,7 @@ def test_a_pipeline_logs_its_runs_to_postgresql_and_its_artifacts_to_the_object_
             cursor.execute("select run_uuid, status, name from runs")
             runs = {uuid: (status, name) for uuid, status, name in cursor.fetchall()}
     assert runs[run_id][0] == "FINISHED"
-    assert {name.split("-")[0] for _, name in runs.values()} >= {"download", "split"}
+    assert {name.split(" · ")[0] for _, name in runs.values()} >= {"download", "split"}
     pages = stack.s3_client().get_paginator("list_objects_v2").paginate(Bucket=team.BUCKET, Prefix="mlflow/")
     keys = {item["Key"] for page in pages for item in page.get("Contents", [])}
     experiment = logged.info.experiment_id
