@@ -1,6 +1,6 @@
-"""The calibration record (`pipeline.detection.calibration`): its file round-trips, a file it cannot trust is
-one
-error naming the file, and `calibrate.calibrate` builds it from the validation split alone."""
+"""The calibration record (`pipeline.detection.calibration`): its file round-trips, a file it cannot
+trust is one error naming the file, and `calibrator.calibrate` builds it from the validation split
+alone."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.data.datasets import Split
 from pipeline.detection.calibration import FILE, VERSION, Calibration
+from pipeline.detection.calibrator import calibrate
 from pipeline.detection.detector import Detector
 from pipeline.models import build_model
-from pipeline.stages.calibrate import calibrate
 
 RECORD = Calibration(
     threshold=0.42,

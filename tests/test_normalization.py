@@ -143,7 +143,7 @@ def test_calibrate_keeps_the_normaliser_validation_prefers_and_reports_both(make
     import pandas as pd
 
     from pipeline.data.datasets import Split
-    from pipeline.stages.calibrate import choose_normalization
+    from pipeline.detection.calibrator import choose_normalization
 
     facts, scores, patients = _scans(8, 10, seed=4)
     anomalous = (facts.level > 0.6) & (np.arange(len(scores)) % 3 == 0)
