@@ -15,7 +15,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.config import MlflowConfig
 from pipeline.core.params import ROOT, params_section
+from pipeline.team.stack import free_port
 
 RUNS_IMAGE = ROOT / "docs" / "images" / "mlflow-runs.png"
 MODELS = ("cae", "unet", "vae")  # one run each in the picture
@@ -63,12 +63,6 @@ def run_sweep(store: Path) -> str:
         check=True,
     )
     return tracking_uri
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -61,8 +61,7 @@ def test_each_data_stage_depends_on_exactly_its_inputs(stage: str) -> None:
 
 def test_only_the_check_stage_depends_on_the_settings_check() -> None:
     """Every stage loads its settings through `pipeline.stages.components` (registered names), but only
-    `check`
-    reruns when it changes: the models it imports are no dependency of `download`."""
+    `check` reruns when it changes: the models it imports are no dependency of `download`."""
     assert "pipeline/stages/components.py" in imported_files(CHECK_STAGE)
     assert not {"pipeline/stages/components.py", "pipeline/models/unet.py"} & imported_files("download")
     assert "pipeline/models/unet.py" in imported_files("train")

@@ -2,14 +2,12 @@
 
 Pure pydantic, no Hydra: the served detector validates its preprocessing and score sections with these
 classes. `pipeline.stages.entrypoint` composes `conf/` with Hydra and validates it here;
-`pipeline.core.params`
-reads sections of `params.yaml` for the commands that run outside the pipeline. This module checks what
-it can alone (types, ranges, choices it lists) and imports no other module of the pipeline: the
-components import it. The names that pick a component (`model.name` and the model's parameters,
-`data.source` and its source's keys, `score.kind`, `threshold.method`) are checked against the
-components' registries where the settings are loaded (`pipeline.stages.components`), so a bad value still
-fails
-before any stage does work.
+`pipeline.core.params` reads sections of `params.yaml` for the commands that run outside the pipeline. This
+module checks what it can alone (types, ranges, choices it lists) and imports no other module of the pipeline:
+the components import it. The names that pick a component (`model.name` and the model's parameters,
+`data.source` and its source's keys, `score.kind`, `threshold.method`) are checked against the components'
+registries where the settings are loaded (`pipeline.stages.components`), so a bad value still fails before any
+stage does work.
 """
 
 from __future__ import annotations
@@ -198,15 +196,13 @@ class RuntimeConfig(Section):
 class ScoreConfig(Section):
     """Which anomaly score (`pipeline.detection.scoring`) a slice gets, and where it is read."""
 
-    # a name registered in pipeline.detection.scoring.SCORES, or `auto`: calibrate picks on
-    # validation
+    # a name registered in pipeline.detection.scoring.SCORES, or `auto`: calibrate picks on validation
     kind: str
     region: Literal["head", "brain", "image"]  # brain: the cranial cavity and the skull's inner table
     percentile: float = Field(gt=0, le=100)  # residual_percentile and symmetry; 100 = the maximum
     smoothing: float = Field(ge=0, le=16)  # Gaussian sigma (pixels) of the residual before the percentile
     # relative to healthy slices like it (pipeline.detection.normalization): of as much brain (content),
-    # nearest in
-    # level and anatomy (reference), the better of the two on validation (auto)
+    # nearest in level and anatomy (reference), the better of the two on validation (auto)
     normalize: Literal["none", "content", "reference", "auto"] = "none"
     tta: Literal["none", "flip"] = "none"  # flip: reconstructions averaged with the mirror image's
     # add the feature-space score (pipeline.detection.features): when it raises validation ROC AUC, always,

@@ -2,7 +2,7 @@
 
 - **Precision.** Training runs in bfloat16 where the processor computes it natively (a CPU with AMX or
   AVX512-BF16, a GPU of compute capability 8.0 or newer), in float32 elsewhere: 1.4-2x the training
-  speed on AVX512-BF16, more with AMX (README, Benchmarks). Weights stay float32 under every precision
+  speed on AVX512-BF16, more with AMX (docs/performance.md). Weights stay float32 under every precision
   (Keras' mixed policies), so a model trained in bfloat16 is saved, scored and served in float32.
 - **Threads.** TensorFlow sizes its thread pools by the host's CPU count; in a container or a batch job
   the process may use far fewer cores (its cgroup CPU quota, its CPU affinity), and too many threads on

@@ -150,9 +150,8 @@ def score_by_level(
 
 
 def roc_auc_by_kind(kinds: pd.DataFrame, overall: float) -> Figure:
-    """Each lesion kind's ROC AUC against all healthy test slices
-    (`pipeline.evaluation.diagnostics.by_kind`), with
-    its slice count and recall, beside the detector's overall ROC AUC and chance."""
+    """Each lesion kind's ROC AUC against all healthy test slices (`pipeline.evaluation.diagnostics.by_kind`),
+    with its slice count and recall, beside the detector's overall ROC AUC and chance."""
     fig = Figure(figsize=(7, 0.5 + 0.45 * max(len(kinds), 2)), layout="constrained")
     ax = fig.add_subplot()
     positions = np.arange(len(kinds))

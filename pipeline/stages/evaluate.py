@@ -1,16 +1,14 @@
 """Stage `evaluate`: detection quality on the held-out test set (healthy + tumor), with 95% bootstrap
-intervals, at the applied threshold and at every threshold rule calibrate computed; the same on a copy
-of the test slices blanked outside the head, and per image source (format, mode, size), both of which
-would expose a detector that scores the source instead of the anatomy; the shortcut audit
-(`pipeline.evaluation.audit`: what metadata alone, or a slice's level in its scan, would achieve);
-localisation
-where tumor outlines exist; the detection rate on the extra tumor-only set. Where the detector fails
-(`pipeline.evaluation.diagnostics`): the metrics per band of the slice's level in its scan (`by_level.csv`,
-for
-slices of scans) and per lesion kind (`by_kind.csv`, where the split has a `kind` column), and a warning
-(log, MLflow tag `warning.*`, 0/1 metric `warning_*`) when validation does not separate the classes or
-the slice's level alone beats the detector. All as DVC metrics and plots and in the model's MLflow run.
-Packaging the detector is the next stage's job (`package`)."""
+intervals, at the applied threshold and at every threshold rule calibrate computed; the same on a copy of the
+test slices blanked outside the head, and per image source (format, mode, size), both of which would expose a
+detector that scores the source instead of the anatomy; the shortcut audit (`pipeline.evaluation.audit`: what
+metadata alone, or a slice's level in its scan, would achieve); localisation where tumor outlines exist; the
+detection rate on the extra tumor-only set. Where the detector fails (`pipeline.evaluation.diagnostics`): the
+metrics per band of the slice's level in its scan (`by_level.csv`, for slices of scans) and per lesion kind
+(`by_kind.csv`, where the split has a `kind` column), and a warning (log, MLflow tag `warning.*`, 0/1 metric
+`warning_*`) when validation does not separate the classes or the slice's level alone beats the detector. All
+as DVC metrics and plots and in the model's MLflow run. Packaging the detector is the next stage's job
+(`package`)."""
 
 from __future__ import annotations
 
@@ -316,8 +314,7 @@ def draw_figures(
 
 def failures(results: dict[str, float], val_roc_auc: float | None) -> dict[str, str]:
     """The failures a report must show (`pipeline.evaluation.diagnostics.failure_warnings`: MLflow tag ->
-    message),
-    each logged as a warning."""
+    message), each logged as a warning."""
     warnings = failure_warnings(results, val_roc_auc)
     for message in warnings.values():
         log.warning(message)

@@ -62,7 +62,7 @@ def run(settings: Settings) -> None:
             settings.seed,
             callbacks=[mlflow.keras.MlflowCallback(log_every_epoch=True)],
         )
-        if precision != "float32":  # scored in float32 everywhere (README, Benchmarks)
+        if precision != "float32":  # scored in float32 everywhere (docs/hardware.md)
             model = with_precision(model, settings.model.name, settings.model.params, "float32")
         history = pd.DataFrame(result.history).rename_axis("epoch").reset_index()
         history["epoch"] += 1
