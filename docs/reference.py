@@ -153,6 +153,9 @@ class Schema:
         if "anyOf" in field:
             return " or ".join(self.type_text(option, key) for option in field["anyOf"])
         kind = field.get("type")
+        if kind == "array" and "prefixItems" in field:  # a tuple: its items in order
+            parts = ", ".join(self.type_text(item, key) for item in field["prefixItems"])
+            return f"[{parts}]"
         if kind == "array":
             items = self.resolve(field["items"])
             listed = (

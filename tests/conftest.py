@@ -56,6 +56,7 @@ def train_config(
         precision="float32",
         schedule="constant",
         noise={"std": noise, "resolution": 4},
+        bleeds={"probability": 0.0, "contrast": (15, 60)},
         augment={
             "rotation": 10 * augment,
             "shift": 0.05 * augment,

@@ -280,7 +280,9 @@ def test_neighbours_go_for_data_without_scans_and_stay_for_scans(
 ) -> None:
     """2D images have no slices above and below: the stages drop `neighbours` there, as they drop the
     Hounsfield windows for PNG, and say so once."""
-    settings = make_settings("preprocess.neighbours=1", "preprocess.extra_windows=[]")
+    settings = make_settings(
+        "preprocess.neighbours=1", "preprocess.extra_windows=[]", "train.bleeds.probability=0"
+    )
     settings.paths.manifests.mkdir(parents=True, exist_ok=True)
     lone = pd.DataFrame({"path": ["a.png", "b.png"], "format": "PNG", "slice": pd.NA, "slices": pd.NA})
     lone.to_csv(settings.paths.manifests / "raw.csv", index=False)

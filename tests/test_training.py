@@ -30,6 +30,7 @@ def _config(augment: AugmentConfig = AUGMENT, noise: NoiseConfig = NOISE, **chan
         "schedule": "constant",
         "augment": augment,
         "noise": noise,
+        "bleeds": {"probability": 0.0, "contrast": (15, 60)},
     } | changes
     return TrainConfig(**settings)
 

@@ -304,18 +304,43 @@ def test_the_windows_go_for_data_with_any_windowed_image_and_a_log_line_says_so_
     assert all(r.preprocess.extra_windows == () and r.preprocess.channels == 1 for r in resolved)
     assert resolved[0].preprocess == settings.preprocess.model_copy(update={"extra_windows": ()})
     assert resolved[0].flat_params()["preprocess.extra_windows"] == "[]"  # what MLflow logs
-    assert resolved[0].model_dump(exclude={"preprocess"}) == settings.model_dump(exclude={"preprocess"})
+    assert resolved[0].train.bleeds.probability == 0 < settings.train.bleeds.probability
+    assert resolved[0].flat_params()["train.bleeds.probability"] == "0.0"
+    changed = {"preprocess", "train"}
+    assert resolved[0].model_dump(exclude=changed) == settings.model_dump(exclude=changed)
+    assert resolved[0].train.model_dump(exclude={"bleeds"}) == settings.train.model_dump(exclude={"bleeds"})
     assert [r.getMessage() for r in caplog.records] == [
         "the prepared data holds 2 PNG and 1 JPEG slices (of 4), windowed already: the detector reads one "
-        "channel; preprocess.extra_windows apply to Hounsfield inputs (DICOM, NIfTI)"
+        "channel and training draws no synthetic bleeds; preprocess.extra_windows and train.bleeds apply "
+        "to Hounsfield inputs (DICOM, NIfTI)"
     ]
     _manifest(settings, "DICOM", "DICOM")  # downloaded again, now all in HU: read again
     assert for_data(settings).preprocess.channels == 3
 
 
-def test_without_windows_the_data_is_not_read(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings("preprocess.extra_windows=[]")
+def test_without_windows_and_bleeds_the_data_is_not_read(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings("preprocess.extra_windows=[]", "train.bleeds.probability=0")
     assert not (settings.paths.manifests / "raw.csv").exists() and for_data(settings) is settings
+
+
+def test_bleeds_alone_go_for_windowed_images_and_the_log_names_them(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings("preprocess.extra_windows=[]", "train.bleeds.probability=0.3")
+    _manifest(settings, "PNG")
+    with caplog.at_level(logging.INFO, logger="pipeline.data.datasets"):
+        resolved = for_data(settings)
+    assert resolved.train.bleeds.probability == 0 and resolved.preprocess == settings.preprocess
+    assert (
+        caplog.records[0]
+        .getMessage()
+        .endswith(
+            "windowed already: training draws no synthetic bleeds; train.bleeds apply to Hounsfield inputs "
+            "(DICOM, NIfTI)"
+        )
+    )
+    _manifest(settings, "DICOM")
+    assert for_data(settings) is settings
 
 
 def test_predict_scores_dicom_and_volumes_in_two_windows_and_reports_each_windowed_image(

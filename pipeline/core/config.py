@@ -170,6 +170,24 @@ class NoiseConfig(Section):
     resolution: int = Field(ge=1, le=256)  # the noise is drawn on a resolution x resolution grid, upsampled
 
 
+class BleedConfig(Section):
+    """Denoising training with synthetic bleeds: a training slice's input gets, with `probability`, one
+    hyperdense shape inside the cranial cavity (a blob, a thin streak, or a crescent against the skull's
+    inner table) that the model learns to remove, so that it does not redraw a real bleed (0: off)."""
+
+    probability: float = Field(ge=0, le=1)  # of a training slice getting one
+    # Hounsfield units the shape adds over the tissue it lies on, drawn per slice (acute blood is +20 to
+    # +60 HU over brain); each channel gets them through its window's width (PNG/JPEG: the brain window's)
+    contrast: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _range(self) -> BleedConfig:
+        low, high = self.contrast
+        if not 0 < low <= high:
+            raise ValueError(f"contrast must be two HU values with 0 < low <= high, got {self.contrast}")
+        return self
+
+
 Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 
 
@@ -183,6 +201,7 @@ class TrainConfig(Section):
     early_stopping_patience: int = Field(ge=0)
     augment: AugmentConfig
     noise: NoiseConfig
+    bleeds: BleedConfig
     progress: bool
     precision: Precision  # auto: bfloat16 where the CPU or GPU computes it natively (pipeline.core.hardware)
 

@@ -88,49 +88,74 @@ def for_data(settings: Settings) -> Settings:
     """`settings` as the prepared data allows, so that one config serves scans and 2D images alike:
     `preprocess.extra_windows` read Hounsfield units, which only DICOM slices carry
     (`DICOM_FORMAT`), so where the manifest holds any other file (a PNG or JPEG, one window already
-    applied) they are dropped and the detector reads one channel, the brain window; and
-    `preprocess.neighbours` read the slices above and below, so without any slice of a scan they are
-    dropped too. What every stage that builds or reads the detector's input runs with (and logs to MLflow)."""
-    preprocess = settings.preprocess
-    if not preprocess.extra_windows and not preprocess.neighbours:
+    applied) they are dropped and the detector reads one channel, the brain window; `train.bleeds`
+    have their contrast in Hounsfield units, which an exported image's unknown window cannot show, so
+    they go too; and `preprocess.neighbours` read the slices above and below, so without any slice of a
+    scan they are dropped. What every stage that builds or reads the detector's input runs with (and
+    logs to MLflow)."""
+    preprocess, bleeds = settings.preprocess, settings.train.bleeds
+    hounsfield_only = tuple(
+        name
+        for name, configured in (
+            ("preprocess.extra_windows", preprocess.extra_windows),
+            ("train.bleeds", bleeds.probability),
+        )
+        if configured
+    )
+    if not hounsfield_only and not preprocess.neighbours:
         return settings
     manifest = settings.paths.manifests / "raw.csv"
     stat = manifest.stat()  # a manifest written again (a new download) is read again
     facts = _data_facts(
-        manifest, stat.st_mtime_ns, stat.st_size, bool(preprocess.extra_windows), bool(preprocess.neighbours)
+        manifest, stat.st_mtime_ns, stat.st_size, hounsfield_only, bool(preprocess.neighbours)
     )
     update: dict[str, object] = {}
     if preprocess.extra_windows and not facts.hounsfield:
         update["extra_windows"] = ()
     if preprocess.neighbours and not facts.scans:
         update["neighbours"] = 0
-    if not update:
+    train = settings.train
+    if bleeds.probability and not facts.hounsfield:
+        train = train.model_copy(update={"bleeds": bleeds.model_copy(update={"probability": 0.0})})
+    if not update and train is settings.train:
         return settings
-    return settings.model_copy(update={"preprocess": preprocess.model_copy(update=update)})
+    return settings.model_copy(update={"preprocess": preprocess.model_copy(update=update), "train": train})
 
 
 @dataclass(frozen=True)
 class DataFacts:
-    """What the prepared data holds that decides the detector's input channels (`for_data`)."""
+    """What the prepared data holds that decides the detector's input channels and training (`for_data`)."""
 
     hounsfield: bool  # every file is in Hounsfield units
     scans: bool  # some slice has a place in a scan of several slices
 
 
+# what each setting that needs Hounsfield units becomes on data without them
+WITHOUT_HOUNSFIELD = {
+    "preprocess.extra_windows": "the detector reads one channel",
+    "train.bleeds": "training draws no synthetic bleeds",
+}
+
+
 @functools.cache
-def _data_facts(manifest: Path, mtime_ns: int, size: int, windows: bool, neighbours: bool) -> DataFacts:
-    """`manifest`'s `DataFacts`; read, and a log line written for each configured input (`windows`,
-    `neighbours`) the data drops, once per version of the file."""
+def _data_facts(
+    manifest: Path, mtime_ns: int, size: int, hounsfield_only: tuple[str, ...], neighbours: bool
+) -> DataFacts:
+    """`manifest`'s `DataFacts`; read, and a log line written for each configured input the data
+    drops (`hounsfield_only`: the settings that need Hounsfield units; `neighbours`), once per version
+    of the file."""
     frame = read_manifest(manifest)
     formats = frame["format"]
     others = formats[formats != DICOM_FORMAT].value_counts()
     scans = bool(np.isfinite(frame_levels(frame)).any())
-    if windows and not others.empty:
+    if hounsfield_only and not others.empty:
         log.info(
-            "the prepared data holds %s slices%s, windowed already: the detector reads one channel; "
-            "preprocess.extra_windows apply to Hounsfield inputs (DICOM, NIfTI)",
+            "the prepared data holds %s slices%s, windowed already: %s; %s apply to Hounsfield inputs "
+            "(DICOM, NIfTI)",
             " and ".join(f"{count} {name}" for name, count in others.items()),
             f" (of {len(formats)})" if len(formats) > others.sum() else "",
+            " and ".join(WITHOUT_HOUNSFIELD[name] for name in hounsfield_only),
+            " and ".join(hounsfield_only),
         )
     if neighbours and not scans:
         log.info(

@@ -3,7 +3,8 @@ rate, MSE, early stopping on healthy validation loss, seeded so that a rerun on 
 
 Training batches are augmented (small rotations and shifts, left-right flips, intensity gain: what
 another healthy head, scanner or day could look like) and, for denoising training, given coarse noise
-inside the head; the target is always the clean augmented slice. Validation slices stay as they are.
+inside the head and synthetic bleeds (`pipeline.models.bleeds`); the target is always the clean
+augmented slice. Validation slices stay as they are.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from pipeline.core import hardware
 from pipeline.core.config import AugmentConfig, NoiseConfig, TrainConfig
+from pipeline.models.bleeds import SyntheticBleeds
 
 
 def seed_everything(seed: int) -> None:
@@ -61,19 +63,28 @@ def coarse_noise(images: tf.Tensor, config: NoiseConfig, seed: keras.random.Seed
     return tf.clip_by_value(tf.where(images > 0, images + noise, images), 0.0, 1.0)
 
 
-def training_batches(images: np.ndarray, config: TrainConfig, seed: int) -> tf.data.Dataset:
+def training_batches(
+    images: np.ndarray, config: TrainConfig, seed: int, bleeds: SyntheticBleeds | None = None
+) -> tf.data.Dataset:
     """Shuffled (input, target) batches, new random changes every epoch: the target is the augmented
-    slice, the input the same slice with denoising noise when `config.noise.std` > 0."""
+    slice, the input the same slice with denoising noise when `config.noise.std` > 0 and `bleeds` where
+    given. A slice's bleed anatomy rides along as extra channels through the geometric augmentation."""
     augment = augmenter(config.augment, seed)
     randomness = keras.random.SeedGenerator(seed + 3)
     gain = config.augment.intensity
+    channels = images.shape[-1]
+    if bleeds is not None:
+        images = np.concatenate([images, bleeds.anatomy(images)], axis=-1)
 
     def transform(batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        clean = augment(batch, training=True) if augment.layers else batch
+        moved = augment(batch, training=True) if augment.layers else batch
+        clean, anatomy = moved[..., :channels], moved[..., channels:]
         if gain:
             factor = keras.random.uniform((tf.shape(batch)[0], 1, 1, 1), 1 - gain, 1 + gain, seed=randomness)
             clean = tf.clip_by_value(clean * factor, 0.0, 1.0)
         noisy = coarse_noise(clean, config.noise, randomness) if config.noise.std else clean
+        if bleeds is not None:
+            noisy = bleeds.add(noisy, anatomy, randomness)
         return noisy, clean
 
     options = tf.data.Options()
@@ -106,15 +117,17 @@ def fit(
     config: TrainConfig,
     seed: int,
     callbacks: list[keras.callbacks.Callback],
+    bleeds: SyntheticBleeds | None = None,
 ) -> TrainingResult:
-    """Train `model` in place to reproduce its input; the best validation epoch's weights are kept."""
+    """Train `model` in place to reproduce its input (with `bleeds` drawn into the training inputs where
+    given); the best validation epoch's weights are kept."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate(config, len(train))), loss="mse")
     stop = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True
     )
     start = time.perf_counter()
     history = model.fit(
-        training_batches(train, config, seed),
+        training_batches(train, config, seed, bleeds),
         validation_data=(val, val),
         epochs=config.epochs,
         shuffle=False,  # the batches come shuffled

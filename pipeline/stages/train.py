@@ -17,6 +17,7 @@ from pipeline.data.datasets import for_data, load_split, read_splits
 from pipeline.data.manifest import content_hash, read_manifest
 from pipeline.data.splitting import split_counts
 from pipeline.models import build_model, variant, with_precision
+from pipeline.models.bleeds import SyntheticBleeds
 from pipeline.models.training import fit, seed_everything
 from pipeline.stages import tracking
 from pipeline.stages.entrypoint import stage
@@ -61,6 +62,7 @@ def run(settings: Settings) -> None:
             settings.train,
             settings.seed,
             callbacks=[mlflow.keras.MlflowCallback(log_every_epoch=True)],
+            bleeds=SyntheticBleeds.configured(settings.train.bleeds, settings.preprocess),
         )
         if precision != "float32":  # scored in float32 everywhere (docs/hardware.md)
             model = with_precision(model, settings.model.name, settings.model.params, "float32")
