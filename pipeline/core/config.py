@@ -177,7 +177,8 @@ class BleedConfig(Section):
 
     probability: float = Field(ge=0, le=1)  # of a training slice getting one
     # Hounsfield units the shape adds over the tissue it lies on, drawn per slice (acute blood is +20 to
-    # +60 HU over brain); each channel gets them through its window's width (PNG/JPEG: the brain window's)
+    # +60 HU over brain); each channel gets them through its window's width. Data without Hounsfield units
+    # (PNG, JPEG) trains without them (`datasets.for_data`)
     contrast: tuple[float, float]
 
     @model_validator(mode="after")

@@ -31,12 +31,17 @@ BONE = 0.95  # of the model's input (a brain window, stretched): bone and nothin
 MIN_CAVITY = 0.25  # of the head: a smaller enclosed space is no cranial cavity (skull base, vertex)
 
 
+def bone_mask(gray: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """The skull (and anything as dense) inside `head`: what the intracranial space is bounded by."""
+    return head & (gray >= BONE)
+
+
 def intracranial_mask(gray: np.ndarray, head: np.ndarray, rim: int = 2) -> np.ndarray:
     """The cranial cavity of a slice and the `rim` pixels of bone around it (the inner table, where
     epidural and subdural bleeds lie): the space the bone inside `head` encloses. Scalp, the rest of the
     skull and what lies outside are left out. A slice whose bone encloses no cavity of at least
     MIN_CAVITY of the head (the skull base, the vertex, an image without a closed skull) keeps its head."""
-    bone = head & (gray >= BONE)
+    bone = bone_mask(gray, head)
     cavity = ndimage.binary_fill_holes(bone) & ~bone
     labels, count = ndimage.label(cavity)
     if count == 0:

@@ -22,7 +22,7 @@ import tensorflow as tf
 from scipy import ndimage
 
 from pipeline.core.config import BleedConfig, PreprocessConfig
-from pipeline.data.head import BONE, head_mask, intracranial_mask
+from pipeline.data.head import bone_mask, head_mask, intracranial_mask
 
 ANATOMY_CHANNELS = 2  # where a bleed may lie (0/1), then the distance to the nearest bone (pixels)
 FAR = 1e3  # the bone distance of a slice without bone
@@ -74,14 +74,14 @@ class SyntheticBleeds:
         chosen = tf.reduce_sum(kinds * shapes, axis=-1) * room
         drawn = tf.cast(keras.random.uniform((batch, 1, 1, 1), seed=seed) < self.probability, inputs.dtype)
         hounsfield = per_slice(*self.contrast) * drawn * chosen
-        scored = list(self.widths)
-        per_unit = [1 / width for width in scored] + [1 / scored[0]] * (inputs.shape[-1] - len(scored))
+        neighbours = inputs.shape[-1] - len(self.widths)
+        per_unit = [1 / width for width in (*self.widths, *[self.widths[0]] * neighbours)]
         return tf.clip_by_value(inputs + hounsfield * tf.constant(per_unit, inputs.dtype), 0.0, 1.0)
 
 
 def _anatomy(gray: np.ndarray, head_threshold: float) -> np.ndarray:
     head = head_mask(gray, head_threshold)
-    bone = head & (gray >= BONE)
+    bone = bone_mask(gray, head)
     room = intracranial_mask(gray, head, rim=0) & ~bone
     distance = ndimage.distance_transform_edt(~bone) if bone.any() else np.full(gray.shape, FAR)
     return np.stack([room, distance], axis=-1).astype(np.float32)
